@@ -1,0 +1,1 @@
+"""Bundled KernelBench-format problems, each with a cpp and a Triton solution."""

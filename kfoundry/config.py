@@ -1,0 +1,63 @@
+"""Server-wide settings, read once from the environment (``KFOUNDRY_*``)."""
+
+from __future__ import annotations
+
+import os
+from functools import cache
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+
+def _home() -> Path:
+    explicit = os.environ.get("KFOUNDRY_HOME")
+    if explicit:
+        return Path(explicit).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "kfoundry"
+
+
+class Settings(BaseModel):
+    home: Path = Field(description="Root for caches and run artifacts.")
+    spares: int = Field(default=2, ge=0, le=16, description="Pre-started worker processes kept per device.")
+    cpu_jobs: int = Field(default=2, ge=1, description="Concurrent non-timing jobs on the CPU device.")
+    memory_limit_mb: int = Field(default=8192, ge=256, description="Address-space cap of a CPU worker.")
+    output_limit_mb: int = Field(default=64, ge=1, description="Cap on what a worker may write to stdout/stderr.")
+    max_processes: int = Field(default=256, ge=16, description="Process/thread cap of one worker's sandbox user.")
+    max_payload_bytes: int = Field(default=4 << 20, description="Largest reference/candidate source accepted.")
+    max_message_bytes: int = Field(default=1 << 30, description="Largest single message a worker may send back.")
+    sandbox_uid_base: int = Field(default=61000, description="First uid used for worker sandboxes when running as root.")
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.home / "cache"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.home / "runs"
+
+    @property
+    def shared_cache_dir(self) -> Path:
+        """Caches workers write themselves (Triton, inductor, torch extensions)."""
+        return self.home / "worker-cache"
+
+    @property
+    def scratch_dir(self) -> Path:
+        return self.home / "scratch"
+
+
+def _int_env(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    return int(raw) if raw else default
+
+
+@cache
+def settings() -> Settings:
+    return Settings(
+        home=_home(),
+        spares=_int_env("KFOUNDRY_SPARES", 2),
+        cpu_jobs=_int_env("KFOUNDRY_CPU_JOBS", 2),
+        memory_limit_mb=_int_env("KFOUNDRY_MEMORY_LIMIT_MB", 8192),
+        output_limit_mb=_int_env("KFOUNDRY_OUTPUT_LIMIT_MB", 64),
+        max_processes=_int_env("KFOUNDRY_MAX_PROCESSES", 256),
+    )

@@ -1,0 +1,257 @@
+"""Typed records that cross every boundary: tool results, worker verdicts, profile data.
+
+Every tool returns one of the ``*Result`` models below. A candidate's failure is a
+``State`` in a result, never an exception; optional fields are absent (``None``)
+when a stage did not run, never filled with sentinel values.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class State(str, Enum):
+    """Outcome of a compile, verify or profile job (one enum shared by every tool)."""
+
+    compiled = "compiled"
+    generation_failure = "generation_failure"
+    compilation_failure = "compilation_failure"
+    runtime_error = "runtime_error"
+    timeout = "timeout"
+    mismatch = "mismatch"
+    rejected = "rejected"
+    correct = "correct"
+
+
+class Record(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_enum_values=False)
+
+
+class Diagnostic(Record):
+    """One compiler message, located in the candidate's source where possible."""
+
+    file: str = Field(description="Source the message refers to (e.g. 'candidate.py' or 'kernel_3f2a.cpp').")
+    line: int | None = Field(default=None, description="1-based line in that file.")
+    column: int | None = None
+    severity: Literal["error", "warning", "note"] = "error"
+    message: str
+
+    def __str__(self) -> str:
+        where = self.file if self.line is None else f"{self.file}:{self.line}"
+        return f"{where}: {self.severity}: {self.message}"
+
+
+class KernelStats(Record):
+    """Per-kernel facts reported by the toolchain at build time."""
+
+    name: str
+    registers: int | None = None
+    spills_bytes: int | None = None
+    shared_memory_bytes: int | None = None
+    num_warps: int | None = None
+    num_stages: int | None = None
+    build_s: float | None = Field(default=None, description="Seconds spent building (0 when served from cache).")
+    cached: bool = False
+    notes: list[str] = Field(default_factory=list)
+
+
+class ErrorDetail(Record):
+    """An exception or crash in the candidate (or the problem) while it ran."""
+
+    type: str = Field(description="Exception class, or 'Signal' / 'Exit' for a dying process.")
+    message: str
+    traceback_tail: str = Field(default="", description="Last frames of the traceback, most recent last.")
+    stage: str = Field(default="", description="Where it happened: load, init, trial 2, timing, ...")
+    stderr_tail: str = Field(default="", description="Last lines the process wrote to stderr.")
+
+
+class Sample(Record):
+    index: list[int]
+    expected: float | str
+    got: float | str
+
+
+class MismatchDetail(Record):
+    """Why one output tensor did not match the reference."""
+
+    output_index: int = 0
+    trial: int = 0
+    reason: Literal["shape", "dtype", "values", "nonfinite", "count", "type"]
+    message: str
+    expected_shape: list[int] | None = None
+    got_shape: list[int] | None = None
+    expected_dtype: str | None = None
+    got_dtype: str | None = None
+    max_abs_error: float | None = None
+    max_rel_error: float | None = None
+    bad_fraction: float | None = None
+    first_bad_index: list[int] | None = None
+    samples: list[Sample] = Field(default_factory=list)
+    atol: float | None = None
+    rtol: float | None = None
+
+
+class Finding(Record):
+    """An integrity or guardrail observation; ``blocking`` findings make the verdict ``rejected``."""
+
+    code: str
+    message: str
+    blocking: bool = True
+
+
+class CompileResult(Record):
+    state: State
+    backend: str
+    diagnostics: list[str] = Field(default_factory=list, description="'file:line: severity: message' lines.")
+    kernels: list[KernelStats] = Field(default_factory=list)
+    error: ErrorDetail | None = None
+    interpreted: bool = Field(default=False, description="True when the backend runs in an interpreter (e.g. Triton on CPU).")
+    duration_s: float
+    run_id: str
+    next_step: str = Field(default="", description="What to do next, in one sentence.")
+
+
+class VerifyResult(Record):
+    state: State
+    backend: str
+    trials_passed: int = 0
+    trials: int
+    mismatch: MismatchDetail | None = None
+    findings: list[Finding] = Field(default_factory=list)
+    error: ErrorDetail | None = None
+    diagnostics: list[str] = Field(default_factory=list)
+    kernels: list[KernelStats] = Field(default_factory=list)
+    interpreted: bool = False
+    device: str = "cpu"
+    atol: float | None = None
+    rtol: float | None = None
+    duration_s: float
+    run_id: str
+    next_step: str = ""
+
+
+class Timing(Record):
+    """Summary of repeated timed calls (milliseconds)."""
+
+    median_ms: float
+    iqr_ms: float = Field(description="Inter-quartile range of the samples.")
+    min_ms: float
+    mean_ms: float
+    cov: float = Field(description="Coefficient of variation (stdev / mean).")
+    n: int
+
+
+class KernelShare(Record):
+    """One entry of the per-kernel (per-op on CPU) time breakdown."""
+
+    name: str
+    time_ms: float = Field(description="Self time per forward call.")
+    share: float = Field(description="Fraction of the measured total, 0..1.")
+    calls: int
+    own: bool = Field(description="True for this backend's own kernels, False for library (aten/BLAS) work.")
+
+
+class Roofline(Record):
+    flops: float
+    bytes: float
+    arithmetic_intensity: float
+    peak_flops: float = Field(description="FLOP/s of the device at the problem's precision.")
+    peak_bandwidth: float = Field(description="Bytes/s of main memory.")
+    peak_source: str = Field(description="Where the peaks come from: a datasheet entry or a measurement.")
+    sol_ms: float = Field(description="max(flops/peak_flops, bytes/peak_bandwidth) in ms.")
+    achieved_fraction: float | None = Field(default=None, description="sol_ms / candidate median.")
+
+
+class ProfileResult(Record):
+    state: State
+    backend: str
+    device: str = "cpu"
+    candidate: Timing | None = None
+    eager: Timing | None = None
+    compiled: Timing | None = Field(default=None, description="torch.compile baseline.")
+    speedup_vs_eager: float | None = None
+    speedup_vs_compile: float | None = None
+    sol_ms: float | None = None
+    sol_fraction: float | None = None
+    roofline: Roofline | None = None
+    breakdown: list[KernelShare] = Field(default_factory=list)
+    baseline_breakdown: list[KernelShare] = Field(default_factory=list, description="Eager reference's ops.")
+    counters: dict[str, dict[str, float]] | None = None
+    verify: VerifyResult | None = None
+    error: ErrorDetail | None = None
+    findings: list[Finding] = Field(default_factory=list)
+    warnings: list[str] = Field(default_factory=list)
+    interpreted: bool = False
+    duration_s: float
+    run_id: str
+    next_step: str = ""
+
+
+class Bottleneck(str, Enum):
+    memory = "memory"
+    compute = "compute"
+    latency = "latency"
+    launch_overhead = "launch_overhead"
+    host_overhead = "host_overhead"
+    unknown = "unknown"
+
+
+class AnalysisResult(Record):
+    bottleneck: Bottleneck
+    digest: str = Field(description="Short summary of the measurements (well under 1K tokens).")
+    recommendation: str = Field(description="The ONE change most likely to pay off next.")
+    evidence: list[str] = Field(default_factory=list)
+    source: Literal["rules", "sampling", "model"] = "rules"
+    profile_run_id: str | None = None
+    run_id: str
+
+
+class OpInfo(Record):
+    op: str
+    count: int
+    input_shapes: list[list[int]] = Field(default_factory=list)
+    dtypes: list[str] = Field(default_factory=list)
+    flops: float = 0.0
+
+
+class ProblemAnalysis(Record):
+    ops: list[OpInfo] = Field(default_factory=list)
+    input_shapes: list[list[int]] = Field(default_factory=list)
+    input_dtypes: list[str] = Field(default_factory=list)
+    output_shapes: list[list[int]] = Field(default_factory=list)
+    output_dtypes: list[str] = Field(default_factory=list)
+    parameter_count: int = 0
+    flops: float = 0.0
+    bytes: float = Field(default=0.0, description="Compulsory bytes: inputs + parameters read once, outputs written once.")
+    arithmetic_intensity: float = 0.0
+    sol_ms: dict[str, float] = Field(default_factory=dict, description="Speed-of-light ms per known device.")
+
+
+class TranslateResult(Record):
+    prompt: str
+    analysis: ProblemAnalysis | None = None
+    analysis_error: ErrorDetail | None = None
+    target_backend: str
+    source_backend: str = "pytorch"
+    translation: str | None = Field(default=None, description="A candidate written by the client's model when it offered sampling.")
+    translation_source: Literal["none", "sampling", "model"] = "none"
+    run_id: str
+
+
+class ToolchainInfo(Record):
+    name: str
+    available: bool
+    reason: str = Field(default="", description="Why it is unavailable, or notes about how it runs.")
+    version: str = ""
+    device: str = ""
+    interpreted: bool = False
+    marker: str = Field(default="", description="What a candidate for this backend must contain.")
+
+
+class BackendsResult(Record):
+    backends: list[ToolchainInfo]
+    best: str = Field(description="The backend a user on this host should try first.")
+    devices: list[str]

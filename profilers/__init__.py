@@ -1,0 +1,1 @@
+"""Timing, per-op breakdowns, roofline/speed-of-light and rule-based profile analysis."""

@@ -1,0 +1,1 @@
+"""The MCP server: tool registration, transports, worker pool and job scheduling."""
