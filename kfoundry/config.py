@@ -22,7 +22,7 @@ class Settings(BaseModel):
     spares: int = Field(default=2, ge=0, le=16, description="Pre-started worker processes kept per device.")
     cpu_jobs: int = Field(default=2, ge=1, description="Concurrent non-timing jobs on the CPU device.")
     memory_limit_mb: int = Field(default=8192, ge=256, description="Address-space cap of a CPU worker.")
-    output_limit_mb: int = Field(default=64, ge=1, description="Cap on what a worker may write to stdout/stderr.")
+    file_limit_mb: int = Field(default=2048, ge=1, description="Largest file a worker may write (RLIMIT_FSIZE).")
     max_processes: int = Field(default=256, ge=16, description="Process/thread cap of one worker's sandbox user.")
     max_payload_bytes: int = Field(default=4 << 20, description="Largest reference/candidate source accepted.")
     max_message_bytes: int = Field(default=1 << 30, description="Largest single message a worker may send back.")
@@ -58,6 +58,6 @@ def settings() -> Settings:
         spares=_int_env("KFOUNDRY_SPARES", 2),
         cpu_jobs=_int_env("KFOUNDRY_CPU_JOBS", 2),
         memory_limit_mb=_int_env("KFOUNDRY_MEMORY_LIMIT_MB", 8192),
-        output_limit_mb=_int_env("KFOUNDRY_OUTPUT_LIMIT_MB", 64),
+        file_limit_mb=_int_env("KFOUNDRY_FILE_LIMIT_MB", 2048),
         max_processes=_int_env("KFOUNDRY_MAX_PROCESSES", 256),
     )

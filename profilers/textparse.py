@@ -1,0 +1,193 @@
+"""Parsers for profiler text a user pastes: torch.profiler tables and Nsight Compute CSV."""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+
+from pydantic import BaseModel, Field
+
+# Canonical counter keys, each with the spellings Nsight Compute uses for it: the
+# ``--page details`` display names (old and new) and the ``--page raw`` metric names.
+COUNTER_ALIASES: dict[str, tuple[str, ...]] = {
+    "duration_us": ("Duration", "gpu__time_duration.sum"),
+    "dram_pct": (
+        "DRAM Throughput",
+        "dram__throughput.avg.pct_of_peak_sustained_elapsed",
+        "gpu__dram_throughput.avg.pct_of_peak_sustained_elapsed",
+    ),
+    "memory_pct": (
+        "Memory Throughput",
+        "Memory [%]",
+        "gpu__compute_memory_throughput.avg.pct_of_peak_sustained_elapsed",
+    ),
+    "sm_pct": ("Compute (SM) Throughput", "SM [%]", "sm__throughput.avg.pct_of_peak_sustained_elapsed"),
+    "occupancy_pct": ("Achieved Occupancy", "sm__warps_active.avg.pct_of_peak_sustained_active"),
+    "registers_per_thread": ("Registers Per Thread", "launch__registers_per_thread"),
+}
+_CANONICAL = {alias.lower(): key for key, aliases in COUNTER_ALIASES.items() for alias in aliases}
+_TIME_UNITS_US = {"ns": 1e-3, "nsecond": 1e-3, "us": 1.0, "usecond": 1.0, "ms": 1e3, "msecond": 1e3, "s": 1e6, "second": 1e6}
+
+# Names that are framework or vendor-library work rather than code the user wrote.
+_LIBRARY = re.compile(
+    r"^(aten::|at::|void at::|c10|cuda[A-Z]|cudnn|cublas|cutlass::Kernel|sm\d+_|ampere_|volta_|turing_|hopper_|"
+    r"Memcpy|Memset|triton_(poi|red|per|tem)_|Torch-Compiled|CompiledFunction|gemm|void gemm|void cutlass)"
+)
+
+
+class TableRow(BaseModel):
+    name: str
+    self_cpu_us: float = 0.0
+    self_device_us: float = 0.0
+    calls: int = 1
+
+
+class ProfilerTable(BaseModel):
+    """Rows of a ``key_averages().table()`` printout; ``device`` is e.g. "CUDA" when it has device columns."""
+
+    rows: list[TableRow] = Field(default_factory=list)
+    device: str | None = None
+
+
+class NcuReport(BaseModel):
+    """Per-kernel canonical counters (see ``COUNTER_ALIASES``) plus ``launches``."""
+
+    kernels: dict[str, dict[str, float]] = Field(default_factory=dict)
+
+
+def looks_own(name: str) -> bool:
+    """Best guess, without a backend to ask, whether a profiler row is user-written code."""
+    return _LIBRARY.match(name.strip()) is None and name != "other"
+
+
+def counter(metrics: dict[str, float], key: str) -> float | None:
+    """Value of canonical counter ``key`` in ``metrics``, whichever spelling it was stored under."""
+    if key in metrics:
+        return metrics[key]
+    for name, value in metrics.items():
+        if _CANONICAL.get(name.lower()) == key:
+            return value
+    return None
+
+
+# -- torch.profiler table ----------------------------------------------------------------
+
+
+def parse_profiler_table(text: str) -> ProfilerTable | None:
+    """Parse ``prof.key_averages().table(...)`` output; None when ``text`` is not one."""
+    lines = text.splitlines()
+    header_at = next((i for i, line in enumerate(lines) if "Name" in line and "Self CPU" in line and "# of Calls" in line), None)
+    if header_at is None:
+        return None
+    rule = next((lines[i] for i in (header_at - 1, header_at + 1) if 0 <= i < len(lines) and _is_rule(lines[i])), None)
+    spans = [m.span() for m in re.finditer(r"-+", rule)] if rule else None
+    # Fixed-width slicing keeps names with spaces intact; a table whose alignment was lost
+    # in pasting still splits on runs of two or more spaces.
+    table = _read_rows(lines, header_at, spans) if spans else None
+    return table or _read_rows(lines, header_at, None)
+
+
+def _read_rows(lines: list[str], header_at: int, spans: list[tuple[int, int]] | None) -> ProfilerTable | None:
+    def cells(line: str) -> list[str]:
+        if spans:
+            return [line[a:b].strip() for a, b in spans]
+        return re.split(r"\s{2,}", line.strip())
+
+    columns = cells(lines[header_at])
+    index = {name: i for i, name in enumerate(columns)}
+    if not {"Name", "Self CPU", "# of Calls"} <= index.keys():
+        return None
+    device_col = next((c for c in columns if c.startswith("Self ") and c not in ("Self CPU", "Self CPU %")
+                       and not c.endswith(("%", "Mem"))), None)
+    table = ProfilerTable(device=device_col.removeprefix("Self ") if device_col else None)
+    for line in lines[header_at + 1:]:
+        if _is_rule(line) or not line.strip():
+            if table.rows:
+                break
+            continue
+        row = cells(line)
+        if len(row) < len(columns) or not row[index["Name"]]:
+            continue
+        try:
+            table.rows.append(TableRow(
+                name=row[index["Name"]],
+                self_cpu_us=_time_us(row[index["Self CPU"]]),
+                self_device_us=_time_us(row[index[device_col]]) if device_col else 0.0,
+                calls=int(row[index["# of Calls"]].replace(",", "")),
+            ))
+        except ValueError:
+            continue
+    return table if table.rows else None
+
+
+def _is_rule(line: str) -> bool:
+    stripped = line.strip()
+    return bool(stripped) and set(stripped) <= {"-", " ", "="}
+
+
+def _time_us(cell: str) -> float:
+    match = re.fullmatch(r"([\d.,]+)\s*(ns|us|ms|s)", cell.strip())
+    if match is None:
+        raise ValueError(f"not a time: {cell!r}")
+    return float(match[1].replace(",", "")) * _TIME_UNITS_US[match[2]]
+
+
+# -- Nsight Compute CSV ------------------------------------------------------------------
+
+
+def parse_ncu_csv(text: str) -> NcuReport | None:
+    """Parse ``ncu --csv`` output, ``--page details`` (long) or ``--page raw`` (wide); None otherwise."""
+    # ncu interleaves "==PROF==" log lines and program output with the CSV.
+    lines = [line for line in text.splitlines() if line.startswith('"')]
+    rows = list(csv.reader(io.StringIO("\n".join(lines))))
+    start = next((i for i, r in enumerate(rows) if "Kernel Name" in r), None)
+    if start is None:
+        return None
+    header, body = rows[start], rows[start + 1:]
+    col = {name: i for i, name in enumerate(header)}
+    launches: dict[str, set[str]] = {}
+    sums: dict[str, dict[str, list[float]]] = {}
+
+    def add(kernel: str, launch: str, name: str, unit: str, raw: str) -> None:
+        key = _CANONICAL.get(name.lower())
+        value = _number(raw)
+        if key is None or value is None:
+            return
+        if key.endswith("_pct") and unit not in ("%", ""):
+            return  # "Memory Throughput" also exists in GB/s under another section
+        if key == "duration_us":
+            value *= _TIME_UNITS_US.get(unit.lower(), 1.0)
+        launches.setdefault(kernel, set()).add(launch)
+        sums.setdefault(kernel, {}).setdefault(key, []).append(value)
+
+    if {"Metric Name", "Metric Value"} <= col.keys():
+        for r in body:
+            if len(r) < len(header):
+                continue
+            unit = r[col["Metric Unit"]] if "Metric Unit" in col else ""
+            launch = r[col["ID"]] if "ID" in col else str(len(launches))
+            add(r[col["Kernel Name"]], launch, r[col["Metric Name"]], unit, r[col["Metric Value"]])
+    else:
+        # Wide form: one column per metric, and a second header row of units.
+        units = body[0] if body and not body[0][col["Kernel Name"]] else [""] * len(header)
+        for n, r in enumerate(b for b in body if len(b) >= len(header) and b[col["Kernel Name"]]):
+            launch = r[col["ID"]] if "ID" in col else str(n)
+            for name, i in col.items():
+                add(r[col["Kernel Name"]], launch, name, units[i] if i < len(units) else "", r[i])
+
+    if not sums:
+        return None
+    report = NcuReport()
+    for kernel, metrics in sums.items():
+        merged = {k: (sum(v) if k == "duration_us" else sum(v) / len(v)) for k, v in metrics.items()}
+        merged["launches"] = float(len(launches[kernel]))
+        report.kernels[kernel] = merged
+    return report
+
+
+def _number(raw: str) -> float | None:
+    try:
+        return float(raw.replace(",", "").strip())
+    except ValueError:
+        return None

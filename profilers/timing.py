@@ -1,0 +1,194 @@
+"""do_bench-shaped measurement, run inside a sandboxed worker process.
+
+The rules, from DESIGN.md: fixed warm-up and repetition counts (never adaptive to the
+candidate's first calls), caches flushed before every timed call, fresh input buffers per
+call, a device-wide synchronize so work on side streams cannot leave the timed window
+early, and contenders interleaved so drift (thermal, frequency, neighbours) hits all of
+them alike.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kfoundry.schema import Timing
+
+# Bound at import: candidate code imported later may monkeypatch ``time`` to fake speed.
+_clock = time.perf_counter
+
+_CACHE_SYSFS = Path("/sys/devices/system/cpu/cpu0/cache")
+_FALLBACK_LLC_BYTES = 32 << 20
+# A 2x-LLC buffer on a server part (hundreds of MiB of shared L3) would cost more per
+# flush than most problems take to run; 1 GiB still evicts every realistic working set.
+_MAX_CPU_FLUSH_BYTES = 1 << 30
+
+Contender = Callable[[Sequence[Any]], Any]
+
+
+def bench(
+    contenders: dict[str, Contender],
+    input_sets: list[Sequence[Any]],
+    *,
+    warmup: int = 3,
+    reps: int = 20,
+    flush: Callable[[], None] | None = None,
+    device: str = "cpu",
+) -> dict[str, list[float]]:
+    """Time every contender ``reps`` times, interleaved, and return the samples in ms.
+
+    Repetition ``r`` runs all contenders once, starting at contender ``r % n``; call ``k``
+    of repetition ``r`` gets ``input_sets[(r * n + k) % len(input_sets)]``, so consecutive
+    calls never reuse the buffers the previous call just pulled into cache.
+
+    Raises:
+        ValueError: when there are no contenders or no input sets.
+    """
+    if not contenders or not input_sets:
+        raise ValueError("bench needs at least one contender and one input set")
+    names = list(contenders)
+    n = len(names)
+    cuda = device.startswith("cuda")
+    for name in names:
+        for w in range(warmup):
+            contenders[name](input_sets[w % len(input_sets)])
+    if cuda:
+        torch.cuda.synchronize()
+
+    samples: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(reps):
+        for k in range(n):
+            name = names[(r + k) % n]
+            inputs = input_sets[(r * n + k) % len(input_sets)]
+            if flush is not None:
+                flush()
+            samples[name].append(_time_cuda(contenders[name], inputs) if cuda else _time_host(contenders[name], inputs))
+    return samples
+
+
+def _time_host(fn: Contender, inputs: Sequence[Any]) -> float:
+    start = _clock()
+    fn(inputs)
+    return (_clock() - start) * 1e3
+
+
+def _time_cuda(fn: Contender, inputs: Sequence[Any]) -> float:
+    # Device-wide: the flush and anything a previous call left on another stream must be
+    # finished before the start event, or it would be billed to this call.
+    torch.cuda.synchronize()
+    start = torch.cuda.Event(enable_timing=True)
+    end = torch.cuda.Event(enable_timing=True)
+    start.record()
+    fn(inputs)
+    end.record()
+    torch.cuda.synchronize()
+    return float(start.elapsed_time(end))
+
+
+def summarize(samples: list[float]) -> Timing:
+    """Median, inter-quartile range, min, mean and coefficient of variation of ms samples.
+
+    Raises:
+        ValueError: when ``samples`` is empty.
+    """
+    if not samples:
+        raise ValueError("summarize needs at least one sample")
+    mean = statistics.fmean(samples)
+    if len(samples) >= 2:
+        q1, _, q3 = statistics.quantiles(samples, n=4, method="inclusive")
+        stdev = statistics.stdev(samples)
+    else:
+        q1 = q3 = samples[0]
+        stdev = 0.0
+    return Timing(
+        median_ms=statistics.median(samples),
+        iqr_ms=q3 - q1,
+        min_ms=min(samples),
+        mean_ms=mean,
+        cov=stdev / mean if mean > 0 else 0.0,
+        n=len(samples),
+    )
+
+
+def llc_bytes() -> int:
+    """Size of the largest CPU cache level this host reports (a fallback when sysfs is absent)."""
+    sizes = []
+    for entry in _CACHE_SYSFS.glob("index*/size"):
+        try:
+            sizes.append(_parse_size(entry.read_text()))
+        except (OSError, ValueError):
+            continue
+    return max(sizes, default=_FALLBACK_LLC_BYTES)
+
+
+def _parse_size(text: str) -> int:
+    text = text.strip().upper()
+    scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+    digits = text[:-1] if text[-1:] in "KMG" else text
+    return int(digits) * scale
+
+
+class CacheFlusher:
+    """Evicts the problem's data from the caches when called; ``buffer`` is what it overwrites."""
+
+    def __init__(self, buffer: torch.Tensor, *, cuda: bool) -> None:
+        self.buffer = buffer
+        self._cuda = cuda
+        # Persisting L2 lines (cudaAccessPolicyWindow) survive a plain overwrite; only some
+        # torch builds expose the reset.
+        self._reset_l2 = (
+            getattr(torch.cuda, "reset_persisting_l2_cache", None) or getattr(torch._C, "_cuda_resetPersistingL2Cache", None)
+            if cuda
+            else None
+        )
+
+    def __call__(self) -> None:
+        if self._cuda:
+            self.buffer.zero_()
+            if self._reset_l2 is not None:
+                self._reset_l2()
+        else:
+            # A read-modify-write, so dirty lines of the problem's data are evicted as well.
+            self.buffer.add_(1)
+
+
+def cache_flusher(device: str = "cpu") -> CacheFlusher:
+    """A callable that evicts the problem's data from the caches before a timed call.
+
+    CPU: a float32 buffer twice the last-level cache, written per call. CUDA: a buffer at
+    least twice the L2 (256 MiB floor, as ``triton.testing.do_bench``), zeroed per call.
+    """
+    if device.startswith("cuda"):
+        dev = torch.device(device)
+        l2 = int(getattr(torch.cuda.get_device_properties(dev), "L2_cache_size", 0))
+        nbytes = max(2 * l2, 256 << 20)
+        return CacheFlusher(torch.empty(nbytes // 4, dtype=torch.float32, device=dev), cuda=True)
+    nbytes = min(2 * llc_bytes(), _MAX_CPU_FLUSH_BYTES)
+    return CacheFlusher(torch.zeros(nbytes // 4, dtype=torch.float32), cuda=False)
+
+
+def input_sets(make: Callable[[], Sequence[Any]], count: int, budget_bytes: int = 256 << 20) -> list[Sequence[Any]]:
+    """Up to ``count`` distinct input sets from ``make()``, within ``budget_bytes``.
+
+    Never fewer than two, whatever the budget: rotation between at least two sets is
+    what keeps a call from finding its inputs still in cache from the previous call.
+    """
+    first = make()
+    per_set = max(_nbytes(first), 1)
+    want = max(2, min(count, budget_bytes // per_set))
+    return [first, *(make() for _ in range(want - 1))]
+
+
+def _nbytes(value: Any) -> int:
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, (list, tuple)):
+        return sum(_nbytes(v) for v in value)
+    if isinstance(value, dict):
+        return sum(_nbytes(v) for v in value.values())
+    return 0

@@ -1,0 +1,150 @@
+"""Warm spare workers per device, and per-device admission (exclusive while timing)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from types import TracebackType
+
+import anyio
+from anyio.abc import TaskGroup
+
+from kfoundry.config import settings
+from kfoundry.server.worker import Worker
+
+logger = logging.getLogger(__name__)
+
+
+class _Gate:
+    """Shared/exclusive admission: up to ``capacity`` shared holders, or one exclusive holder."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.shared = 0
+        self.exclusive = False
+        self.waiting_exclusive = 0
+        self.cond = anyio.Condition()
+
+    @asynccontextmanager
+    async def hold(self, exclusive: bool) -> AsyncIterator[None]:
+        async with self.cond:
+            if exclusive:
+                self.waiting_exclusive += 1
+                try:
+                    while self.exclusive or self.shared:
+                        await self.cond.wait()
+                finally:
+                    self.waiting_exclusive -= 1
+                self.exclusive = True
+            else:
+                # waiting exclusive holders go first so timing jobs are not starved
+                while self.exclusive or self.waiting_exclusive or self.shared >= self.capacity:
+                    await self.cond.wait()
+                self.shared += 1
+        try:
+            yield
+        finally:
+            with anyio.CancelScope(shield=True):
+                async with self.cond:
+                    if exclusive:
+                        self.exclusive = False
+                    else:
+                        self.shared -= 1
+                    self.cond.notify_all()
+
+
+class _Device:
+    def __init__(self, name: str, jobs: int) -> None:
+        self.name = name
+        self.gate = _Gate(jobs)
+        self.spares: list[Worker] = []
+        self.starting = 0
+
+
+class WorkerPool:
+    """Hands out fresh workers (one job each) and keeps ``spares`` warm per device.
+
+    Use as an async context manager; leaving it kills every worker it still holds.
+    """
+
+    def __init__(self, spares: int | None = None) -> None:
+        self.spare_count = settings().spares if spares is None else spares
+        self._devices: dict[str, _Device] = {}
+        self._tg: TaskGroup | None = None
+        self._live: set[Worker] = set()
+
+    async def __aenter__(self) -> WorkerPool:
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        return self
+
+    async def __aexit__(self, et: type[BaseException] | None, ev: BaseException | None, tb: TracebackType | None) -> None:
+        assert self._tg is not None
+        self._tg.cancel_scope.cancel()
+        await self._tg.__aexit__(et, ev, tb)
+        with anyio.CancelScope(shield=True):
+            for worker in list(self._live):
+                await worker.dispose()
+            self._live.clear()
+
+    def device(self, name: str) -> _Device:
+        dev = self._devices.get(name)
+        if dev is None:
+            jobs = settings().cpu_jobs if name == "cpu" else 1
+            dev = self._devices[name] = _Device(name, jobs)
+        return dev
+
+    def warm(self, device: str = "cpu") -> None:
+        """Start spares for ``device`` in the background (a no-op when enough are warm or starting)."""
+        dev = self.device(device)
+        assert self._tg is not None
+        while len(dev.spares) + dev.starting < self.spare_count:
+            dev.starting += 1
+            self._tg.start_soon(self._spawn_spare, dev)
+
+    async def _spawn_spare(self, dev: _Device) -> None:
+        assert self._tg is not None
+        worker = Worker(dev.name, self._tg)
+        self._live.add(worker)
+        try:
+            await worker.start()
+        except Exception:  # noqa: BLE001 - a spare that fails to start is dropped; acquire() starts its own
+            logger.exception("spare worker failed to start")
+            self._live.discard(worker)
+            await worker.dispose()
+            return
+        finally:
+            dev.starting -= 1
+        dev.spares.append(worker)
+
+    async def acquire(self, device: str = "cpu") -> Worker:
+        """A ready worker: a warm spare when one is there, else a freshly started one."""
+        dev = self.device(device)
+        worker = dev.spares.pop(0) if dev.spares else None
+        self.warm(device)
+        if worker is not None and worker.process is not None and worker.process.returncode is None:
+            return worker
+        if worker is not None:
+            await self.release(worker)
+        assert self._tg is not None
+        worker = Worker(device, self._tg)
+        self._live.add(worker)
+        try:
+            await worker.start()
+        except BaseException:
+            await self.release(worker)
+            raise
+        return worker
+
+    async def release(self, worker: Worker, keep: Path | None = None) -> None:
+        self._live.discard(worker)
+        with anyio.CancelScope(shield=True):
+            await worker.dispose(keep)
+
+    @asynccontextmanager
+    async def slot(self, device: str, exclusive: bool) -> AsyncIterator[None]:
+        """Admission to a device: shared for correctness work, exclusive while anything is timed."""
+        async with self.device(device).gate.hold(exclusive):
+            yield

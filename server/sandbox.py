@@ -1,0 +1,176 @@
+"""How a worker process is confined, and how everything it started is swept away.
+
+Layers, strongest available first: a pids cgroup per worker (caps fork bombs and
+lists every descendant for the final kill), else ``RLIMIT_NPROC`` for non-root
+servers; always its own session, rlimits set by the worker on itself, a scrubbed
+environment, a private scratch directory and no inherited descriptors but its channel.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import sys
+import tempfile
+from pathlib import Path
+
+from kfoundry.config import settings
+
+logger = logging.getLogger(__name__)
+
+_CGROUP_ROOTS = (Path("/sys/fs/cgroup/pids"), Path("/sys/fs/cgroup"))
+_KEEP_ENV = ("PATH", "LANG", "LC_ALL", "CUDA_HOME", "CUDA_PATH", "LD_LIBRARY_PATH", "NVIDIA_VISIBLE_DEVICES", "VIRTUAL_ENV")
+
+
+def sandbox_root() -> Path:
+    """World-traversable scratch root: worker directories live here, not under the server's home."""
+    explicit = os.environ.get("KFOUNDRY_SANDBOX_ROOT")
+    root = Path(explicit) if explicit else Path(tempfile.gettempdir()) / f"kfoundry-{os.geteuid()}"
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def _cgroup_parent() -> Path | None:
+    for root in _CGROUP_ROOTS:
+        parent = root / "kfoundry"
+        try:
+            if not (root / "cgroup.procs").exists():
+                continue
+            if root.name != "pids" and "pids" not in (root / "cgroup.controllers").read_text().split():
+                continue
+            parent.mkdir(exist_ok=True)
+            if root.name != "pids":
+                (root / "cgroup.subtree_control").write_text("+pids")
+            return parent
+        except OSError:
+            continue
+    return None
+
+
+class Containment:
+    """One worker's process cage."""
+
+    _parent: Path | None | bool = False
+
+    def __init__(self, name: str) -> None:
+        if Containment._parent is False:
+            Containment._parent = _cgroup_parent()
+        self.cgroup: Path | None = None
+        parent = Containment._parent
+        if isinstance(parent, Path):
+            try:
+                group = parent / name
+                group.mkdir()
+                (group / "pids.max").write_text(str(settings().max_processes))
+                self.cgroup = group
+            except OSError as exc:
+                logger.warning("pids cgroup unavailable (%s); falling back to rlimits", exc)
+
+    @property
+    def kind(self) -> str:
+        if self.cgroup is not None:
+            return "cgroup"
+        return "rlimit" if os.geteuid() != 0 else "session"
+
+    def nproc_limit(self) -> int:
+        """RLIMIT_NPROC for the worker; 0 when a cgroup caps processes (or root would ignore it)."""
+        if self.cgroup is not None or os.geteuid() == 0:
+            return 0
+        own = sum(1 for p in Path("/proc").iterdir() if p.name.isdigit() and _owner(p) == os.geteuid())
+        return own + settings().max_processes
+
+    def adopt(self, pid: int) -> None:
+        if self.cgroup is not None:
+            try:
+                (self.cgroup / "cgroup.procs").write_text(str(pid))
+            except OSError as exc:
+                logger.warning("could not move worker %d into its cgroup: %s", pid, exc)
+
+    def members(self) -> list[int]:
+        if self.cgroup is None:
+            return []
+        try:
+            return [int(p) for p in (self.cgroup / "cgroup.procs").read_text().split()]
+        except OSError:
+            return []
+
+    def kill_all(self, pid: int) -> None:
+        """SIGKILL the worker's session and every member of its cgroup."""
+        for target in (pid,):
+            try:
+                os.killpg(target, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        for _ in range(50):
+            members = self.members() + _session_members(pid)
+            if not members:
+                break
+            for member in members:
+                try:
+                    os.kill(member, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+            if self.cgroup is None:
+                break
+
+    def release(self) -> None:
+        if self.cgroup is not None:
+            try:
+                self.cgroup.rmdir()
+            except OSError:
+                pass
+
+
+def _owner(proc: Path) -> int:
+    try:
+        return proc.stat().st_uid
+    except OSError:
+        return -1
+
+
+def _session_members(sid: int) -> list[int]:
+    found: list[int] = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        # fields after "comm)": state ppid pgrp session ...
+        if len(fields) > 3 and int(fields[3]) == sid and int(proc.name) != os.getpid():
+            found.append(int(proc.name))
+    return found
+
+
+def worker_env(workdir: Path, extra: dict[str, str]) -> dict[str, str]:
+    """A scrubbed environment: no tokens, keys or server configuration reach candidate code."""
+    shared = settings().shared_cache_dir
+    env = {k: v for k, v in os.environ.items() if k in _KEEP_ENV}
+    env.update(
+        {
+            "HOME": str(workdir),
+            "TMPDIR": str(workdir),
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "PYTHONUNBUFFERED": "1",
+            "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
+            "TRITON_CACHE_DIR": str(shared / "triton"),
+            "TORCHINDUCTOR_CACHE_DIR": str(shared / "inductor"),
+            "TORCH_EXTENSIONS_DIR": str(shared / "torch_extensions"),
+            "KFOUNDRY_HOME": str(settings().home),
+        }
+    )
+    env.update(extra)
+    return env
+
+
+def make_workdir(name: str) -> Path:
+    path = sandbox_root() / name
+    path.mkdir(mode=0o700)
+    return path
+
+
+def remove_workdir(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,190 @@
+"""The server's handle on one worker process: spawn, talk, kill, read its logs."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import anyio
+from anyio.abc import Process, SocketStream, TaskGroup
+from anyio.streams.buffered import BufferedByteReceiveStream
+
+from kfoundry.backends import REGISTRY, get_backend
+from kfoundry.config import settings
+from kfoundry.server.sandbox import Containment, make_workdir, remove_workdir, worker_env
+from kfoundry.verify.wire import HEADER, MAX_JSON_BYTES, WireError, pack
+
+logger = logging.getLogger(__name__)
+_ids = itertools.count(1)
+READY_TIMEOUT_S = 180.0
+
+
+class WorkerGone(RuntimeError):
+    """The worker closed its channel (exited, crashed or was killed)."""
+
+
+def _backend_env(device: str) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for name in REGISTRY:
+        try:
+            env.update(get_backend(name).worker_env(device))
+        except ImportError:
+            continue
+    return env
+
+
+class LogSink:
+    """Keeps the head and tail of what a worker writes, however much it writes."""
+
+    def __init__(self, keep: int = 128_000) -> None:
+        self.keep = keep
+        self.head = bytearray()
+        self.tail = bytearray()
+        self.total = 0
+
+    def feed(self, chunk: bytes) -> None:
+        self.total += len(chunk)
+        room = self.keep - len(self.head)
+        if room > 0:
+            self.head += chunk[:room]
+            chunk = chunk[room:]
+        if chunk:
+            self.tail += chunk
+            if len(self.tail) > self.keep:
+                del self.tail[: len(self.tail) - self.keep]
+
+    def text(self, limit: int) -> str:
+        if self.total <= self.keep:
+            return bytes(self.head[-limit:]).decode(errors="replace")
+        skipped = self.total - len(self.head) - len(self.tail)
+        if limit >= len(self.head) + len(self.tail):
+            middle = f"\n[... {skipped} bytes not kept ...]\n".encode() if skipped else b""
+            return bytes(self.head + middle + self.tail).decode(errors="replace")
+        return bytes(self.tail[-limit:]).decode(errors="replace")
+
+
+async def _drain(stream: Any, sink: LogSink) -> None:
+    try:
+        async for chunk in stream:
+            sink.feed(chunk)
+    except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+        return
+
+
+class Worker:
+    """One sandboxed process serving one job."""
+
+    def __init__(self, device: str, task_group: TaskGroup) -> None:
+        self.device = device
+        self.task_group = task_group
+        self.logs = {"stdout": LogSink(), "stderr": LogSink()}
+        self.name = f"w{os.getpid()}-{next(_ids)}"
+        self.dir = make_workdir(self.name)
+        self.cage = Containment(self.name)
+        self.process: Process | None = None
+        self.stream: SocketStream | None = None
+        self.reader: BufferedByteReceiveStream | None = None
+        self.pid = 0
+        self.killed_reason = ""
+
+    async def start(self) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        limits = settings()
+        memory = limits.memory_limit_mb if self.device == "cpu" else 0
+        cmd = [
+            sys.executable, "-m", "kfoundry.verify.worker", "--fd", str(theirs.fileno()), "--dir", str(self.dir),
+            "--device", self.device, "--memory-mb", str(memory), "--file-mb", str(limits.file_limit_mb),
+            "--nproc", str(self.cage.nproc_limit()),
+        ]
+        self.process = await anyio.open_process(
+            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=self.dir,
+            env=worker_env(self.dir, _backend_env(self.device)), start_new_session=True, pass_fds=(theirs.fileno(),),
+        )
+        theirs.close()
+        self.task_group.start_soon(_drain, self.process.stdout, self.logs["stdout"])
+        self.task_group.start_soon(_drain, self.process.stderr, self.logs["stderr"])
+        self.pid = self.process.pid
+        self.cage.adopt(self.pid)
+        self.stream = await SocketStream.from_socket(ours)
+        self.reader = BufferedByteReceiveStream(self.stream)
+        with anyio.fail_after(READY_TIMEOUT_S):
+            hello, _ = await self.recv()
+        if hello.get("op") != "ready":
+            raise WorkerGone(f"worker said {hello.get('op')!r} instead of ready")
+
+    async def send(self, header: dict[str, Any], blob: bytes = b"") -> None:
+        assert self.stream is not None
+        try:
+            await self.stream.send(pack(header, blob))
+        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
+            raise WorkerGone(str(exc)) from exc
+
+    async def recv(self) -> tuple[dict[str, Any], bytes]:
+        """Next frame from the worker; it is untrusted input, so sizes and JSON are checked."""
+        assert self.reader is not None
+        try:
+            json_len, blob_len = HEADER.unpack(await self.reader.receive_exactly(HEADER.size))
+            if json_len > MAX_JSON_BYTES or blob_len > settings().max_message_bytes:
+                raise WireError(f"worker sent a {json_len + blob_len}-byte message, over the limit")
+            header = json.loads(await self.reader.receive_exactly(json_len))
+            blob = await self.reader.receive_exactly(blob_len) if blob_len else b""
+        except (anyio.IncompleteRead, anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
+            raise WorkerGone("worker closed its channel") from exc
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise WireError(f"worker sent a malformed header: {exc}") from exc
+        if not isinstance(header, dict):
+            raise WireError("worker sent a non-object header")
+        return header, blob
+
+    async def exit_status(self, wait_s: float = 2.0) -> str:
+        """Describe how the process ended ('exit code 3', 'signal 11 (SIGSEGV)')."""
+        if self.process is None:
+            return "never started"
+        code = self.process.returncode
+        if code is None:
+            with anyio.move_on_after(wait_s):
+                code = await self.process.wait()
+        if code is None:
+            return "still running"
+        if code < 0:
+            try:
+                name = signal.Signals(-code).name
+            except ValueError:
+                name = "unknown"
+            return f"killed by signal {-code} ({name})"
+        return f"exit code {code}"
+
+    def log_tail(self, which: str = "stderr", limit: int = 4000) -> str:
+        return self.logs[which].text(limit)
+
+    def log_size(self, which: str = "stdout") -> int:
+        return self.logs[which].total
+
+    async def kill(self) -> None:
+        """Kill the worker and everything it started; idempotent."""
+        if self.pid:
+            self.cage.kill_all(self.pid)
+        if self.stream is not None:
+            await self.stream.aclose()
+            self.stream = None
+        if self.process is not None and self.process.returncode is None:
+            with anyio.move_on_after(5):
+                await self.process.wait()
+
+    async def dispose(self, keep: Path | None = None) -> None:
+        """Kill, copy logs to ``keep`` (artifacts) and remove the scratch directory."""
+        await self.kill()
+        if keep is not None:
+            keep.mkdir(parents=True, exist_ok=True)
+            for which in ("stdout", "stderr"):
+                (keep / f"{which}.log").write_text(self.log_tail(which, 1 << 20))
+        self.cage.release()
+        remove_workdir(self.dir)

@@ -1,0 +1,84 @@
+"""What every tool call shares: the worker pool, argument checks, device choice, progress."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from functools import cache
+
+from kfoundry.backends import UnknownBackendError, get_backend, names
+from kfoundry.backends.base import Backend
+from kfoundry.config import settings
+from kfoundry.errors import BadRequest, Unavailable
+from kfoundry.schema import ToolchainInfo
+from kfoundry.server.pool import WorkerPool
+
+Progress = Callable[[float, str], Awaitable[None]]
+
+MAX_TIMEOUT_S = 3600.0
+
+
+async def no_progress(fraction: float, message: str) -> None:
+    return None
+
+
+@dataclass
+class Runtime:
+    pool: WorkerPool
+    progress: Progress = no_progress
+
+    def with_progress(self, progress: Progress | None) -> Runtime:
+        return Runtime(self.pool, progress or no_progress)
+
+
+@cache
+def probe(name: str) -> ToolchainInfo:
+    return get_backend(name).probe()
+
+
+def cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def resolve_backend(name: str) -> Backend:
+    """The backend to use, or a BadRequest/Unavailable naming what would work."""
+    if not isinstance(name, str) or not name.strip():
+        raise BadRequest(f"backend is required; one of: {', '.join(names())}")
+    try:
+        backend = get_backend(name.strip().lower())
+    except UnknownBackendError as exc:
+        raise BadRequest(str(exc)) from exc
+    info = probe(backend.name)
+    if not info.available:
+        raise Unavailable(f"backend {backend.name!r} is unavailable on this host: {info.reason}")
+    return backend
+
+
+def device_for(backend: Backend) -> str:
+    info = probe(backend.name)
+    return info.device or "cpu"
+
+
+def check_source(value: object, field: str, *, kind: str) -> str:
+    """Non-empty text under the payload limit."""
+    if not isinstance(value, str):
+        raise BadRequest(f"{field} must be Python source text ({kind}), got {type(value).__name__}")
+    if not value.strip():
+        raise BadRequest(f"{field} is empty; send the full Python module source ({kind})")
+    limit = settings().max_payload_bytes
+    size = len(value.encode("utf-8", errors="replace"))
+    if size > limit:
+        raise BadRequest(f"{field} is {size} bytes; the limit is {limit} bytes. Send only the module source, without data blobs")
+    if "\x00" in value:
+        raise BadRequest(f"{field} contains NUL bytes; send plain text source")
+    return value
+
+
+def check_timeout(value: float | None, default: float) -> float:
+    if value is None:
+        return default
+    if not (0 < value <= MAX_TIMEOUT_S):
+        raise BadRequest(f"timeout_s must be between 0 and {MAX_TIMEOUT_S:g} seconds")
+    return float(value)

@@ -1,0 +1,90 @@
+"""``translate_reference``: problem analysis plus a ready-to-send generation or translation prompt."""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+from kfoundry import prompts
+from kfoundry.artifacts import new_run
+from kfoundry.backends import UnknownBackendError, get_backend
+from kfoundry.errors import BadRequest
+from kfoundry.schema import ErrorDetail, ProblemAnalysis, TranslateResult
+from kfoundry.server.jobs import Conversation, Ending
+from kfoundry.tools.runtime import Runtime, check_source, check_timeout, device_for, resolve_backend
+
+DEFAULT_TIMEOUT_S = 120.0
+
+
+def prompt_context(backend_name: str, reference: str, analysis: ProblemAnalysis | None = None, **extra: Any) -> dict[str, Any]:
+    backend = get_backend(backend_name)
+    example_reference, example_solution = prompts.oneshot(backend.name)
+    return {
+        "reference": reference, "backend": backend.name, "marker": backend.marker, "notes": backend.notes,
+        "oneshot_reference": example_reference, "oneshot_solution": example_solution, "analysis": analysis, **extra,
+    }
+
+
+def render_prompt(reference: str, target_backend: str, source_backend: str = "pytorch", source_code: str | None = None, analysis: ProblemAnalysis | None = None) -> str:
+    """The prompt alone (no worker): deterministic for the same arguments."""
+    if source_backend == "pytorch":
+        return prompts.render("generate", **prompt_context(target_backend, reference, analysis))
+    source = get_backend(source_backend)
+    return prompts.render(
+        "translate",
+        **prompt_context(target_backend, reference, analysis, source_backend=source.name, source_candidate=source_code, source_notes=source.notes),
+    )
+
+
+def check_translation_args(reference: str, target_backend: str, source_backend: str, source_code: str | None) -> None:
+    check_source(reference, "reference", kind="a KernelBench problem: Model, get_inputs, get_init_inputs")
+    if source_backend != "pytorch":
+        try:
+            get_backend(source_backend)
+        except UnknownBackendError as exc:
+            raise BadRequest(f"source_backend: {exc}; use 'pytorch' to start from the reference") from exc
+        if source_code is None:
+            raise BadRequest(f"source_code is required when source_backend is {source_backend!r}: send that backend's candidate module")
+        check_source(source_code, "source_code", kind=f"a {source_backend} candidate module")
+
+
+async def translate_reference(
+    rt: Runtime,
+    reference: str,
+    target_backend: str,
+    source_backend: str = "pytorch",
+    source_code: str | None = None,
+    timeout_s: float | None = None,
+    translation: str | None = None,
+) -> TranslateResult:
+    target = resolve_backend(target_backend)
+    source_backend = (source_backend or "pytorch").strip().lower()
+    check_translation_args(reference, target.name, source_backend, source_code)
+    run = new_run("translate")
+    run.write("reference.py", reference)
+    if source_code:
+        run.write(f"source-{source_backend}.py", source_code)
+    analysis, failure = await _analyze(rt, reference, device_for(target), check_timeout(timeout_s, DEFAULT_TIMEOUT_S), run)
+    prompt = render_prompt(reference, target.name, source_backend, source_code, analysis)
+    run.write("prompt.md", prompt)
+    result = TranslateResult(
+        prompt=prompt, analysis=analysis, analysis_error=failure, target_backend=target.name, source_backend=source_backend,
+        translation=translation, translation_source="sampling" if translation else "none", run_id=run.id,
+    )
+    run.write("result.json", result)
+    return result
+
+
+async def _analyze(rt: Runtime, reference: str, device: str, timeout_s: float, run: Any) -> tuple[ProblemAnalysis | None, ErrorDetail | None]:
+    """Run the reference once in a worker (it is user code) under FLOP counting and op tracing."""
+    await rt.progress(0.1, "analyzing the reference")
+    async with rt.pool.slot(device, exclusive=False):
+        worker = await rt.pool.acquire(device)
+        try:
+            job = {"role": "analyze", "problem": reference, "init_seed": secrets.randbits(31), "device": device, "seeds": []}
+            report = await Conversation(worker, job).run(timeout_s)
+        finally:
+            await rt.pool.release(worker, run.path / "worker")
+    if report.ending is Ending.done and report.analysis is not None:
+        return report.analysis, None
+    return None, report.error or ErrorDetail(type="AnalysisError", message="the reference produced no analysis")

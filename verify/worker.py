@@ -1,0 +1,82 @@
+"""Entry point of a sandboxed worker process: ``python -m kfoundry.verify.worker``.
+
+The process limits itself before anything else runs, warms torch (so a spare is
+ready the moment a job arrives), announces itself, serves exactly one job and exits.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import socket
+import sys
+from pathlib import Path
+
+
+def _limit(kind: int, value: int) -> None:
+    soft, hard = resource.getrlimit(kind)
+    cap = value if hard == resource.RLIM_INFINITY else min(value, hard)
+    resource.setrlimit(kind, (cap, cap))
+
+
+def _confine(args: argparse.Namespace) -> None:
+    _limit(resource.RLIMIT_CORE, 0)
+    _limit(resource.RLIMIT_FSIZE, args.file_mb << 20)
+    _limit(resource.RLIMIT_NOFILE, 4096)
+    if args.memory_mb > 0:
+        _limit(resource.RLIMIT_AS, args.memory_mb << 20)
+    if args.nproc > 0:
+        _limit(resource.RLIMIT_NPROC, args.nproc)
+    os.umask(0o077)
+
+
+def _warm(device: str) -> None:
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.init()
+        torch.zeros(1, device=device)
+    try:
+        import triton  # noqa: F401 - importing early keeps it off the job's critical path
+    except ImportError:
+        pass
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--fd", type=int, required=True)
+    parser.add_argument("--dir", type=Path, required=True)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--memory-mb", type=int, default=0)
+    parser.add_argument("--file-mb", type=int, default=2048)
+    parser.add_argument("--nproc", type=int, default=0)
+    args = parser.parse_args()
+
+    _confine(args)
+    os.chdir(args.dir)
+    sock = socket.socket(fileno=args.fd)
+    os.set_inheritable(sock.fileno(), False)
+
+    from kfoundry.verify.wire import Channel, set_worker_channel
+
+    channel = Channel(sock)
+    _warm(args.device)
+    channel.send({"op": "ready", "pid": os.getpid()})
+    try:
+        job, _ = channel.recv()
+    except EOFError:
+        os._exit(0)
+    set_worker_channel(channel)
+
+    from kfoundry.verify.harness import run_job
+
+    run_job(job, channel, args.dir)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Skip interpreter teardown: candidate objects' finalizers must not run after the verdict data is sent.
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()
