@@ -22,7 +22,9 @@ _MANY_OPS = 8
 _LIBRARY_SHARE = 0.25
 _NOISY_COV = 0.10
 _NEAR_SOL = 0.70
-_GEMM = re.compile(r"aten::(mm|addmm|bmm|baddbmm|matmul|linear|conv|_convolution|mkldnn_convolution)|gemm|cublas|cutlass|xmma", re.I)
+_GEMM = re.compile(
+    r"aten::(mm|addmm|bmm|baddbmm|matmul|linear|conv|_convolution|mkldnn_convolution)|gemm|cublas|cutlass|xmma", re.I
+)
 
 
 class Diagnosis(BaseModel):
@@ -45,10 +47,14 @@ def diagnose_text(text: str) -> Diagnosis:
         rows = table.rows
         if on_device:
             # Kernel rows have no CPU self time; CPU op rows repeat the time of kernels they launched.
-            kernels = [r for r in rows if r.self_device_us > 0 and r.self_cpu_us == 0] or [r for r in rows if r.self_device_us > 0]
+            kernels = [r for r in rows if r.self_device_us > 0 and r.self_cpu_us == 0] or [
+                r for r in rows if r.self_device_us > 0
+            ]
             triples = [(r.name, r.self_device_us, r.calls) for r in kernels]
         else:
-            triples = [(r.name, r.self_cpu_us, r.calls) for r in rows if not r.name.startswith(("ProfilerStep", "[memory]"))]
+            triples = [
+                (r.name, r.self_cpu_us, r.calls) for r in rows if not r.name.startswith(("ProfilerStep", "[memory]"))
+            ]
         profile = _text_profile("cuda" if on_device else "cpu", shares(triples, calls=1, is_own=looks_own), None)
         return _Rules(profile, "").run(title=f"torch.profiler table ({profile.device})")
     report = parse_ncu_csv(text)
@@ -66,9 +72,18 @@ def diagnose_text(text: str) -> Diagnosis:
     )
 
 
-def _text_profile(device: str, breakdown: list[KernelShare], counters: dict[str, dict[str, float]] | None) -> ProfileResult:
-    return ProfileResult(state=State.correct, backend="text", device=device, breakdown=breakdown,
-                         counters=counters, duration_s=0.0, run_id="text")
+def _text_profile(
+    device: str, breakdown: list[KernelShare], counters: dict[str, dict[str, float]] | None
+) -> ProfileResult:
+    return ProfileResult(
+        state=State.correct,
+        backend="text",
+        device=device,
+        breakdown=breakdown,
+        counters=counters,
+        duration_s=0.0,
+        run_id="text",
+    )
 
 
 class _Rules:
@@ -89,11 +104,20 @@ class _Rules:
     def run(self, title: str) -> Diagnosis:
         self._collect_evidence()
         bottleneck, recommendation = (
-            self._tiny() or self._outside_kernels() or self._many_small() or self._library()
-            or self._counters() or self._roofline() or self._fallback()
+            self._tiny()
+            or self._outside_kernels()
+            or self._many_small()
+            or self._library()
+            or self._counters()
+            or self._roofline()
+            or self._fallback()
         )
-        return Diagnosis(bottleneck=bottleneck, digest=self._digest(title, bottleneck), recommendation=recommendation,
-                         evidence=self.evidence)
+        return Diagnosis(
+            bottleneck=bottleneck,
+            digest=self._digest(title, bottleneck),
+            recommendation=recommendation,
+            evidence=self.evidence,
+        )
 
     # -- facts ---------------------------------------------------------------------------
 
@@ -106,17 +130,27 @@ class _Rules:
     def _collect_evidence(self) -> None:
         p, ev = self.p, self.evidence
         if p.candidate:
-            ev.append(f"candidate median {_ms(p.candidate.median_ms)} over {p.candidate.n} runs (CoV {p.candidate.cov:.2f})")
+            ev.append(
+                f"candidate median {_ms(p.candidate.median_ms)} over {p.candidate.n} runs (CoV {p.candidate.cov:.2f})"
+            )
             if p.candidate.cov > _NOISY_COV:
-                ev.append(f"timings are noisy (CoV {p.candidate.cov:.2f} > {_NOISY_COV}); differences under ~{p.candidate.cov:.0%} are not meaningful")
+                ev.append(
+                    f"timings are noisy (CoV {p.candidate.cov:.2f} > {_NOISY_COV}); "
+                    f"differences under ~{p.candidate.cov:.0%} are not meaningful"
+                )
         if p.speedup_vs_eager is not None:
-            ev.append(f"{p.speedup_vs_eager:.2f}x vs eager" + (" (slower than eager)" if p.speedup_vs_eager < 1 else ""))
+            ev.append(
+                f"{p.speedup_vs_eager:.2f}x vs eager" + (" (slower than eager)" if p.speedup_vs_eager < 1 else "")
+            )
         if p.speedup_vs_compile is not None:
             ev.append(f"{p.speedup_vs_compile:.2f}x vs torch.compile")
         if p.roofline and self.regime:
             r = p.roofline
-            ev.append(f"arithmetic intensity {r.arithmetic_intensity:.2f} FLOP/B vs ridge {r.peak_flops / r.peak_bandwidth:.1f} "
-                      f"-> {self.regime.value}-bound problem")
+            ridge = r.peak_flops / r.peak_bandwidth
+            ev.append(
+                f"arithmetic intensity {r.arithmetic_intensity:.2f} FLOP/B vs ridge {ridge:.1f} "
+                f"-> {self.regime.value}-bound problem"
+            )
             if r.achieved_fraction is not None:
                 ev.append(f"{r.achieved_fraction:.0%} of speed of light ({_ms(r.sol_ms)})")
         if self.library and self.own:
@@ -137,23 +171,31 @@ class _Rules:
     def _tiny(self) -> tuple[Bottleneck, str] | None:
         if self.median is None or self.median >= _TINY_MS[self.kind]:
             return None
-        self.evidence.append(f"the whole call takes {self.median * 1e3:.1f} us, under the ~{_TINY_MS[self.kind] * 1e3:.0f} us of fixed per-call cost")
+        us = self.median * 1e3
+        self.evidence.append(
+            f"the whole call takes {us:.1f} us, under ~{_TINY_MS[self.kind] * 1e3:.0f} us of per-call cost"
+        )
         if self.kind == "gpu" and self.launches > 1:
             return self._overhead(), (
                 f"Fuse the {self.launches} kernel launches per call into one kernel (or capture them in a CUDA graph): "
-                f"the call takes only {self.median * 1e3:.1f} us, so launch latency, not the kernels, sets the time.")
+                f"the call takes only {us:.1f} us, so launch latency, not the kernels, sets the time."
+            )
         return self._overhead(), (
-            f"Remove per-call host work around the kernel (output allocation, .contiguous()/dtype copies, Python reshapes): "
-            f"the call takes only {self.median * 1e3:.1f} us, so fixed overhead outweighs the computation.")
+            "Remove per-call host work around the kernel (output allocation, .contiguous()/dtype copies, Python "
+            f"reshapes): the call takes only {us:.1f} us, so fixed overhead outweighs the computation."
+        )
 
     def _outside_kernels(self) -> tuple[Bottleneck, str] | None:
         if self.median is None or not self.p.breakdown or self.kernel_ms >= 0.3 * self.median:
             return None
         outside = 1 - self.kernel_ms / self.median
-        self.evidence.append(f"{self.unit}s account for {_ms(self.kernel_ms)} of the {_ms(self.median)} call ({outside:.0%} elsewhere)")
+        self.evidence.append(
+            f"{self.unit}s account for {_ms(self.kernel_ms)} of the {_ms(self.median)} call ({outside:.0%} elsewhere)"
+        )
         return Bottleneck.host_overhead, (
-            f"Move Python-side work out of forward (per-call compilation or allocation, .item()/.cpu() syncs, loops over "
-            f"tensors): {outside:.0%} of the {_ms(self.median)} call is spent outside any {self.unit}.")
+            "Move Python-side work out of forward (per-call compilation or allocation, .item()/.cpu() syncs, loops "
+            f"over tensors): {outside:.0%} of the {_ms(self.median)} call is spent outside any {self.unit}."
+        )
 
     def _many_small(self) -> tuple[Bottleneck, str] | None:
         if self.launches < _MANY_OPS or self.kernel_ms / self.launches >= _SMALL_OP_MS[self.kind]:
@@ -163,7 +205,8 @@ class _Rules:
         self.evidence.append(f"{self.launches} {self.unit} calls{per} averaging {mean_us:.1f} us each")
         return self._overhead(), (
             f"Fuse the {self.launches} {self.unit} calls{per} into one or a few kernels: they average {mean_us:.1f} us "
-            f"each, so per-launch overhead and the memory round trips between them dominate.")
+            f"each, so per-launch overhead and the memory round trips between them dominate."
+        )
 
     def _library(self) -> tuple[Bottleneck, str] | None:
         if not self.library:
@@ -174,17 +217,21 @@ class _Rules:
         if not self.own and self.p.backend != "text":
             return self.regime or Bottleneck.unknown, (
                 f"Replace {top[0].name} ({top[0].share:.0%} of the time) with your own {self.p.backend} kernel: "
-                f"the profile shows no kernel of the {self.p.backend} backend, only library {self.unit}s ({names}).")
+                f"the profile shows no kernel of the {self.p.backend} backend, only library {self.unit}s ({names})."
+            )
         if not self.own or share < _LIBRARY_SHARE:
             return None
         ms = sum(k.time_ms for k in self.library)
         if _GEMM.search(top[0].name):
             return self.regime or Bottleneck.compute, (
-                f"Write the GEMM ({top[0].name}) as your own kernel with your elementwise work fused into its epilogue: "
-                f"library {self.unit}s ({names}) take {share:.0%} ({_ms(ms)}) of the time and your kernel re-reads their output.")
+                f"Write the GEMM ({top[0].name}) as your own kernel with your elementwise work fused into its "
+                f"epilogue: library {self.unit}s ({names}) take {share:.0%} ({_ms(ms)}) of the time and your kernel "
+                "re-reads their output."
+            )
         return self.regime or Bottleneck.memory, (
             f"Fuse {names} into your kernel: they take {share:.0%} ({_ms(ms)}) of the time, and each separate "
-            f"{self.unit} makes another full pass over memory.")
+            f"{self.unit} makes another full pass over memory."
+        )
 
     def _counters(self) -> tuple[Bottleneck, str] | None:
         if not self.p.counters:
@@ -199,19 +246,23 @@ class _Rules:
         self.evidence.append(f"{_short(name)}: " + ", ".join(facts))
         if dram is not None and dram >= 60 and dram >= (sm or 0):
             return Bottleneck.memory, (
-                f"Cut the bytes {_short(name)} moves (fuse neighbouring ops, keep reused tiles in shared memory, use a "
-                f"narrower dtype): DRAM throughput is already {dram:.0f}% of peak, so only less traffic makes it faster.")
+                f"Cut the bytes {_short(name)} moves (fuse neighbouring ops, keep reused tiles in shared memory, use "
+                f"a narrower dtype): DRAM throughput is already {dram:.0f}% of peak, so only less traffic helps."
+            )
         if sm is not None and sm >= 60:
             return Bottleneck.compute, (
-                f"Move {_short(name)}'s math onto tensor cores (tl.dot / mma with bf16 or tf32 inputs) or cut instructions "
-                f"per element: SM throughput is {sm:.0f}% of peak while DRAM is {dram or 0:.0f}%.")
+                f"Move {_short(name)}'s math onto tensor cores (tl.dot / mma with bf16 or tf32 inputs) or cut "
+                f"instructions per element: SM throughput is {sm:.0f}% of peak while DRAM is {dram or 0:.0f}%."
+            )
         if occ is not None and occ < 40:
             return Bottleneck.latency, (
-                f"Raise occupancy of {_short(name)} from {occ:.0f}% (fewer registers or less shared memory per block, or "
-                f"more blocks): neither DRAM ({dram or 0:.0f}%) nor SM ({sm or 0:.0f}%) is busy, so stalls are not hidden.")
+                f"Raise occupancy of {_short(name)} from {occ:.0f}% (fewer registers or less shared memory per block, "
+                f"or more blocks): neither DRAM ({dram or 0:.0f}%) nor SM ({sm or 0:.0f}%) is busy, so stalls show."
+            )
         return Bottleneck.latency, (
-            f"Give each thread of {_short(name)} more independent work (unroll, several elements per thread, async "
-            f"copies): DRAM {dram or 0:.0f}% and SM {sm or 0:.0f}% are both far from peak, so memory latency is exposed.")
+            f"Give each thread of {_short(name)} more independent work (unroll, several elements per thread, "
+            f"async copies): DRAM {dram or 0:.0f}% and SM {sm or 0:.0f}% are both far from peak, so latency is exposed."
+        )
 
     def _roofline(self) -> tuple[Bottleneck, str] | None:
         r = self.p.roofline
@@ -220,61 +271,97 @@ class _Rules:
         frac = r.achieved_fraction
         achieved = self._achieved()
         if frac is not None and frac >= _NEAR_SOL:
-            lever = "moving fewer bytes (narrower dtype, fusing with neighbouring ops)" if self.regime is Bottleneck.memory \
+            lever = (
+                "moving fewer bytes (narrower dtype, fusing with neighbouring ops)"
+                if self.regime is Bottleneck.memory
                 else "lower-precision tensor-core math"
-            return self.regime, f"Stop tuning this kernel's schedule: it runs at {frac:.0%} of speed of light, so only {lever} can make it much faster."
+            )
+            return self.regime, (
+                f"Stop tuning this kernel's schedule: it runs at {frac:.0%} of speed of light, so only {lever} can "
+                "make it much faster."
+            )
         hint = _source_hint(self.source, self.p.backend, self.regime)
         if self.regime is Bottleneck.memory:
-            rate = f"it moves {_bytes(r.bytes)} at {achieved[0] / 1e9:.1f} GB/s, {achieved[0] / r.peak_bandwidth:.0%} of {r.peak_bandwidth / 1e9:.0f} GB/s" \
-                if achieved else f"arithmetic intensity is {r.arithmetic_intensity:.2f} FLOP/B"
-            return self.regime, (hint or "Make memory access contiguous and vectorised (128-bit loads, consecutive elements per thread)") + f": {rate}."
-        rate = f"it reaches {achieved[1] / 1e9:.1f} GFLOP/s, {achieved[1] / r.peak_flops:.0%} of {r.peak_flops / 1e9:.0f} GFLOP/s" \
-            if achieved else f"arithmetic intensity is {r.arithmetic_intensity:.1f} FLOP/B"
-        default = "Tile the computation for reuse in shared memory and use tensor cores (mma / tl.dot)" if self.kind == "gpu" \
+            rate = (
+                f"it moves {_bytes(r.bytes)} at {achieved[0] / 1e9:.1f} GB/s, "
+                f"{achieved[0] / r.peak_bandwidth:.0%} of {r.peak_bandwidth / 1e9:.0f} GB/s"
+                if achieved
+                else f"arithmetic intensity is {r.arithmetic_intensity:.2f} FLOP/B"
+            )
+            return self.regime, (
+                hint or "Make memory access contiguous and vectorised (128-bit loads, consecutive elements per thread)"
+            ) + f": {rate}."
+        rate = (
+            f"it reaches {achieved[1] / 1e9:.1f} GFLOP/s, "
+            f"{achieved[1] / r.peak_flops:.0%} of {r.peak_flops / 1e9:.0f} GFLOP/s"
+            if achieved
+            else f"arithmetic intensity is {r.arithmetic_intensity:.1f} FLOP/B"
+        )
+        default = (
+            "Tile the computation for reuse in shared memory and use tensor cores (mma / tl.dot)"
+            if self.kind == "gpu"
             else "Block the loops for cache reuse and vectorise the inner loop (or call into BLAS for the GEMM part)"
+        )
         return self.regime, (hint or default) + f": {rate}."
 
     def _fallback(self) -> tuple[Bottleneck, str]:
         ranked = sorted(self.p.breakdown, key=lambda k: k.share, reverse=True)
         top = next((k for k in ranked if k.name != "other"), None)
         if top is not None:
-            action = f"Optimise {_short(top.name)}" if top.own else f"Replace {_short(top.name)} with a custom kernel fused with its neighbours"
+            action = (
+                f"Optimise {_short(top.name)}"
+                if top.own
+                else f"Replace {_short(top.name)} with a custom kernel fused with its neighbours"
+            )
             return Bottleneck.unknown, (
                 f"{action}: it takes {top.share:.0%} ({_ms(top.time_ms)}) of the {self.unit} time, more than any other "
-                f"{self.unit}; without FLOPs, bytes or counters the profile cannot say which resource limits it.")
+                f"{self.unit}; without FLOPs, bytes or counters the profile cannot say which resource limits it."
+            )
         if self.p.speedup_vs_eager is not None and self.p.speedup_vs_eager < 1:
             return Bottleneck.unknown, (
-                f"Profile eager and the candidate per {self.unit} (breakdown) to see where the {1 / self.p.speedup_vs_eager:.1f}x "
-                f"slowdown against eager comes from; the timing alone does not say.")
+                f"Profile eager and the candidate per {self.unit} (breakdown) to see where the "
+                f"{1 / self.p.speedup_vs_eager:.1f}x slowdown against eager comes from; the timing alone does not say."
+            )
         return Bottleneck.unknown, (
             "Run profile with the reference problem so FLOPs, bytes and a per-kernel breakdown are available; "
-            "timing alone does not show the bottleneck.")
+            "timing alone does not show the bottleneck."
+        )
 
     # -- digest --------------------------------------------------------------------------
 
     def _digest(self, title: str, bottleneck: Bottleneck) -> str:
         p = self.p
         head = [title]
-        if p.candidate:
-            head.append(f"candidate {_ms(p.candidate.median_ms)} (IQR {_ms(p.candidate.iqr_ms)}, CoV {p.candidate.cov:.2f}, n={p.candidate.n})")
-        for label, timing, speedup in (("eager", p.eager, p.speedup_vs_eager), ("compile", p.compiled, p.speedup_vs_compile)):
+        if c := p.candidate:
+            head.append(f"candidate {_ms(c.median_ms)} (IQR {_ms(c.iqr_ms)}, CoV {c.cov:.2f}, n={c.n})")
+        for label, timing, speedup in (
+            ("eager", p.eager, p.speedup_vs_eager),
+            ("compile", p.compiled, p.speedup_vs_compile),
+        ):
             if timing:
                 head.append(f"{label} {_ms(timing.median_ms)}" + (f" -> {speedup:.2f}x" if speedup is not None else ""))
         lines = [" | ".join(head), f"bottleneck: {bottleneck.value}"]
         if p.roofline:
             r = p.roofline
             frac = f", {r.achieved_fraction:.0%} achieved" if r.achieved_fraction is not None else ""
-            lines.append(f"roofline: {r.flops:.3g} FLOP, {_bytes(r.bytes)}, AI {r.arithmetic_intensity:.2f} FLOP/B "
-                         f"(ridge {r.peak_flops / r.peak_bandwidth:.1f}); SOL {_ms(r.sol_ms)}{frac} [{r.peak_source}]")
+            lines.append(
+                f"roofline: {r.flops:.3g} FLOP, {_bytes(r.bytes)}, AI {r.arithmetic_intensity:.2f} FLOP/B "
+                f"(ridge {r.peak_flops / r.peak_bandwidth:.1f}); SOL {_ms(r.sol_ms)}{frac} [{r.peak_source}]"
+            )
         per = "in the trace" if p.backend == "text" else "per call"
         for label, rows in ((f"{self.unit}s (self time {per})", p.breakdown), ("eager ops", p.baseline_breakdown[:5])):
             if rows:
                 lines.append(f"{label}:")
-                lines += [f"  {k.share:6.1%} {_ms(k.time_ms):>10} x{k.calls:<4} {'own' if k.own else 'lib'}  {_short(k.name)}" for k in rows[:10]]
+                lines += [
+                    f"  {k.share:6.1%} {_ms(k.time_ms):>10} x{k.calls:<4} {'own' if k.own else 'lib'}  {_short(k.name)}"
+                    for k in rows[:10]
+                ]
         if p.counters:
             for name, metrics in list(p.counters.items())[:5]:
                 shown = {key: counter(metrics, key) for key in ("duration_us", "dram_pct", "sm_pct", "occupancy_pct")}
-                lines.append(f"counters {_short(name)}: " + ", ".join(f"{k} {v:.1f}" for k, v in shown.items() if v is not None))
+                lines.append(
+                    f"counters {_short(name)}: " + ", ".join(f"{k} {v:.1f}" for k, v in shown.items() if v is not None)
+                )
         lines += [f"warning: {w}" for w in p.warnings[:5]]
         return "\n".join(lines)
 
@@ -284,11 +371,15 @@ def _source_hint(source: str, backend: str, regime: Bottleneck) -> str | None:
     if not source:
         return None
     if backend == "cpp" and "omp" not in source and "parallel_for" not in source:
-        return "Parallelise the outer loop with `#pragma omp parallel for` (built with -fopenmp); the kernel runs on one core"
+        return (
+            "Parallelise the outer loop with `#pragma omp parallel for` (built with -fopenmp), as it runs on one core"
+        )
     if backend == "triton":
         blocks = [int(n) for n in re.findall(r"BLOCK\w*\s*[:=]\s*(\d+)", source)]
         if regime is Bottleneck.memory and blocks and max(blocks) < 256:
-            return f"Raise the Triton BLOCK size from {max(blocks)} to 1024 so each program streams enough data per launch"
+            return (
+                f"Raise the Triton BLOCK size from {max(blocks)} to 1024 so each program streams enough data per launch"
+            )
         if regime is Bottleneck.compute and "tl.dot" not in source:
             return "Compute the products with tl.dot on BLOCK_M x BLOCK_N x BLOCK_K tiles so they run on tensor cores"
     if backend == "cuda" and regime is Bottleneck.compute and not re.search(r"wmma|mma\.sync|mma_sync|cute::", source):

@@ -25,8 +25,6 @@ from kfoundry.config import settings
 from kfoundry.profilers.timing import _clock, llc_bytes
 from kfoundry.schema import OpInfo, ProblemAnalysis, Roofline
 
-TFLOPS = 1e12
-TBPS = 1e12
 MiB = 1 << 20
 
 
@@ -67,37 +65,42 @@ def _precision(dtype: str) -> str:
     return "fp32"
 
 
-# Dense (no 2:4 sparsity) peaks from each vendor datasheet; datasheets headline the
-# sparse figure, which is twice these. Bandwidth is the HBM/GDDR figure, L2 as reported
-# by torch.cuda.get_device_properties.
-GPU_PEAKS: dict[str, DevicePeaks] = {
-    p.name: p
-    for p in (
-        DevicePeaks(name="H100 SXM", fp32=67 * TFLOPS, tf32=494.7 * TFLOPS, bf16=989.4 * TFLOPS, fp16=989.4 * TFLOPS, fp8=1978.9 * TFLOPS,
-                    bandwidth=3.35 * TBPS, l2_bytes=50 * MiB, source="NVIDIA H100 SXM datasheet (dense)"),
-        DevicePeaks(name="H100 PCIe", fp32=51 * TFLOPS, tf32=378 * TFLOPS, bf16=756 * TFLOPS, fp16=756 * TFLOPS, fp8=1513 * TFLOPS,
-                    bandwidth=2.0 * TBPS, l2_bytes=50 * MiB, source="NVIDIA H100 PCIe datasheet (dense)"),
-        DevicePeaks(name="H100 NVL", fp32=60 * TFLOPS, tf32=417.5 * TFLOPS, bf16=835.5 * TFLOPS, fp16=835.5 * TFLOPS, fp8=1670.5 * TFLOPS,
-                    bandwidth=3.9 * TBPS, l2_bytes=50 * MiB, source="NVIDIA H100 NVL datasheet (dense)"),
-        DevicePeaks(name="H200", fp32=67 * TFLOPS, tf32=494.7 * TFLOPS, bf16=989.4 * TFLOPS, fp16=989.4 * TFLOPS, fp8=1978.9 * TFLOPS,
-                    bandwidth=4.8 * TBPS, l2_bytes=50 * MiB, source="NVIDIA H200 SXM datasheet (dense)"),
-        DevicePeaks(name="H200 NVL", fp32=60 * TFLOPS, tf32=417.5 * TFLOPS, bf16=835.5 * TFLOPS, fp16=835.5 * TFLOPS, fp8=1670.5 * TFLOPS,
-                    bandwidth=4.8 * TBPS, l2_bytes=50 * MiB, source="NVIDIA H200 NVL datasheet (dense)"),
-        DevicePeaks(name="A100 SXM 80GB", fp32=19.5 * TFLOPS, tf32=156 * TFLOPS, bf16=312 * TFLOPS, fp16=312 * TFLOPS,
-                    bandwidth=2.039 * TBPS, l2_bytes=40 * MiB, source="NVIDIA A100 datasheet, SXM 80GB (dense)"),
-        DevicePeaks(name="A100 PCIe 80GB", fp32=19.5 * TFLOPS, tf32=156 * TFLOPS, bf16=312 * TFLOPS, fp16=312 * TFLOPS,
-                    bandwidth=1.935 * TBPS, l2_bytes=40 * MiB, source="NVIDIA A100 datasheet, PCIe 80GB (dense)"),
-        DevicePeaks(name="A100 40GB", fp32=19.5 * TFLOPS, tf32=156 * TFLOPS, bf16=312 * TFLOPS, fp16=312 * TFLOPS,
-                    bandwidth=1.555 * TBPS, l2_bytes=40 * MiB, source="NVIDIA A100 datasheet, 40GB (dense)"),
-        DevicePeaks(name="B200", fp32=80 * TFLOPS, tf32=1100 * TFLOPS, bf16=2250 * TFLOPS, fp16=2250 * TFLOPS, fp8=4500 * TFLOPS,
-                    bandwidth=8.0 * TBPS, l2_bytes=126 * MiB, source="NVIDIA HGX B200 datasheet, per GPU (dense)"),
-        DevicePeaks(name="L40S", fp32=91.6 * TFLOPS, tf32=183 * TFLOPS, bf16=362.05 * TFLOPS, fp16=362.05 * TFLOPS, fp8=733 * TFLOPS,
-                    bandwidth=0.864 * TBPS, l2_bytes=96 * MiB, source="NVIDIA L40S datasheet (dense)"),
-        # fp16/fp8 with fp16 accumulate run at twice the fp32-accumulate rate on Ada GeForce.
-        DevicePeaks(name="RTX 4090", fp32=82.6 * TFLOPS, tf32=82.6 * TFLOPS, bf16=165.2 * TFLOPS, fp16=330.3 * TFLOPS, fp8=660.6 * TFLOPS,
-                    bandwidth=1.008 * TBPS, l2_bytes=72 * MiB, source="NVIDIA Ada GPU architecture whitepaper, RTX 4090 (dense)"),
+def _datasheet(
+    name: str, tflops: tuple[float, float, float, float, float | None], tb_s: float, l2_mib: int, source: str
+) -> DevicePeaks:
+    fp32, tf32, bf16, fp16 = (v * 1e12 for v in tflops[:4])
+    fp8 = None if tflops[4] is None else tflops[4] * 1e12
+    return DevicePeaks(
+        name=name,
+        source=f"{source} (dense peaks)",
+        fp32=fp32,
+        tf32=tf32,
+        bf16=bf16,
+        fp16=fp16,
+        fp8=fp8,
+        bandwidth=tb_s * 1e12,
+        l2_bytes=l2_mib * MiB,
     )
-}
+
+
+# Dense (no 2:4 sparsity) peaks from each vendor datasheet; datasheets headline the sparse
+# figure, twice these. TFLOP/s as (fp32, tf32, bf16, fp16, fp8), main-memory TB/s, L2 MiB.
+# fmt: off
+GPU_PEAKS: dict[str, DevicePeaks] = {p.name: p for p in (
+    _datasheet("H100 SXM",       (67, 494.7, 989.4, 989.4, 1978.9), 3.35, 50, "NVIDIA H100 SXM datasheet"),
+    _datasheet("H100 PCIe",      (51, 378, 756, 756, 1513),         2.0, 50, "NVIDIA H100 PCIe datasheet"),
+    _datasheet("H100 NVL",       (60, 417.5, 835.5, 835.5, 1670.5), 3.9, 50, "NVIDIA H100 NVL datasheet"),
+    _datasheet("H200",           (67, 494.7, 989.4, 989.4, 1978.9), 4.8, 50, "NVIDIA H200 SXM datasheet"),
+    _datasheet("H200 NVL",       (60, 417.5, 835.5, 835.5, 1670.5), 4.8, 50, "NVIDIA H200 NVL datasheet"),
+    _datasheet("A100 SXM 80GB",  (19.5, 156, 312, 312, None),       2.039, 40, "NVIDIA A100 SXM 80GB datasheet"),
+    _datasheet("A100 PCIe 80GB", (19.5, 156, 312, 312, None),       1.935, 40, "NVIDIA A100 PCIe 80GB datasheet"),
+    _datasheet("A100 40GB",      (19.5, 156, 312, 312, None),       1.555, 40, "NVIDIA A100 40GB datasheet"),
+    _datasheet("B200",           (80, 1100, 2250, 2250, 4500),      8.0, 126, "NVIDIA HGX B200 datasheet, per GPU"),
+    _datasheet("L40S",           (91.6, 183, 362.05, 362.05, 733),  0.864, 96, "NVIDIA L40S datasheet"),
+    # Ada GeForce runs fp16/fp8 with fp16 accumulate at twice the fp32-accumulate rate (bf16's only mode).
+    _datasheet("RTX 4090",       (82.6, 82.6, 165.2, 330.3, 660.6), 1.008, 72, "NVIDIA Ada whitepaper, RTX 4090"),
+)}
+# fmt: on
 
 # torch.cuda.get_device_name spellings -> table key; first match wins, most specific first.
 _NAME_RULES: tuple[tuple[tuple[str, ...], str], ...] = (

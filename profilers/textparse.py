@@ -27,7 +27,16 @@ COUNTER_ALIASES: dict[str, tuple[str, ...]] = {
     "registers_per_thread": ("Registers Per Thread", "launch__registers_per_thread"),
 }
 _CANONICAL = {alias.lower(): key for key, aliases in COUNTER_ALIASES.items() for alias in aliases}
-_TIME_UNITS_US = {"ns": 1e-3, "nsecond": 1e-3, "us": 1.0, "usecond": 1.0, "ms": 1e3, "msecond": 1e3, "s": 1e6, "second": 1e6}
+_TIME_UNITS_US = {
+    "ns": 1e-3,
+    "nsecond": 1e-3,
+    "us": 1.0,
+    "usecond": 1.0,
+    "ms": 1e3,
+    "msecond": 1e3,
+    "s": 1e6,
+    "second": 1e6,
+}
 
 # Names that are framework or vendor-library work rather than code the user wrote.
 _LIBRARY = re.compile(
@@ -77,7 +86,9 @@ def counter(metrics: dict[str, float], key: str) -> float | None:
 def parse_profiler_table(text: str) -> ProfilerTable | None:
     """Parse ``prof.key_averages().table(...)`` output; None when ``text`` is not one."""
     lines = text.splitlines()
-    header_at = next((i for i, line in enumerate(lines) if "Name" in line and "Self CPU" in line and "# of Calls" in line), None)
+    header_at = next(
+        (i for i, line in enumerate(lines) if "Name" in line and "Self CPU" in line and "# of Calls" in line), None
+    )
     if header_at is None:
         return None
     rule = next((lines[i] for i in (header_at - 1, header_at + 1) if 0 <= i < len(lines) and _is_rule(lines[i])), None)
@@ -98,10 +109,16 @@ def _read_rows(lines: list[str], header_at: int, spans: list[tuple[int, int]] | 
     index = {name: i for i, name in enumerate(columns)}
     if not {"Name", "Self CPU", "# of Calls"} <= index.keys():
         return None
-    device_col = next((c for c in columns if c.startswith("Self ") and c not in ("Self CPU", "Self CPU %")
-                       and not c.endswith(("%", "Mem"))), None)
+    device_col = next(
+        (
+            c
+            for c in columns
+            if c.startswith("Self ") and c not in ("Self CPU", "Self CPU %") and not c.endswith(("%", "Mem"))
+        ),
+        None,
+    )
     table = ProfilerTable(device=device_col.removeprefix("Self ") if device_col else None)
-    for line in lines[header_at + 1:]:
+    for line in lines[header_at + 1 :]:
         if _is_rule(line) or not line.strip():
             if table.rows:
                 break
@@ -110,12 +127,14 @@ def _read_rows(lines: list[str], header_at: int, spans: list[tuple[int, int]] | 
         if len(row) < len(columns) or not row[index["Name"]]:
             continue
         try:
-            table.rows.append(TableRow(
-                name=row[index["Name"]],
-                self_cpu_us=_time_us(row[index["Self CPU"]]),
-                self_device_us=_time_us(row[index[device_col]]) if device_col else 0.0,
-                calls=int(row[index["# of Calls"]].replace(",", "")),
-            ))
+            table.rows.append(
+                TableRow(
+                    name=row[index["Name"]],
+                    self_cpu_us=_time_us(row[index["Self CPU"]]),
+                    self_device_us=_time_us(row[index[device_col]]) if device_col else 0.0,
+                    calls=int(row[index["# of Calls"]].replace(",", "")),
+                )
+            )
         except ValueError:
             continue
     return table if table.rows else None
@@ -144,7 +163,7 @@ def parse_ncu_csv(text: str) -> NcuReport | None:
     start = next((i for i, r in enumerate(rows) if "Kernel Name" in r), None)
     if start is None:
         return None
-    header, body = rows[start], rows[start + 1:]
+    header, body = rows[start], rows[start + 1 :]
     col = {name: i for i, name in enumerate(header)}
     launches: dict[str, set[str]] = {}
     sums: dict[str, dict[str, list[float]]] = {}

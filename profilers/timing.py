@@ -142,7 +142,8 @@ class CacheFlusher:
         # Persisting L2 lines (cudaAccessPolicyWindow) survive a plain overwrite; only some
         # torch builds expose the reset.
         self._reset_l2 = (
-            getattr(torch.cuda, "reset_persisting_l2_cache", None) or getattr(torch._C, "_cuda_resetPersistingL2Cache", None)
+            getattr(torch.cuda, "reset_persisting_l2_cache", None)
+            or getattr(torch._C, "_cuda_resetPersistingL2Cache", None)
             if cuda
             else None
         )

@@ -9,15 +9,25 @@ from kfoundry.schema import Bottleneck, KernelShare, ProfileResult, Roofline, St
 
 
 def _timing(median_ms: float, cov: float = 0.02) -> Timing:
-    return Timing(median_ms=median_ms, iqr_ms=median_ms * cov, min_ms=median_ms * 0.95, mean_ms=median_ms, cov=cov, n=20)
+    return Timing(
+        median_ms=median_ms, iqr_ms=median_ms * cov, min_ms=median_ms * 0.95, mean_ms=median_ms, cov=cov, n=20
+    )
 
 
 def _roofline(intensity: float, median_ms: float, nbytes: float = 8e6) -> Roofline:
     # Ridge point of these peaks: 1e12 / 1e11 = 10 FLOP/B.
     flops = intensity * nbytes
     sol_ms = max(flops / 1e12, nbytes / 1e11) * 1e3
-    return Roofline(flops=flops, bytes=nbytes, arithmetic_intensity=intensity, peak_flops=1e12, peak_bandwidth=1e11,
-                    peak_source="measured on test cpu", sol_ms=sol_ms, achieved_fraction=sol_ms / median_ms)
+    return Roofline(
+        flops=flops,
+        bytes=nbytes,
+        arithmetic_intensity=intensity,
+        peak_flops=1e12,
+        peak_bandwidth=1e11,
+        peak_source="measured on test cpu",
+        sol_ms=sol_ms,
+        achieved_fraction=sol_ms / median_ms,
+    )
 
 
 def _profile(**fields: object) -> ProfileResult:
@@ -92,8 +102,13 @@ def test_noisy_timings_are_flagged_in_the_evidence() -> None:
 
 def test_dram_counters_near_peak_classify_as_memory() -> None:
     counters = {"scale_kernel": {"duration_us": 900.0, "dram_pct": 88.0, "sm_pct": 15.0}}
-    p = _profile(device="cuda:0", backend="cuda", candidate=_timing(1.0), counters=counters,
-                 breakdown=[KernelShare(name="scale_kernel", time_ms=0.9, share=1.0, calls=1, own=True)])
+    p = _profile(
+        device="cuda:0",
+        backend="cuda",
+        candidate=_timing(1.0),
+        counters=counters,
+        breakdown=[KernelShare(name="scale_kernel", time_ms=0.9, share=1.0, calls=1, own=True)],
+    )
 
     d = diagnose(p)
 
@@ -102,8 +117,13 @@ def test_dram_counters_near_peak_classify_as_memory() -> None:
 
 
 def test_digest_is_compact_and_names_times_speedup_and_top_kernels() -> None:
-    p = _profile(candidate=_timing(1.0), eager=_timing(2.0), speedup_vs_eager=2.0,
-                 roofline=_roofline(0.25, 1.0), breakdown=[_own(0.95)])
+    p = _profile(
+        candidate=_timing(1.0),
+        eager=_timing(2.0),
+        speedup_vs_eager=2.0,
+        roofline=_roofline(0.25, 1.0),
+        breakdown=[_own(0.95)],
+    )
 
     digest = diagnose(p).digest
 
@@ -146,19 +166,84 @@ def test_diagnose_text_reads_a_real_torch_profiler_table() -> None:
 def _cuda_table(*, pasted: bool) -> str:
     """A key_averages().table() as a CUDA run prints it (torch's row format), or with alignment lost."""
     widths = [55] + [12] * 10
-    header = ["Name", "Self CPU %", "Self CPU", "CPU total %", "CPU total", "CPU time avg", "Self CUDA",
-              "Self CUDA %", "CUDA total", "CUDA time avg", "# of Calls"]
+    header = [
+        "Name",
+        "Self CPU %",
+        "Self CPU",
+        "CPU total %",
+        "CPU total",
+        "CPU time avg",
+        "Self CUDA",
+        "Self CUDA %",
+        "CUDA total",
+        "CUDA time avg",
+        "# of Calls",
+    ]
     rows = [
-        ["aten::addmm", "2.00%", "100.000us", "3.00%", "150.000us", "50.000us", "900.000us", "90.00%", "900.000us", "300.000us", "3"],
-        ["ampere_sgemm_64x32_nn", "0.00%", "0.000us", "0.00%", "0.000us", "0.000us", "900.000us", "90.00%", "900.000us", "300.000us", "3"],
-        ["void at::native::vectorized_elementwise_kernel<4, ...", "0.00%", "0.000us", "0.00%", "0.000us", "0.000us",
-         "60.000us", "6.00%", "60.000us", "20.000us", "3"],
-        ["my_relu_kernel", "0.00%", "0.000us", "0.00%", "0.000us", "0.000us", "40.000us", "4.00%", "40.000us", "13.333us", "3"],
+        [
+            "aten::addmm",
+            "2.00%",
+            "100.000us",
+            "3.00%",
+            "150.000us",
+            "50.000us",
+            "900.000us",
+            "90.00%",
+            "900.000us",
+            "300.000us",
+            "3",
+        ],
+        [
+            "ampere_sgemm_64x32_nn",
+            "0.00%",
+            "0.000us",
+            "0.00%",
+            "0.000us",
+            "0.000us",
+            "900.000us",
+            "90.00%",
+            "900.000us",
+            "300.000us",
+            "3",
+        ],
+        [
+            "void at::native::vectorized_elementwise_kernel<4, ...",
+            "0.00%",
+            "0.000us",
+            "0.00%",
+            "0.000us",
+            "0.000us",
+            "60.000us",
+            "6.00%",
+            "60.000us",
+            "20.000us",
+            "3",
+        ],
+        [
+            "my_relu_kernel",
+            "0.00%",
+            "0.000us",
+            "0.00%",
+            "0.000us",
+            "0.000us",
+            "40.000us",
+            "4.00%",
+            "40.000us",
+            "13.333us",
+            "3",
+        ],
     ]
     rule = "  ".join("-" * w for w in widths)
     fmt = "  ".join(f"{{:>{w}}}" for w in widths)
-    lines = [rule, fmt.format(*header), rule, *(fmt.format(*r) for r in rows), rule,
-             "Self CPU time total: 5.000ms", "Self CUDA time total: 1.000ms"]
+    lines = [
+        rule,
+        fmt.format(*header),
+        rule,
+        *(fmt.format(*r) for r in rows),
+        rule,
+        "Self CPU time total: 5.000ms",
+        "Self CUDA time total: 1.000ms",
+    ]
     return "\n".join(line.lstrip() if pasted else line for line in lines)
 
 
@@ -183,21 +268,48 @@ def test_table_whose_alignment_was_lost_in_pasting_still_parses() -> None:
 
     assert table is not None
     assert [r.name for r in table.rows] == [
-        "aten::addmm", "ampere_sgemm_64x32_nn", "void at::native::vectorized_elementwise_kernel<4, ...", "my_relu_kernel"
+        "aten::addmm",
+        "ampere_sgemm_64x32_nn",
+        "void at::native::vectorized_elementwise_kernel<4, ...",
+        "my_relu_kernel",
     ]
     assert table.rows[3].self_device_us == 40.0
 
 
-_NCU_DETAILS = """\
-==PROF== Connected to process 4242
-"ID","Process ID","Process Name","Host Name","Kernel Name","Context","Stream","Block Size","Grid Size","Device","CC","Section Name","Metric Name","Metric Unit","Metric Value"
-"0","4242","python","box","scale_kernel","1","7","(256, 1, 1)","(4096, 1, 1)","0","9.0","GPU Speed Of Light Throughput","DRAM Throughput","%","88.12"
-"0","4242","python","box","scale_kernel","1","7","(256, 1, 1)","(4096, 1, 1)","0","9.0","GPU Speed Of Light Throughput","Duration","usecond","1,210.5"
-"0","4242","python","box","scale_kernel","1","7","(256, 1, 1)","(4096, 1, 1)","0","9.0","GPU Speed Of Light Throughput","Compute (SM) Throughput","%","12.40"
-"0","4242","python","box","scale_kernel","1","7","(256, 1, 1)","(4096, 1, 1)","0","9.0","Memory Workload Analysis","Memory Throughput","Gbyte/second","2,950.00"
-"0","4242","python","box","scale_kernel","1","7","(256, 1, 1)","(4096, 1, 1)","0","9.0","Occupancy","Achieved Occupancy","%","81.3"
-"1","4242","python","box","tiny_kernel","1","7","(128, 1, 1)","(1, 1, 1)","0","9.0","GPU Speed Of Light Throughput","Duration","usecond","2.1"
-"""
+def _ncu_details() -> str:
+    """``ncu --csv --page details`` output: one row per (launch, metric), after ncu's own log lines."""
+    header = [
+        "ID",
+        "Process ID",
+        "Process Name",
+        "Host Name",
+        "Kernel Name",
+        "Context",
+        "Stream",
+        "Block Size",
+        "Grid Size",
+        "Device",
+        "CC",
+        "Section Name",
+        "Metric Name",
+        "Metric Unit",
+        "Metric Value",
+    ]
+    scale = ["0", "4242", "python", "box", "scale_kernel", "1", "7", "(256, 1, 1)", "(4096, 1, 1)", "0", "9.0"]
+    tiny = ["1", "4242", "python", "box", "tiny_kernel", "1", "7", "(128, 1, 1)", "(1, 1, 1)", "0", "9.0"]
+    rows = [
+        scale + ["GPU Speed Of Light Throughput", "DRAM Throughput", "%", "88.12"],
+        scale + ["GPU Speed Of Light Throughput", "Duration", "usecond", "1,210.5"],
+        scale + ["GPU Speed Of Light Throughput", "Compute (SM) Throughput", "%", "12.40"],
+        scale + ["Memory Workload Analysis", "Memory Throughput", "Gbyte/second", "2,950.00"],
+        scale + ["Occupancy", "Achieved Occupancy", "%", "81.3"],
+        tiny + ["GPU Speed Of Light Throughput", "Duration", "usecond", "2.1"],
+    ]
+    quoted = [",".join(f'"{cell}"' for cell in row) for row in [header, *rows]]
+    return "\n".join(["==PROF== Connected to process 4242", *quoted])
+
+
+_NCU_DETAILS = _ncu_details()
 
 
 def test_ncu_details_csv_is_parsed_into_canonical_counters() -> None:

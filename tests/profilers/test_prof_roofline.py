@@ -7,7 +7,7 @@ import torch
 
 from kfoundry import config
 from kfoundry.profilers import roofline as rl
-from kfoundry.profilers.roofline import DevicePeaks, GPU_PEAKS, analyze_problem, cpu_peaks, gpu_peaks, roofline
+from kfoundry.profilers.roofline import GPU_PEAKS, DevicePeaks, analyze_problem, cpu_peaks, gpu_peaks, roofline
 
 
 def test_analyze_problem_counts_linear_flops_and_compulsory_bytes_exactly() -> None:
@@ -124,4 +124,4 @@ def test_cpu_peaks_are_measured_once_then_served_from_the_cache(tmp_home, monkey
     assert second == first
     assert first.source.startswith("measured on ")
     assert first.fp32 > 1e8 and first.bandwidth > 1e8
-    assert list(json.loads(cache_file.read_text()).values())[0]["fp32"] == first.fp32
+    assert next(iter(json.loads(cache_file.read_text()).values()))["fp32"] == first.fp32

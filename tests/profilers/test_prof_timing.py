@@ -108,6 +108,10 @@ def test_cache_flusher_writes_a_buffer_twice_the_last_level_cache(monkeypatch: p
 
 def test_llc_size_strings_from_sysfs_parse_to_bytes() -> None:
     assert [timing._parse_size(s) for s in ("48K\n", "2048K", "32M", "1G", "512")] == [
-        48 << 10, 2 << 20, 32 << 20, 1 << 30, 512
+        48 << 10,
+        2 << 20,
+        32 << 20,
+        1 << 30,
+        512,
     ]
     assert timing.llc_bytes() > 0

@@ -15,7 +15,6 @@ import torch
 
 from kfoundry import examples, prompts
 from kfoundry.schema import (
-    ErrorDetail,
     Finding,
     MismatchDetail,
     OpInfo,
