@@ -18,14 +18,33 @@ logger = logging.getLogger(__name__)
 
 
 class _Gate:
-    """Shared/exclusive admission: up to ``capacity`` shared holders, or one exclusive holder."""
+    """Shared/exclusive admission: up to ``capacity`` shared holders, or one exclusive holder.
+
+    Background work (starting spare workers) never overlaps an exclusive holder, so
+    nothing else burns CPU while a job is being timed.
+    """
 
     def __init__(self, capacity: int) -> None:
         self.capacity = capacity
         self.shared = 0
         self.exclusive = False
         self.waiting_exclusive = 0
+        self.background_jobs = 0
         self.cond = anyio.Condition()
+
+    @asynccontextmanager
+    async def background(self) -> AsyncIterator[None]:
+        async with self.cond:
+            while self.exclusive or self.waiting_exclusive:
+                await self.cond.wait()
+            self.background_jobs += 1
+        try:
+            yield
+        finally:
+            with anyio.CancelScope(shield=True):
+                async with self.cond:
+                    self.background_jobs -= 1
+                    self.cond.notify_all()
 
     @asynccontextmanager
     async def hold(self, exclusive: bool) -> AsyncIterator[None]:
@@ -33,7 +52,7 @@ class _Gate:
             if exclusive:
                 self.waiting_exclusive += 1
                 try:
-                    while self.exclusive or self.shared:
+                    while self.exclusive or self.shared or self.background_jobs:
                         await self.cond.wait()
                 finally:
                     self.waiting_exclusive -= 1
@@ -106,15 +125,17 @@ class WorkerPool:
 
     async def _spawn_spare(self, dev: _Device) -> None:
         assert self._tg is not None
-        worker = Worker(dev.name, self._tg)
-        self._live.add(worker)
         try:
-            await worker.start()
-        except Exception:  # noqa: BLE001 - a spare that fails to start is dropped; acquire() starts its own
-            logger.exception("spare worker failed to start")
-            self._live.discard(worker)
-            await worker.dispose()
-            return
+            async with dev.gate.background():
+                worker = Worker(dev.name, self._tg)
+                self._live.add(worker)
+                try:
+                    await worker.start()
+                except Exception:  # noqa: BLE001 - a spare that fails to start is dropped; acquire() starts its own
+                    logger.exception("spare worker failed to start")
+                    self._live.discard(worker)
+                    await worker.dispose()
+                    return
         finally:
             dev.starting -= 1
         dev.spares.append(worker)

@@ -298,12 +298,12 @@ def _ncu_details() -> str:
     scale = ["0", "4242", "python", "box", "scale_kernel", "1", "7", "(256, 1, 1)", "(4096, 1, 1)", "0", "9.0"]
     tiny = ["1", "4242", "python", "box", "tiny_kernel", "1", "7", "(128, 1, 1)", "(1, 1, 1)", "0", "9.0"]
     rows = [
-        scale + ["GPU Speed Of Light Throughput", "DRAM Throughput", "%", "88.12"],
-        scale + ["GPU Speed Of Light Throughput", "Duration", "usecond", "1,210.5"],
-        scale + ["GPU Speed Of Light Throughput", "Compute (SM) Throughput", "%", "12.40"],
-        scale + ["Memory Workload Analysis", "Memory Throughput", "Gbyte/second", "2,950.00"],
-        scale + ["Occupancy", "Achieved Occupancy", "%", "81.3"],
-        tiny + ["GPU Speed Of Light Throughput", "Duration", "usecond", "2.1"],
+        [*scale, "GPU Speed Of Light Throughput", "DRAM Throughput", "%", "88.12"],
+        [*scale, "GPU Speed Of Light Throughput", "Duration", "usecond", "1,210.5"],
+        [*scale, "GPU Speed Of Light Throughput", "Compute (SM) Throughput", "%", "12.40"],
+        [*scale, "Memory Workload Analysis", "Memory Throughput", "Gbyte/second", "2,950.00"],
+        [*scale, "Occupancy", "Achieved Occupancy", "%", "81.3"],
+        [*tiny, "GPU Speed Of Light Throughput", "Duration", "usecond", "2.1"],
     ]
     quoted = [",".join(f'"{cell}"' for cell in row) for row in [header, *rows]]
     return "\n".join(["==PROF== Connected to process 4242", *quoted])
