@@ -15,7 +15,7 @@ from kfoundry.backends.base import Backend
 from kfoundry.errors import BadRequest
 from kfoundry.schema import ErrorDetail, Finding, State, VerifyResult
 from kfoundry.server.jobs import Conversation, Ending, Report
-from kfoundry.tools.runtime import Runtime, check_source, check_timeout, device_for, resolve_backend
+from kfoundry.tools.runtime import Runtime, check_source, check_timeout, device_for, probe, resolve_backend
 from kfoundry.verify.compare import judge, tolerance
 from kfoundry.verify.guardrails import Guardrails, check
 
@@ -129,18 +129,12 @@ async def run_check(
     a, r = tolerance(sample_dtype, atol, rtol) if sample_dtype is not None else (atol, rtol)
     result = VerifyResult(
         state=state, trials_passed=passed, mismatch=mismatch, findings=findings, error=error,
-        diagnostics=cand_report.diagnostics, kernels=cand_report.kernels, interpreted=_interpreted(backend, device),
+        diagnostics=cand_report.diagnostics, kernels=cand_report.kernels, interpreted=probe(backend.name).interpreted,
         atol=a, rtol=r, duration_s=round(time.perf_counter() - start, 4), next_step=NEXT[state], **base,
     )
     if cand_report.stdout_bytes > 0:
         result.findings.append(Finding(code="stdout", message=f"the candidate wrote {cand_report.stdout_bytes} bytes to stdout (kept in the run's logs)", blocking=False))
     return Checked(result, cand_report, ref_report)
-
-
-def _interpreted(backend: Backend, device: str) -> bool:
-    from kfoundry.tools.runtime import probe
-
-    return probe(backend.name).interpreted
 
 
 def _decide(ref: Report, cand: Report, atol: float | None, rtol: float | None) -> tuple[State, int, Any, list[Finding]]:
