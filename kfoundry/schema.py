@@ -224,6 +224,7 @@ class ProblemAnalysis(Record):
     output_shapes: list[list[int]] = Field(default_factory=list)
     output_dtypes: list[str] = Field(default_factory=list)
     parameter_count: int = 0
+    dtype: str = Field(default="float32", description="Floating dtype holding most of the data: sets the peak used for speed of light.")
     flops: float = 0.0
     bytes: float = Field(default=0.0, description="Compulsory bytes: inputs + parameters read once, outputs written once.")
     arithmetic_intensity: float = 0.0

@@ -13,6 +13,8 @@ from kfoundry.schema import KernelShare
 
 # Rows the profiler adds about itself, not work the model did.
 _BOOKKEEPING = ("ProfilerStep", "[memory]")
+# Templated CUDA kernel names run to hundreds of characters; the head identifies them.
+_NAME_LIMIT = 240
 
 
 def op_breakdown(
@@ -75,7 +77,7 @@ def shares(
 
     def entry(name: str, us: float, count: int, own: bool) -> KernelShare:
         return KernelShare(
-            name=name,
+            name=name if len(name) <= _NAME_LIMIT else name[: _NAME_LIMIT - 3] + "...",
             time_ms=us / 1e3 / per_call,
             share=us / total,
             calls=max(1, round(count / per_call)),

@@ -84,14 +84,15 @@ def _datasheet(
 
 
 # Dense (no 2:4 sparsity) peaks from each vendor datasheet; datasheets headline the sparse
-# figure, twice these. TFLOP/s as (fp32, tf32, bf16, fp16, fp8), main-memory TB/s, L2 MiB.
+# figure, twice these. TFLOP/s as (fp32, tf32, bf16, fp16, fp8), main-memory TB/s, and L2 MiB
+# as torch.cuda.get_device_properties reports it (60 on an H200, checked on one).
 # fmt: off
 GPU_PEAKS: dict[str, DevicePeaks] = {p.name: p for p in (
     _datasheet("H100 SXM",       (67, 494.7, 989.4, 989.4, 1978.9), 3.35, 50, "NVIDIA H100 SXM datasheet"),
     _datasheet("H100 PCIe",      (51, 378, 756, 756, 1513),         2.0, 50, "NVIDIA H100 PCIe datasheet"),
     _datasheet("H100 NVL",       (60, 417.5, 835.5, 835.5, 1670.5), 3.9, 50, "NVIDIA H100 NVL datasheet"),
-    _datasheet("H200",           (67, 494.7, 989.4, 989.4, 1978.9), 4.8, 50, "NVIDIA H200 SXM datasheet"),
-    _datasheet("H200 NVL",       (60, 417.5, 835.5, 835.5, 1670.5), 4.8, 50, "NVIDIA H200 NVL datasheet"),
+    _datasheet("H200",           (67, 494.7, 989.4, 989.4, 1978.9), 4.8, 60, "NVIDIA H200 SXM datasheet"),
+    _datasheet("H200 NVL",       (60, 417.5, 835.5, 835.5, 1670.5), 4.8, 60, "NVIDIA H200 NVL datasheet"),
     _datasheet("A100 SXM 80GB",  (19.5, 156, 312, 312, None),       2.039, 40, "NVIDIA A100 SXM 80GB datasheet"),
     _datasheet("A100 PCIe 80GB", (19.5, 156, 312, 312, None),       1.935, 40, "NVIDIA A100 PCIe 80GB datasheet"),
     _datasheet("A100 40GB",      (19.5, 156, 312, 312, None),       1.555, 40, "NVIDIA A100 40GB datasheet"),
@@ -191,6 +192,7 @@ def analyze_problem(model: torch.nn.Module, inputs: Sequence[Any]) -> ProblemAna
         output_shapes=[list(t.shape) for t in out_tensors],
         output_dtypes=[_dtype_name(t.dtype) for t in out_tensors],
         parameter_count=sum(p.numel() for p in model.parameters()),
+        dtype=dtype,
         flops=flops,
         bytes=nbytes,
         arithmetic_intensity=flops / nbytes if nbytes > 0 else 0.0,

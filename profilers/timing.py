@@ -24,9 +24,10 @@ _clock = time.perf_counter
 
 _CACHE_SYSFS = Path("/sys/devices/system/cpu/cpu0/cache")
 _FALLBACK_LLC_BYTES = 32 << 20
-# A 2x-LLC buffer on a server part (hundreds of MiB of shared L3) would cost more per
-# flush than most problems take to run; 1 GiB still evicts every realistic working set.
-_MAX_CPU_FLUSH_BYTES = 1 << 30
+# A 2x-LLC buffer on a server part (hundreds of MiB of L3 shared by the whole host, of which a
+# small VM gets a slice) would cost tens of ms per flush, more than the calls being timed;
+# 128 MiB evicts the working sets of CPU-sized problems at a few ms per flush.
+_MAX_CPU_FLUSH_BYTES = 128 << 20
 # Host-side latency of a synchronize plus an event record, generous for gVisor-style sandboxes.
 _SYNC_SLACK_MS = 0.05
 

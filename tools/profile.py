@@ -115,8 +115,7 @@ async def _fill(result: ProfileResult, timing: dict[str, Any], analysis: Any, ha
     if peaks is None:
         result.warnings.append("This GPU is not in the speed-of-light table; no sol_ms.")
         return
-    dtype = analysis.input_dtypes[0] if analysis.input_dtypes else "float32"
-    line = roofline(analysis.flops, analysis.bytes, peaks, dtype, cand.median_ms)
+    line = roofline(analysis.flops, analysis.bytes, peaks, analysis.dtype, cand.median_ms)
     result.roofline = line
     result.sol_ms = line.sol_ms
     result.sol_fraction = line.achieved_fraction
