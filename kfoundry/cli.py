@@ -77,8 +77,16 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kfoundry", description="Kernel engineer's tools over MCP: compile, verify, profile, analyze_profile, translate_reference.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    serve = sub.add_parser("serve", help="serve the MCP tools (stdio by default)")
-    serve.add_argument("--transport", choices=["stdio"], default="stdio")
+    serve = sub.add_parser("serve", help="serve the MCP tools (stdio by default, or streamable HTTP)")
+    serve.add_argument("--transport", choices=["stdio", "http"], default="stdio")
+    serve.add_argument("--host", default="127.0.0.1", help="HTTP bind address; non-loopback needs a token")
+    serve.add_argument("--port", type=int, default=8765)
+    serve.add_argument("--token-file", type=Path, default=None, help="lines of 'name token' (also: KFOUNDRY_TOKEN, KFOUNDRY_TOKENS=name:token,...)")
+    serve.add_argument("--allowed-host", action="append", default=[], help="extra Host header value to accept, e.g. gpu-box.lan:*")
+    serve.add_argument("--allowed-origin", action="append", default=[], help="extra Origin to accept, e.g. https://ide.example.com")
+    serve.add_argument("--certfile", type=Path, default=None, help="TLS certificate (PEM)")
+    serve.add_argument("--keyfile", type=Path, default=None, help="TLS private key (PEM)")
+    serve.add_argument("--max-body-mb", type=int, default=16, help="largest request body accepted")
 
     demo = sub.add_parser("demo", help="start the server over stdio and run all five tools on a bundled problem")
     demo.add_argument("--problem", default="softmax")
@@ -128,6 +136,19 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     if args.command == "serve":
+        if args.transport == "http":
+            from kfoundry.server.http import HttpOptions, serve_http
+
+            options = HttpOptions(
+                host=args.host, port=args.port, token_file=args.token_file, allowed_hosts=args.allowed_host,
+                allowed_origins=args.allowed_origin, certfile=args.certfile, keyfile=args.keyfile, max_body_bytes=args.max_body_mb << 20,
+            )
+            try:
+                serve_http(options)
+            except KfoundryError as exc:
+                sys.stderr.write(f"error: {exc}\n")
+                return 1
+            return 0
         from kfoundry.server.app import build_server
 
         build_server().run()

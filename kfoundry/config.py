@@ -21,6 +21,8 @@ class Settings(BaseModel):
     home: Path = Field(description="Root for caches and run artifacts.")
     spares: int = Field(default=2, ge=0, le=16, description="Pre-started worker processes kept per device.")
     cpu_jobs: int = Field(default=2, ge=1, description="Concurrent non-timing jobs on the CPU device.")
+    gpu_jobs: int = Field(default=2, ge=1, description="Concurrent non-timing jobs per GPU.")
+    per_owner_jobs: int = Field(default=0, ge=0, description="Running jobs per token and device (0: no cap).")
     memory_limit_mb: int = Field(default=8192, ge=256, description="Address-space cap of a CPU worker.")
     file_limit_mb: int = Field(default=2048, ge=1, description="Largest file a worker may write (RLIMIT_FSIZE).")
     max_processes: int = Field(default=256, ge=16, description="Process/thread cap of one worker's sandbox user.")
@@ -57,6 +59,8 @@ def settings() -> Settings:
         home=_home(),
         spares=_int_env("KFOUNDRY_SPARES", 2),
         cpu_jobs=_int_env("KFOUNDRY_CPU_JOBS", 2),
+        gpu_jobs=_int_env("KFOUNDRY_GPU_JOBS", 2),
+        per_owner_jobs=_int_env("KFOUNDRY_PER_TOKEN_JOBS", 0),
         memory_limit_mb=_int_env("KFOUNDRY_MEMORY_LIMIT_MB", 8192),
         file_limit_mb=_int_env("KFOUNDRY_FILE_LIMIT_MB", 2048),
         max_processes=_int_env("KFOUNDRY_MAX_PROCESSES", 256),

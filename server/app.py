@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
+from mcp.server.auth.provider import TokenVerifier
 from mcp.server.mcpserver import Context, MCPServer, Resolve, Sample
 from mcp.server.mcpserver.exceptions import ResourceError, ToolError
 from mcp.types import CreateMessageResult, SamplingMessage, TextContent, ToolAnnotations
@@ -18,6 +19,7 @@ from kfoundry import examples as problem_library
 from kfoundry.artifacts import list_runs, open_run
 from kfoundry.errors import KfoundryError
 from kfoundry.schema import AnalysisResult, BackendsResult, CompileResult, ProfileResult, TranslateResult, VerifyResult
+from kfoundry.server.auth import auth_settings, caller
 from kfoundry.server.descriptions import DESCRIPTIONS, INSTRUCTIONS
 from kfoundry.server.pool import WorkerPool
 from kfoundry.tools.analyze import analyze_profile as analyze_tool
@@ -74,20 +76,33 @@ def _sampled_text(drafted: CreateMessageResult | None) -> str | None:
 
 def _runtime(ctx: Context) -> Runtime:
     runtime: Runtime = ctx.request_context.lifespan_context
-    return runtime.with_progress(_progress(ctx))
+    return runtime.for_call(_progress(ctx), caller())
 
 
-@asynccontextmanager
-async def lifespan(server: MCPServer) -> AsyncIterator[Runtime]:
-    async with WorkerPool() as pool:
-        pool.warm("cpu")
-        if cuda_available():
-            pool.warm("cuda:0")
-        yield Runtime(pool)
+class Live:
+    """The running server's runtime, for routes that sit outside MCP requests (health checks)."""
+
+    runtime: Runtime | None = None
 
 
-def build_server() -> MCPServer:
-    mcp = MCPServer("kernel-foundry", version=__version__, instructions=INSTRUCTIONS, lifespan=lifespan)
+def build_server(token_verifier: TokenVerifier | None = None, live: Live | None = None) -> MCPServer:
+    """The MCP server; with ``token_verifier`` its HTTP transport requires bearer tokens."""
+    holder = live or Live()
+
+    @asynccontextmanager
+    async def lifespan(server: MCPServer) -> AsyncIterator[Runtime]:
+        async with WorkerPool() as pool:
+            pool.warm("cpu")
+            if cuda_available():
+                pool.warm("cuda:0")
+            holder.runtime = Runtime(pool)
+            try:
+                yield holder.runtime
+            finally:
+                holder.runtime = None
+
+    auth = {"token_verifier": token_verifier, "auth": auth_settings()} if token_verifier is not None else {}
+    mcp = MCPServer("kernel-foundry", version=__version__, instructions=INSTRUCTIONS, lifespan=lifespan, **auth)
     heavy = ToolAnnotations(read_only_hint=True, open_world_hint=False, idempotent_hint=False)
 
     @mcp.tool(name="compile", description=DESCRIPTIONS["compile"], annotations=heavy)

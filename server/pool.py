@@ -12,72 +12,16 @@ import anyio
 from anyio.abc import TaskGroup
 
 from kfoundry.config import settings
+from kfoundry.server.scheduler import DeviceQueue, PositionFn
 from kfoundry.server.worker import Worker
 
 logger = logging.getLogger(__name__)
 
 
-class _Gate:
-    """Shared/exclusive admission: up to ``capacity`` shared holders, or one exclusive holder.
-
-    Background work (starting spare workers) never overlaps an exclusive holder, so
-    nothing else burns CPU while a job is being timed.
-    """
-
-    def __init__(self, capacity: int) -> None:
-        self.capacity = capacity
-        self.shared = 0
-        self.exclusive = False
-        self.waiting_exclusive = 0
-        self.background_jobs = 0
-        self.cond = anyio.Condition()
-
-    @asynccontextmanager
-    async def background(self) -> AsyncIterator[None]:
-        async with self.cond:
-            while self.exclusive or self.waiting_exclusive:
-                await self.cond.wait()
-            self.background_jobs += 1
-        try:
-            yield
-        finally:
-            with anyio.CancelScope(shield=True):
-                async with self.cond:
-                    self.background_jobs -= 1
-                    self.cond.notify_all()
-
-    @asynccontextmanager
-    async def hold(self, exclusive: bool) -> AsyncIterator[None]:
-        async with self.cond:
-            if exclusive:
-                self.waiting_exclusive += 1
-                try:
-                    while self.exclusive or self.shared or self.background_jobs:
-                        await self.cond.wait()
-                finally:
-                    self.waiting_exclusive -= 1
-                self.exclusive = True
-            else:
-                # waiting exclusive holders go first so timing jobs are not starved
-                while self.exclusive or self.waiting_exclusive or self.shared >= self.capacity:
-                    await self.cond.wait()
-                self.shared += 1
-        try:
-            yield
-        finally:
-            with anyio.CancelScope(shield=True):
-                async with self.cond:
-                    if exclusive:
-                        self.exclusive = False
-                    else:
-                        self.shared -= 1
-                    self.cond.notify_all()
-
-
 class _Device:
     def __init__(self, name: str, jobs: int) -> None:
         self.name = name
-        self.gate = _Gate(jobs)
+        self.queue = DeviceQueue(jobs, settings().per_owner_jobs)
         self.spares: list[Worker] = []
         self.starting = 0
 
@@ -111,7 +55,7 @@ class WorkerPool:
     def device(self, name: str) -> _Device:
         dev = self._devices.get(name)
         if dev is None:
-            jobs = settings().cpu_jobs if name == "cpu" else 1
+            jobs = settings().cpu_jobs if name == "cpu" else settings().gpu_jobs
             dev = self._devices[name] = _Device(name, jobs)
         return dev
 
@@ -126,7 +70,7 @@ class WorkerPool:
     async def _spawn_spare(self, dev: _Device) -> None:
         assert self._tg is not None
         try:
-            async with dev.gate.background():
+            async with dev.queue.background():
                 worker = Worker(dev.name, self._tg)
                 self._live.add(worker)
                 try:
@@ -165,7 +109,19 @@ class WorkerPool:
             await worker.dispose(keep)
 
     @asynccontextmanager
-    async def slot(self, device: str, exclusive: bool) -> AsyncIterator[None]:
+    async def slot(self, device: str, exclusive: bool, owner: str = "local", on_position: PositionFn | None = None) -> AsyncIterator[None]:
         """Admission to a device: shared for correctness work, exclusive while anything is timed."""
-        async with self.device(device).gate.hold(exclusive):
+        async with self.device(device).queue.hold(exclusive, owner, on_position):
             yield
+
+    def status(self) -> dict[str, dict[str, int | bool]]:
+        """Per device: jobs running, queued, exclusive (timing) now, warm spares."""
+        return {
+            name: {
+                "running": dev.queue.shared + int(dev.queue.exclusive),
+                "queued": dev.queue.depth(),
+                "timing": dev.queue.exclusive,
+                "spares": len(dev.spares),
+            }
+            for name, dev in self._devices.items()
+        }

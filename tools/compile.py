@@ -31,8 +31,7 @@ async def compile_candidate(rt: Runtime, backend: str, candidate: str, timeout_s
     start = time.perf_counter()
     device = device_for(chosen)
     diagnostics = [f"candidate.py: warning: {f.message}" for f in check(candidate, chosen, Guardrails())]
-    await rt.progress(0.0, f"queued for {device}")
-    async with rt.pool.slot(device, exclusive=False):
+    async with rt.slot(device, exclusive=False):
         worker = await rt.pool.acquire(device)
         try:
             await rt.progress(0.2, "compiling")

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from functools import cache
 
@@ -26,9 +27,22 @@ async def no_progress(fraction: float, message: str) -> None:
 class Runtime:
     pool: WorkerPool
     progress: Progress = no_progress
+    owner: str = "local"
 
-    def with_progress(self, progress: Progress | None) -> Runtime:
-        return Runtime(self.pool, progress or no_progress)
+    def for_call(self, progress: Progress | None, owner: str = "local") -> Runtime:
+        return Runtime(self.pool, progress or no_progress, owner)
+
+    @asynccontextmanager
+    async def slot(self, device: str, exclusive: bool) -> AsyncIterator[None]:
+        """Wait for the device (reporting queue position), then hold it for the job."""
+
+        async def position(n: int) -> None:
+            await self.progress(0.0, f"queued: position {n} on {device}")
+
+        await self.progress(0.0, f"queued for {device}")
+        async with self.pool.slot(device, exclusive, self.owner, position):
+            await self.progress(0.05, f"admitted on {device}")
+            yield
 
 
 @cache

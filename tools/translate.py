@@ -78,7 +78,7 @@ async def translate_reference(
 async def _analyze(rt: Runtime, reference: str, device: str, timeout_s: float, run: Any) -> tuple[ProblemAnalysis | None, ErrorDetail | None]:
     """Run the reference once in a worker (it is user code) under FLOP counting and op tracing."""
     await rt.progress(0.1, "analyzing the reference")
-    async with rt.pool.slot(device, exclusive=False):
+    async with rt.slot(device, exclusive=False):
         worker = await rt.pool.acquire(device)
         try:
             job = {"role": "analyze", "problem": reference, "init_seed": secrets.randbits(31), "device": device, "seeds": []}

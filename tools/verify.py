@@ -81,8 +81,7 @@ async def run_check(
     verdict_box: dict[str, Any] = {}
     deadline = anyio.current_time() + timeout_s
 
-    await rt.progress(0.0, f"queued for {device}")
-    async with rt.pool.slot(device, exclusive=profile_request is not None):
+    async with rt.slot(device, exclusive=profile_request is not None):
         await rt.progress(0.05, "starting workers")
         ref_worker = await rt.pool.acquire(device)
         cand_worker = await rt.pool.acquire(device)
