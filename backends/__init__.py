@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 
 REGISTRY: dict[str, str] = {
     "cpp": "kfoundry.backends.cpp:CppBackend",
+    "cuda": "kfoundry.backends.cuda:CudaBackend",
     "triton": "kfoundry.backends.triton:TritonBackend",
 }
 

@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field
 _ROOT = Path(__file__).resolve().parent
 REFERENCE = "reference"
 #: Candidate files a problem folder may hold, by backend name.
-BACKENDS: tuple[str, ...] = ("cpp", "triton")
+BACKENDS: tuple[str, ...] = ("cpp", "triton", "cuda")
 
 # name -> (title, description). Kept here rather than in reference.py so the references stay
 # byte-for-byte in KernelBench's format.

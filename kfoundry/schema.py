@@ -249,6 +249,7 @@ class ToolchainInfo(Record):
     version: str = ""
     device: str = ""
     interpreted: bool = False
+    compile_only: bool = Field(default=False, description="The backend can compile here but not run: `compile` works, verify/profile need a device.")
     marker: str = Field(default="", description="What a candidate for this backend must contain.")
 
 

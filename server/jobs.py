@@ -15,6 +15,7 @@ from typing import Any
 import anyio
 import torch
 
+from kfoundry.backends.cuda import CudaBuildOutcome, build_cuda_request
 from kfoundry.backends.gxx import BuildOutcome, FlagError, build
 from kfoundry.schema import Diagnostic, ErrorDetail, KernelStats, ProblemAnalysis, State
 from kfoundry.server.worker import Worker, WorkerGone
@@ -62,7 +63,7 @@ class Report:
     trials: list[Trial] = field(default_factory=list)
     analysis: ProblemAnalysis | None = None
     timing: dict[str, Any] | None = None
-    builds: list[BuildOutcome] = field(default_factory=list)
+    builds: list[BuildOutcome | CudaBuildOutcome] = field(default_factory=list)
     stdout_bytes: int = 0
 
 
@@ -137,6 +138,8 @@ class Conversation:
                 outcome = await self._build(header)
                 self.report.builds.append(outcome)
                 await self.worker.send(outcome.model_dump())
+            elif op == "build_cuda":
+                await self._build_cuda(header)
             elif op == "loaded":
                 self.report.kernels = [KernelStats.model_validate(k) for k in header.get("kernels", [])][:256]
             elif op == "trial":
@@ -169,6 +172,14 @@ class Conversation:
                 return
             else:
                 raise WireError(f"unknown message {op!r}")
+
+    async def _build_cuda(self, header: dict[str, Any]) -> None:
+        if self.progress is not None:
+            await self.progress("building CUDA")
+        candidate = str(self.job.get("candidate", ""))
+        reply = await anyio.to_thread.run_sync(lambda: build_cuda_request(header, candidate=candidate))
+        self.report.builds.append(CudaBuildOutcome.model_validate(reply))
+        await self.worker.send(reply)
 
     async def _build(self, header: dict[str, Any]) -> BuildOutcome:
         source = str(header.get("source", ""))

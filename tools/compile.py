@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import time
 
+import anyio
+
 from kfoundry.artifacts import new_run
+from kfoundry.backends import get_backend, names
 from kfoundry.schema import CompileResult, State
 from kfoundry.server.jobs import Conversation, Ending
 from kfoundry.tools.runtime import Runtime, check_source, check_timeout, device_for, probe, resolve_backend
 from kfoundry.verify.guardrails import Guardrails, check
 
 DEFAULT_TIMEOUT_S = 120.0
+# torch-extension sources include <torch/extension.h>: ~35 s per source on two cores.
+COMPILE_ONLY_MIN_TIMEOUT_S = 300.0
 
 NEXT = {
     State.compiled: "Built. Call `verify` with the reference to check it against PyTorch.",
@@ -22,10 +27,32 @@ NEXT = {
 }
 
 
+async def _compile_only(rt: Runtime, name: str, candidate: str, timeout: float) -> CompileResult:
+    """A toolchain without its device (CUDA on a CPU-only host): build to device code, run nothing."""
+    backend = get_backend(name)
+    run = new_run("compile")
+    run.write("candidate.py", candidate)
+    start = time.perf_counter()
+    await rt.progress(0.2, f"compiling {name} sources (compile-only: no device on this host)")
+    kernels, diagnostics, ok = await anyio.to_thread.run_sync(lambda: backend.compile_only(candidate, timeout_s=timeout))  # type: ignore[attr-defined]
+    state = State.compiled if ok else State.compilation_failure
+    next_step = NEXT[state] if not ok else f"Built (compile-only). verify and profile need a host with a device for {name}."
+    result = CompileResult(
+        state=state, backend=name, diagnostics=diagnostics, kernels=kernels,
+        duration_s=round(time.perf_counter() - start, 4), run_id=run.id, next_step=next_step,
+    )
+    run.write("result.json", result)
+    await rt.progress(1.0, state.value)
+    return result
+
+
 async def compile_candidate(rt: Runtime, backend: str, candidate: str, timeout_s: float | None = None) -> CompileResult:
-    chosen = resolve_backend(backend)
     check_source(candidate, "candidate", kind="a module defining class ModelNew")
     timeout = check_timeout(timeout_s, DEFAULT_TIMEOUT_S)
+    name = backend.strip().lower() if isinstance(backend, str) else backend
+    if isinstance(name, str) and name in names() and probe(name).compile_only and not probe(name).available:
+        return await _compile_only(rt, name, candidate, max(timeout, COMPILE_ONLY_MIN_TIMEOUT_S))
+    chosen = resolve_backend(backend)
     run = new_run("compile")
     run.write("candidate.py", candidate)
     start = time.perf_counter()

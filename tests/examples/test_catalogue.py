@@ -15,12 +15,12 @@ def _top_level_names(text: str) -> set[str]:
     return {node.name for node in ast.parse(text).body if isinstance(node, (ast.ClassDef, ast.FunctionDef))}
 
 
-def test_problems_lists_every_bundled_problem_with_cpp_and_triton_solutions() -> None:
+def test_problems_lists_every_bundled_problem_with_cpp_triton_and_cuda_solutions() -> None:
     found = {p.name: p for p in examples.problems()}
 
     assert EXPECTED <= set(found)
     for info in found.values():
-        assert info.solutions == ["cpp", "triton"], info.name
+        assert info.solutions == ["cpp", "triton", "cuda"], info.name
 
 
 def test_every_problem_has_its_own_title_and_description() -> None:
@@ -56,8 +56,8 @@ def test_unknown_problem_raises_key_error_listing_known_names() -> None:
 
 
 def test_unknown_part_raises_key_error_listing_the_parts_that_exist() -> None:
-    with pytest.raises(KeyError, match="reference, cpp, triton"):
-        examples.source("softmax", "cuda")
+    with pytest.raises(KeyError, match="reference, cpp, triton, cuda"):
+        examples.source("softmax", "hip")
 
 
 def test_names_that_escape_the_examples_folder_are_unknown() -> None:

@@ -13,7 +13,11 @@ import torch
 from kfoundry import examples
 
 ATOL = RTOL = 1e-4
-_CASES = [(p.name, backend) for p in examples.problems() for backend in p.solutions]
+_CASES = [
+    pytest.param(p.name, backend, marks=[pytest.mark.gpu] if backend == "cuda" else [], id=f"{p.name}-{backend}")
+    for p in examples.problems()
+    for backend in p.solutions
+]
 _counter = itertools.count()
 
 
@@ -37,7 +41,7 @@ def _build_pair(name: str, backend: str) -> tuple[ModuleType, torch.nn.Module, t
     return reference, model, model_new
 
 
-@pytest.mark.parametrize(("name", "backend"), _CASES, ids=[f"{n}-{b}" for n, b in _CASES])
+@pytest.mark.parametrize(("name", "backend"), _CASES)
 def test_solution_matches_reference_with_perturbed_parameters(name: str, backend: str) -> None:
     reference, model, model_new = _build_pair(name, backend)
     # Default inits (ones/zeros) would hide a kernel that ignores its parameters.
@@ -59,7 +63,7 @@ def test_solution_matches_reference_with_perturbed_parameters(name: str, backend
     torch.testing.assert_close(got, expected, atol=ATOL, rtol=RTOL)
 
 
-@pytest.mark.parametrize(("name", "backend"), _CASES, ids=[f"{n}-{b}" for n, b in _CASES])
+@pytest.mark.parametrize(("name", "backend"), _CASES)
 def test_solution_exposes_the_reference_parameter_names_and_shapes(name: str, backend: str) -> None:
     _, model, model_new = _build_pair(name, backend)
 
