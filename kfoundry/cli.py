@@ -129,6 +129,10 @@ def _parser() -> argparse.ArgumentParser:
     tr.add_argument("--source-code", default=None)
     tr.add_argument("--timeout-s", type=float, default=None)
     tr.add_argument("--json", action="store_true")
+
+    from kfoundry.clients.cli import add_optimize_parser
+
+    add_optimize_parser(sub)
     return parser
 
 
@@ -157,6 +161,10 @@ def main(argv: list[str] | None = None) -> int:
         from kfoundry.demo import run_demo
 
         return run_demo(args.problem, args.backend)
+    if args.command == "optimize":
+        from kfoundry.clients.cli import run_optimize
+
+        return run_optimize(args)
     try:
         return _tool_command(args)
     except KfoundryError as exc:
