@@ -71,7 +71,7 @@ def _decode_outputs(entries: list[dict[str, Any]], blob: bytes) -> list[Output]:
     outputs: list[Output] = []
     for entry in entries:
         if entry.get("kind") == "tensor":
-            outputs.append(Output(decode_tensor(entry, blob), bool(entry.get("plain", False)), "Tensor"))
+            outputs.append(Output(decode_tensor(entry, blob), bool(entry.get("plain", False)), str(entry.get("type", "Tensor"))[:100]))
         else:
             outputs.append(Output(None, False, str(entry.get("type", "object"))[:100]))
     return outputs

@@ -89,38 +89,40 @@ class Containment:
                 logger.warning("could not move worker %d into its cgroup: %s", pid, exc)
 
     def members(self) -> list[int]:
+        """Live (not yet zombie) processes in the cgroup."""
         if self.cgroup is None:
             return []
         try:
-            return [int(p) for p in (self.cgroup / "cgroup.procs").read_text().split()]
+            pids = [int(p) for p in (self.cgroup / "cgroup.procs").read_text().split()]
         except OSError:
             return []
+        return [p for p in pids if _state(p) not in ("Z", "X", "")]
 
-    def kill_all(self, pid: int) -> None:
-        """SIGKILL the worker's session and every member of its cgroup."""
-        for target in (pid,):
+    def kill_all(self, pid: int) -> list[int]:
+        """SIGKILL the worker's session and every member of its cgroup; returns who is still there."""
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        members = sorted(set(self.members()) | set(_session_members(pid)))
+        for member in members:
             try:
-                os.killpg(target, signal.SIGKILL)
+                os.kill(member, signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
-        for _ in range(50):
-            members = self.members() + _session_members(pid)
-            if not members:
-                break
-            for member in members:
-                try:
-                    os.kill(member, signal.SIGKILL)
-                except (ProcessLookupError, PermissionError):
-                    pass
-            if self.cgroup is None:
-                break
+        return members
 
-    def release(self) -> None:
-        if self.cgroup is not None:
-            try:
-                self.cgroup.rmdir()
-            except OSError:
-                pass
+    def release(self) -> bool:
+        """Remove the cgroup; False while it still holds (dying) processes."""
+        if self.cgroup is None:
+            return True
+        try:
+            self.cgroup.rmdir()
+        except FileNotFoundError:
+            return True
+        except OSError:
+            return False
+        return True
 
 
 def _owner(proc: Path) -> int:
@@ -128,6 +130,13 @@ def _owner(proc: Path) -> int:
         return proc.stat().st_uid
     except OSError:
         return -1
+
+
+def _state(pid: int) -> str:
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return ""
 
 
 def _session_members(sid: int) -> list[int]:
@@ -140,7 +149,7 @@ def _session_members(sid: int) -> list[int]:
         except (OSError, IndexError):
             continue
         # fields after "comm)": state ppid pgrp session ...
-        if len(fields) > 3 and int(fields[3]) == sid and int(proc.name) != os.getpid():
+        if len(fields) > 3 and int(fields[3]) == sid and fields[0] not in ("Z", "X") and int(proc.name) != os.getpid():
             found.append(int(proc.name))
     return found
 

@@ -25,6 +25,7 @@ from kfoundry.verify.wire import HEADER, MAX_JSON_BYTES, WireError, pack
 logger = logging.getLogger(__name__)
 _ids = itertools.count(1)
 READY_TIMEOUT_S = 180.0
+REAP_TIMEOUT_S = 10.0
 
 
 class WorkerGone(RuntimeError):
@@ -169,9 +170,13 @@ class Worker:
         return self.logs[which].total
 
     async def kill(self) -> None:
-        """Kill the worker and everything it started; idempotent."""
+        """Kill the worker and everything it started, and wait until they are gone; idempotent."""
         if self.pid:
-            self.cage.kill_all(self.pid)
+            # Killed processes linger until the kernel reaps them; a fork bomb can still be
+            # forking while the sweep runs, so sweep until nothing is left (bounded).
+            with anyio.move_on_after(REAP_TIMEOUT_S):
+                while self.cage.kill_all(self.pid):
+                    await anyio.sleep(0.01)
         if self.stream is not None:
             await self.stream.aclose()
             self.stream = None
@@ -186,5 +191,7 @@ class Worker:
             keep.mkdir(parents=True, exist_ok=True)
             for which in ("stdout", "stderr"):
                 (keep / f"{which}.log").write_text(self.log_tail(which, 1 << 20))
-        self.cage.release()
+        with anyio.move_on_after(REAP_TIMEOUT_S):
+            while not self.cage.release():
+                await anyio.sleep(0.02)
         remove_workdir(self.dir)

@@ -41,6 +41,7 @@ def encode_tensors(tensors: list[Any]) -> tuple[list[dict[str, Any]], bytes]:
             {
                 "kind": "tensor",
                 "plain": plain,
+                "type": type(value).__qualname__,
                 "dtype": str(value.dtype).removeprefix("torch."),
                 "shape": list(value.shape),
                 "offset": offset,

@@ -1,0 +1,122 @@
+"""What the MCP-level tests share: one served in-memory client per module, bounded calls, process scans."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import anyio
+import pytest
+from mcp import Client
+from mcp.types import CallToolResult
+
+from kfoundry.config import settings
+from kfoundry.server.app import build_server
+
+from candidates import CORRECT_CPP, REFERENCE
+
+Progress = Callable[[float, float | None, str | None], Awaitable[None]]
+WORKER_MODULE = b"kfoundry.verify.worker"
+
+
+@pytest.fixture(scope="module")
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture(scope="module")
+async def client(anyio_backend: str) -> AsyncIterator[Client]:
+    """A client connected in memory to build_server(): its lifespan runs a real WorkerPool with spares."""
+    async with Client(build_server()) as connected:
+        yield connected
+
+
+async def call(client: Client, tool: str, arguments: dict[str, Any], *, within: float = 120.0, progress: Progress | None = None) -> CallToolResult:
+    with anyio.fail_after(within):
+        return await client.call_tool(tool, arguments, progress_callback=progress)
+
+
+async def ok(client: Client, tool: str, arguments: dict[str, Any], *, within: float = 120.0) -> dict[str, Any]:
+    """The structured result of a call that must not be a tool error."""
+    result = await call(client, tool, arguments, within=within)
+    assert not result.is_error, error_text(result)
+    assert result.structured_content is not None
+    return result.structured_content
+
+
+async def read(client: Client, uri: str, *, within: float = 30.0) -> str:
+    """The text of a resource."""
+    with anyio.fail_after(within):
+        resource = await client.read_resource(uri)
+    return resource.contents[0].text
+
+
+def error_text(result: CallToolResult) -> str:
+    return " ".join(getattr(block, "text", "") for block in result.content)
+
+
+async def verify(client: Client, candidate: str, *, within: float = 120.0, **extra: Any) -> dict[str, Any]:
+    """verify against the elementwise reference with the cpp backend."""
+    arguments = {"backend": "cpp", "reference": REFERENCE, "candidate": candidate, "trials": 2, "timeout_s": 120, **extra}
+    return await ok(client, "verify", arguments, within=within)
+
+
+async def assert_still_serving(client: Client) -> None:
+    """The same client gets a correct verdict for a correct candidate."""
+    data = await verify(client, CORRECT_CPP, trials=1)
+    assert data["state"] == "correct", data
+
+
+PF_EXITING = 0x4
+SIGKILL_BIT = 1 << (9 - 1)
+
+
+@dataclass(frozen=True)
+class SandboxProcess:
+    pid: int
+    ppid: int
+    sid: int
+    state: str
+
+
+def _killed(entry: Path, flags: int) -> bool:
+    """Already exiting, or SIGKILL is pending: the process is going away and cannot run candidate code."""
+    if flags & PF_EXITING:
+        return True
+    pending = 0
+    for line in (entry / "status").read_text().splitlines():
+        if line.startswith(("SigPnd:", "ShdPnd:")):
+            pending |= int(line.split()[1], 16)
+    return bool(pending & SIGKILL_BIT)
+
+
+def sandbox_processes(home: Path | None = None) -> list[SandboxProcess]:
+    """Worker processes (and anything they forked) of one KFOUNDRY_HOME that are alive and not being killed."""
+    marker = f"KFOUNDRY_HOME={home or settings().home}".encode()
+    found: list[SandboxProcess] = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if WORKER_MODULE not in (entry / "cmdline").read_bytes():
+                continue
+            if marker not in (entry / "environ").read_bytes().split(b"\0"):
+                continue
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            if fields[0] in ("Z", "X") or _killed(entry, int(fields[6])):
+                continue
+        except OSError:
+            continue
+        found.append(SandboxProcess(pid=int(entry.name), ppid=int(fields[1]), sid=int(fields[3]), state=fields[0]))
+    return found
+
+
+def assert_only_spares_remain() -> None:
+    """Every remaining sandbox process is a worker the server started itself, and no more than its spares."""
+    remaining = sandbox_processes()
+    strays = [p for p in remaining if p.ppid != os.getpid() or p.sid != p.pid]
+    assert strays == [], f"processes left behind by a killed worker: {strays}"
+    assert len(remaining) <= settings().spares, remaining
