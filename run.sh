@@ -12,7 +12,12 @@ PYTHON=${PYTHON:-python3}
 VENV=${KFOUNDRY_VENV:-.venv}
 
 if [ ! -x "$VENV/bin/python" ]; then
-  "$PYTHON" -m venv --system-site-packages "$VENV"
+  # KFOUNDRY_ISOLATED=1 ignores system packages (what a machine without torch sees)
+  if [ "${KFOUNDRY_ISOLATED:-0}" = "1" ]; then
+    "$PYTHON" -m venv "$VENV"
+  else
+    "$PYTHON" -m venv --system-site-packages "$VENV"
+  fi
 fi
 PY="$VENV/bin/python"
 if ! "$PY" -c "import torch" >/dev/null 2>&1; then
