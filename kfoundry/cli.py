@@ -62,11 +62,11 @@ def _tool_command(args: argparse.Namespace) -> int:
         result = anyio.run(analyze_profile, text or "", _read(args.candidate), None)
         return _emit(result, args.json)
     runners: dict[str, Callable[[Any], Awaitable[BaseModel]]] = {
-        "compile": lambda rt: compile_candidate(rt, args.backend, _read(args.candidate) or "", args.timeout_s),
+        "compile": lambda rt: compile_candidate(rt, args.backend, _read(args.candidate) or "", args.timeout_s, _read(args.reference)),
         "verify": lambda rt: verify(rt, args.backend, _read(args.reference) or "", _read(args.candidate) or "", args.trials, args.atol, args.rtol, None, args.timeout_s),
         "profile": lambda rt: profile(
             rt, args.backend, _read(args.reference) or "", _read(args.candidate) or "", args.baselines, args.hardware_counters,
-            args.trials, args.warmup, args.reps, args.atol, args.rtol, None, args.timeout_s,
+            args.trials, args.warmup, args.reps, args.atol, args.rtol, None, args.timeout_s, args.cuda_graph,
         ),
         "translate": lambda rt: translate_reference(rt, _read(args.reference) or "", args.target_backend, args.source_backend, _read(args.source_code), args.timeout_s),
     }
@@ -105,13 +105,16 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--timeout-s", type=float, default=None)
         p.add_argument("--json", action="store_true")
 
-    common(sub.add_parser("compile", help="build a candidate"), reference=False)
+    compile_parser = sub.add_parser("compile", help="build a candidate")
+    common(compile_parser, reference=False)
+    compile_parser.add_argument("--reference", default=None, help="launch kernels once on this problem's inputs (Triton JIT stats on a GPU)")
     common(sub.add_parser("verify", help="check a candidate against a reference"))
     prof = sub.add_parser("profile", help="verify then time a candidate against eager and torch.compile")
     common(prof)
     prof.set_defaults(trials=3)
     prof.add_argument("--baselines", nargs="*", choices=["eager", "compile"], default=None)
     prof.add_argument("--hardware-counters", action="store_true")
+    prof.add_argument("--cuda-graph", action="store_true")
     prof.add_argument("--warmup", type=int, default=3)
     prof.add_argument("--reps", type=int, default=20)
 

@@ -154,6 +154,26 @@ class KernelShare(Record):
     own: bool = Field(description="True for this backend's own kernels, False for library (aten/BLAS) work.")
 
 
+class KernelCounters(Record):
+    """Nsight Compute measurements of one kernel launch (percentages are 0..100)."""
+
+    name: str
+    duration_us: float | None = None
+    sm_throughput_pct: float | None = Field(default=None, description="Compute (SM) throughput, % of peak.")
+    memory_throughput_pct: float | None = Field(default=None, description="Memory throughput, % of peak.")
+    dram_throughput_pct: float | None = None
+    l1_hit_rate_pct: float | None = None
+    l2_hit_rate_pct: float | None = None
+    achieved_occupancy_pct: float | None = None
+    theoretical_occupancy_pct: float | None = None
+    registers_per_thread: float | None = None
+    shared_memory_per_block_bytes: float | None = None
+    block_size: float | None = None
+    grid_size: float | None = None
+    waves_per_sm: float | None = None
+    raw: dict[str, float] = Field(default_factory=dict, description="Every numeric metric ncu reported, by its name.")
+
+
 class Roofline(Record):
     flops: float
     bytes: float
@@ -179,7 +199,8 @@ class ProfileResult(Record):
     roofline: Roofline | None = None
     breakdown: list[KernelShare] = Field(default_factory=list)
     baseline_breakdown: list[KernelShare] = Field(default_factory=list, description="Eager reference's ops.")
-    counters: dict[str, dict[str, float]] | None = None
+    counters: list[KernelCounters] = Field(default_factory=list, description="Nsight Compute counters per kernel, when asked for.")
+    counters_status: str = Field(default="not requested", description="'collected', 'not requested' or 'unavailable: <why>'.")
     verify: VerifyResult | None = None
     error: ErrorDetail | None = None
     findings: list[Finding] = Field(default_factory=list)

@@ -13,7 +13,7 @@ import re
 from pydantic import BaseModel, Field
 
 from kfoundry.profilers.breakdown import shares
-from kfoundry.profilers.textparse import counter, looks_own, parse_ncu_csv, parse_profiler_table
+from kfoundry.profilers.textparse import kernel_counters, looks_own, parse_ncu_csv, parse_profiler_table
 from kfoundry.schema import Bottleneck, KernelShare, ProfileResult, State
 
 _TINY_MS = {"cpu": 0.020, "gpu": 0.005}  # below this a call is dominated by fixed per-call cost
@@ -60,7 +60,7 @@ def diagnose_text(text: str) -> Diagnosis:
     report = parse_ncu_csv(text)
     if report is not None:
         triples = [(k, m.get("duration_us", 0.0), int(m["launches"])) for k, m in report.kernels.items()]
-        profile = _text_profile("cuda", shares(triples, calls=1, is_own=looks_own), report.kernels)
+        profile = _text_profile("cuda", shares(triples, calls=1, is_own=looks_own), kernel_counters(report))
         return _Rules(profile, "").run(title="Nsight Compute CSV")
     return Diagnosis(
         bottleneck=Bottleneck.unknown,
@@ -73,14 +73,15 @@ def diagnose_text(text: str) -> Diagnosis:
 
 
 def _text_profile(
-    device: str, breakdown: list[KernelShare], counters: dict[str, dict[str, float]] | None
+    device: str, breakdown: list[KernelShare], counters: list[KernelCounters] | None
 ) -> ProfileResult:
     return ProfileResult(
         state=State.correct,
         backend="text",
         device=device,
         breakdown=breakdown,
-        counters=counters,
+        counters=counters or [],
+        counters_status="collected" if counters else "not requested",
         duration_s=0.0,
         run_id="text",
     )
@@ -236,10 +237,11 @@ class _Rules:
     def _counters(self) -> tuple[Bottleneck, str] | None:
         if not self.p.counters:
             return None
-        name, metrics = max(self.p.counters.items(), key=lambda kv: counter(kv[1], "duration_us") or 0.0)
-        dram = counter(metrics, "dram_pct") or counter(metrics, "memory_pct")
-        sm = counter(metrics, "sm_pct")
-        occ = counter(metrics, "occupancy_pct")
+        top = max(self.p.counters, key=lambda k: k.duration_us or 0.0)
+        name = top.name
+        dram = top.dram_throughput_pct if top.dram_throughput_pct is not None else top.memory_throughput_pct
+        sm = top.sm_throughput_pct
+        occ = top.achieved_occupancy_pct
         facts = [f"{label} {v:.0f}%" for label, v in (("DRAM", dram), ("SM", sm), ("occupancy", occ)) if v is not None]
         if not facts:
             return None
@@ -356,12 +358,12 @@ class _Rules:
                     f"  {k.share:6.1%} {_ms(k.time_ms):>10} x{k.calls:<4} {'own' if k.own else 'lib'}  {_short(k.name)}"
                     for k in rows[:10]
                 ]
-        if p.counters:
-            for name, metrics in list(p.counters.items())[:5]:
-                shown = {key: counter(metrics, key) for key in ("duration_us", "dram_pct", "sm_pct", "occupancy_pct")}
-                lines.append(
-                    f"counters {_short(name)}: " + ", ".join(f"{k} {v:.1f}" for k, v in shown.items() if v is not None)
-                )
+        for k in p.counters[:5]:
+            shown = {
+                "duration_us": k.duration_us, "dram_pct": k.dram_throughput_pct, "sm_pct": k.sm_throughput_pct,
+                "occupancy_pct": k.achieved_occupancy_pct, "l2_hit_pct": k.l2_hit_rate_pct, "regs": k.registers_per_thread,
+            }
+            lines.append(f"counters {_short(k.name)}: " + ", ".join(f"{n} {v:.1f}" for n, v in shown.items() if v is not None))
         lines += [f"warning: {w}" for w in p.warnings[:5]]
         return "\n".join(lines)
 

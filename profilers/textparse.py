@@ -8,6 +8,8 @@ import re
 
 from pydantic import BaseModel, Field
 
+from kfoundry.schema import KernelCounters
+
 # Canonical counter keys, each with the spellings Nsight Compute uses for it: the
 # ``--page details`` display names (old and new) and the ``--page raw`` metric names.
 COUNTER_ALIASES: dict[str, tuple[str, ...]] = {
@@ -24,7 +26,15 @@ COUNTER_ALIASES: dict[str, tuple[str, ...]] = {
     ),
     "sm_pct": ("Compute (SM) Throughput", "SM [%]", "sm__throughput.avg.pct_of_peak_sustained_elapsed"),
     "occupancy_pct": ("Achieved Occupancy", "sm__warps_active.avg.pct_of_peak_sustained_active"),
+    "theoretical_occupancy_pct": ("Theoretical Occupancy", "sm__maximum_warps_per_active_cycle_pct"),
     "registers_per_thread": ("Registers Per Thread", "launch__registers_per_thread"),
+    "l1_hit_pct": ("L1/TEX Hit Rate", "l1tex__t_sector_hit_rate.pct"),
+    "l2_hit_pct": ("L2 Hit Rate", "lts__t_sector_hit_rate.pct"),
+    "shared_per_block": ("Static Shared Memory Per Block", "launch__shared_mem_per_block_static"),
+    "dynamic_shared_per_block": ("Dynamic Shared Memory Per Block", "launch__shared_mem_per_block_dynamic"),
+    "block_size": ("Block Size", "launch__block_size"),
+    "grid_size": ("Grid Size", "launch__grid_size"),
+    "waves_per_sm": ("Waves Per SM", "launch__waves_per_multiprocessor"),
 }
 _CANONICAL = {alias.lower(): key for key, aliases in COUNTER_ALIASES.items() for alias in aliases}
 _TIME_UNITS_US = {
@@ -203,6 +213,24 @@ def parse_ncu_csv(text: str) -> NcuReport | None:
         merged["launches"] = float(len(launches[kernel]))
         report.kernels[kernel] = merged
     return report
+
+
+def kernel_counters(report: NcuReport) -> list[KernelCounters]:
+    """Typed per-kernel counters, longest-running kernel first."""
+    out: list[KernelCounters] = []
+    for name, m in report.kernels.items():
+        shared = [v for v in (m.get("shared_per_block"), m.get("dynamic_shared_per_block")) if v is not None]
+        out.append(
+            KernelCounters(
+                name=name[:240], duration_us=m.get("duration_us"), sm_throughput_pct=m.get("sm_pct"),
+                memory_throughput_pct=m.get("memory_pct"), dram_throughput_pct=m.get("dram_pct"),
+                l1_hit_rate_pct=m.get("l1_hit_pct"), l2_hit_rate_pct=m.get("l2_hit_pct"),
+                achieved_occupancy_pct=m.get("occupancy_pct"), theoretical_occupancy_pct=m.get("theoretical_occupancy_pct"),
+                registers_per_thread=m.get("registers_per_thread"), shared_memory_per_block_bytes=sum(shared) if shared else None,
+                block_size=m.get("block_size"), grid_size=m.get("grid_size"), waves_per_sm=m.get("waves_per_sm"), raw=dict(m),
+            )
+        )
+    return sorted(out, key=lambda k: k.duration_us or 0.0, reverse=True)
 
 
 def _number(raw: str) -> float | None:

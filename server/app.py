@@ -21,13 +21,13 @@ from kfoundry.errors import KfoundryError
 from kfoundry.schema import AnalysisResult, BackendsResult, CompileResult, ProfileResult, TranslateResult, VerifyResult
 from kfoundry.server.auth import auth_settings, caller
 from kfoundry.server.descriptions import DESCRIPTIONS, INSTRUCTIONS
-from kfoundry.server.pool import WorkerPool
+from kfoundry.server.pool import WorkerPool, gpu_count
 from kfoundry.tools.analyze import analyze_profile as analyze_tool
 from kfoundry.tools.backends import list_backends
 from kfoundry.tools.compile import compile_candidate
 from kfoundry.tools.profile import Baseline
 from kfoundry.tools.profile import profile as profile_tool
-from kfoundry.tools.runtime import Runtime, cuda_available
+from kfoundry.tools.runtime import Runtime
 from kfoundry.tools.translate import check_translation_args, render_prompt
 from kfoundry.tools.translate import translate_reference as translate_tool
 from kfoundry.tools.verify import verify as verify_tool
@@ -93,8 +93,8 @@ def build_server(token_verifier: TokenVerifier | None = None, live: Live | None 
     async def lifespan(server: MCPServer) -> AsyncIterator[Runtime]:
         async with WorkerPool() as pool:
             pool.warm("cpu")
-            if cuda_available():
-                pool.warm("cuda:0")
+            for index in range(gpu_count()):
+                pool.warm(f"cuda:{index}")
             holder.runtime = Runtime(pool)
             try:
                 yield holder.runtime
@@ -106,9 +106,15 @@ def build_server(token_verifier: TokenVerifier | None = None, live: Live | None 
     heavy = ToolAnnotations(read_only_hint=True, open_world_hint=False, idempotent_hint=False)
 
     @mcp.tool(name="compile", description=DESCRIPTIONS["compile"], annotations=heavy)
-    async def compile_(backend: Backend, candidate: Candidate, ctx: Context, timeout_s: Timeout = None) -> CompileResult:
+    async def compile_(
+        backend: Backend,
+        candidate: Candidate,
+        ctx: Context,
+        reference: Annotated[str | None, Field(description="Optional problem source: kernels that compile on first launch (Triton on a GPU) are launched once on its inputs so their registers/spills/shared memory can be reported.")] = None,
+        timeout_s: Timeout = None,
+    ) -> CompileResult:
         try:
-            return await compile_candidate(_runtime(ctx), backend, candidate, timeout_s)
+            return await compile_candidate(_runtime(ctx), backend, candidate, timeout_s, reference)
         except KfoundryError as exc:
             raise ToolError(str(exc)) from exc
 
@@ -143,11 +149,13 @@ def build_server(token_verifier: TokenVerifier | None = None, live: Live | None 
         atol: Annotated[float | None, Field(ge=0)] = None,
         rtol: Annotated[float | None, Field(ge=0)] = None,
         guardrails: Guardrails | None = None,
+        cuda_graph: Annotated[bool, Field(description="Time by CUDA-graph replay (for launch-bound kernels; GPU only).")] = False,
         timeout_s: Timeout = None,
     ) -> ProfileResult:
         try:
             return await profile_tool(
-                _runtime(ctx), backend, reference, candidate, baselines, hardware_counters, trials, warmup, reps, atol, rtol, guardrails, timeout_s
+                _runtime(ctx), backend, reference, candidate, baselines, hardware_counters, trials, warmup, reps, atol, rtol,
+                guardrails, timeout_s, cuda_graph,
             )
         except KfoundryError as exc:
             raise ToolError(str(exc)) from exc

@@ -64,6 +64,9 @@ class Report:
     analysis: ProblemAnalysis | None = None
     timing: dict[str, Any] | None = None
     builds: list[BuildOutcome | CudaBuildOutcome] = field(default_factory=list)
+    #: server clock (anyio.current_time) when timing was requested and when its results arrived
+    profile_sent_at: float | None = None
+    timing_received_at: float | None = None
     stdout_bytes: int = 0
 
 
@@ -97,6 +100,8 @@ class Conversation:
         self.report = Report()
 
     async def run(self, timeout_s: float) -> Report:
+        # The worker sees only its own GPU (as cuda:0), whichever the scheduler picked.
+        self.job = {**self.job, "device": self.worker.local_device}
         try:
             with anyio.fail_after(timeout_s):
                 await self.worker.send(self.job)
@@ -161,6 +166,7 @@ class Conversation:
             elif op == "analysis":
                 self.report.analysis = ProblemAnalysis.model_validate(header["analysis"])
             elif op == "timing":
+                self.report.timing_received_at = anyio.current_time()
                 self.report.timing = header
             elif op == "failed":
                 self.report.ending = Ending.failed

@@ -18,6 +18,12 @@ from kfoundry.server.worker import Worker
 logger = logging.getLogger(__name__)
 
 
+def gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
 class _Device:
     def __init__(self, name: str, jobs: int) -> None:
         self.name = name
@@ -84,17 +90,27 @@ class WorkerPool:
             dev.starting -= 1
         dev.spares.append(worker)
 
-    async def acquire(self, device: str = "cpu") -> Worker:
-        """A ready worker: a warm spare when one is there, else a freshly started one."""
+    def pick(self, kind: str) -> str:
+        """The device for a new job: ``cpu``, or the least busy GPU for ``cuda``."""
+        if not kind.startswith("cuda"):
+            return "cpu"
+        names = [f"cuda:{i}" for i in range(max(1, gpu_count()))]
+        return min(names, key=lambda n: (self.device(n).queue.depth() + self.device(n).queue.shared + int(self.device(n).queue.exclusive), n))
+
+    async def acquire(self, device: str = "cpu", wrapper: list[str] | None = None) -> Worker:
+        """A ready worker: a warm spare when one is there, else a freshly started one.
+
+        ``wrapper`` (e.g. an ncu command line) always gets a fresh worker started under it.
+        """
         dev = self.device(device)
-        worker = dev.spares.pop(0) if dev.spares else None
+        worker = dev.spares.pop(0) if dev.spares and not wrapper else None
         self.warm(device)
         if worker is not None and worker.process is not None and worker.process.returncode is None:
             return worker
         if worker is not None:
             await self.release(worker)
         assert self._tg is not None
-        worker = Worker(device, self._tg)
+        worker = Worker(device, self._tg, wrapper)
         self._live.add(worker)
         try:
             await worker.start()

@@ -83,9 +83,10 @@ async def _drain(stream: Any, sink: LogSink) -> None:
 class Worker:
     """One sandboxed process serving one job."""
 
-    def __init__(self, device: str, task_group: TaskGroup) -> None:
+    def __init__(self, device: str, task_group: TaskGroup, wrapper: list[str] | None = None) -> None:
         self.device = device
         self.task_group = task_group
+        self.wrapper = list(wrapper or [])
         self.logs = {"stdout": LogSink(), "stderr": LogSink()}
         self.name = f"w{os.getpid()}-{next(_ids)}"
         self.dir = make_workdir(self.name)
@@ -96,25 +97,54 @@ class Worker:
         self.pid = 0
         self.killed_reason = ""
 
+    @property
+    def local_device(self) -> str:
+        """The device as the worker sees it: each GPU worker sees only its own GPU, as cuda:0."""
+        return "cuda:0" if self.device.startswith("cuda") else "cpu"
+
     async def start(self) -> None:
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         limits = settings()
         memory = limits.memory_limit_mb if self.device == "cpu" else 0
-        cmd = [
-            sys.executable, "-m", "kfoundry.verify.worker", "--fd", str(theirs.fileno()), "--dir", str(self.dir),
-            "--device", self.device, "--memory-mb", str(memory), "--file-mb", str(limits.file_limit_mb),
-            "--nproc", str(self.cage.nproc_limit()),
+        extra_env = _backend_env(self.device)
+        if self.device.startswith("cuda"):
+            extra_env["CUDA_VISIBLE_DEVICES"] = self.device.partition(":")[2] or "0"
+        args = [
+            "--dir", str(self.dir), "--device", self.local_device, "--memory-mb", str(memory),
+            "--file-mb", str(limits.file_limit_mb), "--nproc", str(self.cage.nproc_limit()),
         ]
+        # A wrapper (ncu) starts the worker as its own child and need not pass descriptors
+        # on, so wrapped workers dial back over a socket file instead of inheriting one.
+        listener = None
+        theirs: socket.socket | None = None
+        if self.wrapper:
+            path = self.dir / "channel.sock"
+            listener = await anyio.create_unix_listener(path)
+            args += ["--connect", str(path)]
+            pass_fds: tuple[int, ...] = ()
+        else:
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            args += ["--fd", str(theirs.fileno())]
+            pass_fds = (theirs.fileno(),)
+        wrapper = [part.replace("{dir}", str(self.dir)) for part in self.wrapper]
+        cmd = [*wrapper, sys.executable, "-m", "kfoundry.verify.worker", *args]
         self.process = await anyio.open_process(
             cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=self.dir,
-            env=worker_env(self.dir, _backend_env(self.device)), start_new_session=True, pass_fds=(theirs.fileno(),),
+            env=worker_env(self.dir, extra_env), start_new_session=True, pass_fds=pass_fds,
         )
-        theirs.close()
         self.task_group.start_soon(_drain, self.process.stdout, self.logs["stdout"])
         self.task_group.start_soon(_drain, self.process.stderr, self.logs["stderr"])
         self.pid = self.process.pid
         self.cage.adopt(self.pid)
-        self.stream = await SocketStream.from_socket(ours)
+        if listener is not None:
+            try:
+                with anyio.fail_after(READY_TIMEOUT_S):
+                    self.stream = await listener.accept()
+            finally:
+                await listener.aclose()
+        else:
+            assert theirs is not None
+            theirs.close()
+            self.stream = await SocketStream.from_socket(ours)
         self.reader = BufferedByteReceiveStream(self.stream)
         with anyio.fail_after(READY_TIMEOUT_S):
             hello, _ = await self.recv()

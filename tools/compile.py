@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import time
 
 import anyio
@@ -10,7 +11,7 @@ from kfoundry.artifacts import new_run
 from kfoundry.backends import get_backend, names
 from kfoundry.schema import CompileResult, State
 from kfoundry.server.jobs import Conversation, Ending
-from kfoundry.tools.runtime import Runtime, check_source, check_timeout, device_for, probe, resolve_backend
+from kfoundry.tools.runtime import Runtime, check_source, check_timeout, probe, resolve_backend
 from kfoundry.verify.guardrails import Guardrails, check
 
 DEFAULT_TIMEOUT_S = 120.0
@@ -46,8 +47,10 @@ async def _compile_only(rt: Runtime, name: str, candidate: str, timeout: float) 
     return result
 
 
-async def compile_candidate(rt: Runtime, backend: str, candidate: str, timeout_s: float | None = None) -> CompileResult:
+async def compile_candidate(rt: Runtime, backend: str, candidate: str, timeout_s: float | None = None, reference: str | None = None) -> CompileResult:
     check_source(candidate, "candidate", kind="a module defining class ModelNew")
+    if reference is not None:
+        check_source(reference, "reference", kind="a KernelBench problem: Model, get_inputs, get_init_inputs")
     timeout = check_timeout(timeout_s, DEFAULT_TIMEOUT_S)
     name = backend.strip().lower() if isinstance(backend, str) else backend
     if isinstance(name, str) and name in names() and probe(name).compile_only and not probe(name).available:
@@ -56,13 +59,13 @@ async def compile_candidate(rt: Runtime, backend: str, candidate: str, timeout_s
     run = new_run("compile")
     run.write("candidate.py", candidate)
     start = time.perf_counter()
-    device = device_for(chosen)
     diagnostics = [f"candidate.py: warning: {f.message}" for f in check(candidate, chosen, Guardrails())]
-    async with rt.slot(device, exclusive=False):
+    async with rt.slot(chosen, exclusive=False) as device:
         worker = await rt.pool.acquire(device)
         try:
             await rt.progress(0.2, "compiling")
-            conv = Conversation(worker, {"role": "compile", "backend": chosen.name, "candidate": candidate, "device": device})
+            job = {"role": "compile", "backend": chosen.name, "candidate": candidate, "problem": reference, "init_seed": secrets.randbits(31)}
+            conv = Conversation(worker, job)
             report = await conv.run(timeout)
         finally:
             await rt.pool.release(worker, run.path / "worker")

@@ -12,7 +12,9 @@ from kfoundry.artifacts import new_run
 from kfoundry.errors import BadRequest
 from kfoundry.profilers.roofline import cpu_peaks, gpu_peaks, roofline
 from kfoundry.profilers.timing import summarize
-from kfoundry.schema import Finding, KernelShare, ProfileResult, State, Timing
+from kfoundry.schema import Finding, KernelCounters, KernelShare, ProfileResult, State, Timing
+from kfoundry.server.jobs import Report
+from kfoundry.tools.counters import collect as collect_counters
 from kfoundry.tools.runtime import Runtime, check_source, check_timeout, resolve_backend
 from kfoundry.tools.verify import NEXT as VERIFY_NEXT
 from kfoundry.tools.verify import run_check
@@ -45,6 +47,7 @@ async def profile(
     rtol: float | None = None,
     guardrails: Guardrails | None = None,
     timeout_s: float | None = None,
+    cuda_graph: bool = False,
 ) -> ProfileResult:
     chosen = resolve_backend(backend)
     check_source(reference, "reference", kind="a KernelBench problem: Model, get_inputs, get_init_inputs")
@@ -59,13 +62,21 @@ async def profile(
     def request() -> dict[str, Any]:
         return {
             "op": "profile", "warmup": warmup, "reps": reps, "baselines": chosen_baselines, "breakdown": True,
-            "seeds": [secrets.randbits(31) for _ in range(set_count)],
+            "seeds": [secrets.randbits(31) for _ in range(set_count)], "cuda_graph": cuda_graph,
         }
+
+    counters: list[KernelCounters] = []
+    status = ["not requested"]
+    timeout = check_timeout(timeout_s, DEFAULT_TIMEOUT_S)
+
+    async def after_timing(device: str, report: Report) -> None:
+        if hardware_counters:
+            found, status[0] = await collect_counters(rt, device, chosen, reference, candidate, timeout, run)
+            counters.extend(found)
 
     checked = await run_check(
         rt, run, chosen, reference, candidate, trials=trials, atol=atol, rtol=rtol,
-        timeout_s=check_timeout(timeout_s, DEFAULT_TIMEOUT_S), guardrails=guardrails or Guardrails(),
-        profile_request=request, analyze=True,
+        timeout_s=timeout, guardrails=guardrails or Guardrails(), profile_request=request, analyze=True, then=after_timing,
     )
     verified = checked.result
     result = ProfileResult(
@@ -77,7 +88,13 @@ async def profile(
         result.state = State.runtime_error if checked.candidate.error else State.timeout
         result.error = checked.candidate.error
     if timing is not None:
-        await _fill(result, timing, checked.reference.analysis, hardware_counters)
+        await _fill(result, timing, checked.reference.analysis)
+        _check_clocks(result, checked.candidate)
+        result.counters, result.counters_status = counters, status[0]
+        if cuda_graph and not result.device.startswith("cuda"):
+            result.warnings.append("cuda_graph ignored: CUDA-graph replay needs a GPU.")
+    if any(f.blocking for f in result.findings) and result.state is State.correct:
+        result.state = State.rejected
     result.duration_s = round(time.perf_counter() - start, 4)
     result.next_step = _next_step(result)
     run.write("result.json", result)
@@ -85,7 +102,28 @@ async def profile(
     return result
 
 
-async def _fill(result: ProfileResult, timing: dict[str, Any], analysis: Any, hardware_counters: bool) -> None:
+def _check_clocks(result: ProfileResult, report: Report) -> None:
+    """The worker's timer must agree with the server's wall clock and with CUPTI's kernel times."""
+    timing = report.timing or {}
+    total_ms = sum(float(x) for samples in dict(timing.get("samples", {})).values() for x in samples)
+    if report.profile_sent_at is not None and report.timing_received_at is not None:
+        wall_ms = (report.timing_received_at - report.profile_sent_at) * 1e3
+        if total_ms > wall_ms * 1.02 + 1.0:
+            result.findings.append(Finding(
+                code="timer_integrity",
+                message=f"the worker reported {total_ms:.1f} ms of timed calls, but only {wall_ms:.1f} ms passed on the server's clock",
+            ))
+    cand = result.candidate
+    if cand is not None and result.device.startswith("cuda") and result.breakdown:
+        kernel_ms = sum(k.time_ms for k in result.breakdown)
+        if kernel_ms > 1.5 * cand.median_ms + 0.02:
+            result.findings.append(Finding(
+                code="cupti_disagrees",
+                message=f"CUPTI saw {kernel_ms:.4g} ms of kernels per call, but the timer reported a median of {cand.median_ms:.4g} ms",
+            ))
+
+
+async def _fill(result: ProfileResult, timing: dict[str, Any], analysis: Any) -> None:
     samples: dict[str, list[float]] = {k: [float(x) for x in v] for k, v in dict(timing.get("samples", {})).items()}
     summaries: dict[str, Timing] = {k: summarize(v) for k, v in samples.items() if v}
     result.candidate = summaries.get("candidate")
@@ -105,8 +143,6 @@ async def _fill(result: ProfileResult, timing: dict[str, Any], analysis: Any, ha
         result.warnings.append("Triton ran in its CPU interpreter: these timings are not representative of GPU performance.")
     if cand.cov > 0.1:
         result.warnings.append(f"Noisy timing: coefficient of variation {cand.cov:.0%}; compare medians with care.")
-    if hardware_counters:
-        result.warnings.append("hardware_counters: unavailable: Nsight Compute counters need an NVIDIA GPU (this job ran on the CPU).")
     if analysis is None:
         result.warnings.append("No FLOP/byte analysis of the reference: speed of light not computed.")
         return

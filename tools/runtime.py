@@ -33,16 +33,22 @@ class Runtime:
         return Runtime(self.pool, progress or no_progress, owner)
 
     @asynccontextmanager
-    async def slot(self, device: str, exclusive: bool) -> AsyncIterator[None]:
-        """Wait for the device (reporting queue position), then hold it for the job."""
+    async def slot(self, backend: Backend, exclusive: bool) -> AsyncIterator[str]:
+        """Pick the least busy device for ``backend``, wait for it (reporting queue position), hold it.
+
+        Picking and joining the queue happen without an await in between, so calls arriving
+        together spread over the GPUs instead of piling onto the first.
+        """
+        kind = device_kind(backend)
+        await self.progress(0.0, f"queued for {kind}")
+        device = self.pool.pick(kind)
 
         async def position(n: int) -> None:
             await self.progress(0.0, f"queued: position {n} on {device}")
 
-        await self.progress(0.0, f"queued for {device}")
         async with self.pool.slot(device, exclusive, self.owner, position):
             await self.progress(0.05, f"admitted on {device}")
-            yield
+            yield device
 
 
 @cache
@@ -70,9 +76,10 @@ def resolve_backend(name: str) -> Backend:
     return backend
 
 
-def device_for(backend: Backend) -> str:
+def device_kind(backend: Backend) -> str:
+    """'cuda' or 'cpu': where this backend's jobs run on this host."""
     info = probe(backend.name)
-    return info.device or "cpu"
+    return "cuda" if info.device.startswith("cuda") else "cpu"
 
 
 def check_source(value: object, field: str, *, kind: str) -> str:

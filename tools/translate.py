@@ -7,11 +7,12 @@ from typing import Any
 
 from kfoundry import prompts
 from kfoundry.artifacts import new_run
+from kfoundry.backends.base import Backend
 from kfoundry.backends import UnknownBackendError, get_backend
 from kfoundry.errors import BadRequest
 from kfoundry.schema import ErrorDetail, ProblemAnalysis, TranslateResult
 from kfoundry.server.jobs import Conversation, Ending
-from kfoundry.tools.runtime import Runtime, check_source, check_timeout, device_for, resolve_backend
+from kfoundry.tools.runtime import Runtime, check_source, check_timeout, resolve_backend
 
 DEFAULT_TIMEOUT_S = 120.0
 
@@ -64,7 +65,7 @@ async def translate_reference(
     run.write("reference.py", reference)
     if source_code:
         run.write(f"source-{source_backend}.py", source_code)
-    analysis, failure = await _analyze(rt, reference, device_for(target), check_timeout(timeout_s, DEFAULT_TIMEOUT_S), run)
+    analysis, failure = await _analyze(rt, reference, target, check_timeout(timeout_s, DEFAULT_TIMEOUT_S), run)
     prompt = render_prompt(reference, target.name, source_backend, source_code, analysis)
     run.write("prompt.md", prompt)
     result = TranslateResult(
@@ -75,10 +76,10 @@ async def translate_reference(
     return result
 
 
-async def _analyze(rt: Runtime, reference: str, device: str, timeout_s: float, run: Any) -> tuple[ProblemAnalysis | None, ErrorDetail | None]:
+async def _analyze(rt: Runtime, reference: str, backend: Backend, timeout_s: float, run: Any) -> tuple[ProblemAnalysis | None, ErrorDetail | None]:
     """Run the reference once in a worker (it is user code) under FLOP counting and op tracing."""
     await rt.progress(0.1, "analyzing the reference")
-    async with rt.slot(device, exclusive=False):
+    async with rt.slot(backend, exclusive=False) as device:
         worker = await rt.pool.acquire(device)
         try:
             job = {"role": "analyze", "problem": reference, "init_seed": secrets.randbits(31), "device": device, "seeds": []}

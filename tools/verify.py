@@ -15,7 +15,7 @@ from kfoundry.backends.base import Backend
 from kfoundry.errors import BadRequest
 from kfoundry.schema import ErrorDetail, Finding, State, VerifyResult
 from kfoundry.server.jobs import Conversation, Ending, Report
-from kfoundry.tools.runtime import Runtime, check_source, check_timeout, device_for, probe, resolve_backend
+from kfoundry.tools.runtime import Runtime, check_source, check_timeout, device_kind, probe, resolve_backend
 from kfoundry.verify.compare import judge, tolerance
 from kfoundry.verify.guardrails import Guardrails, check
 
@@ -60,10 +60,11 @@ async def run_check(
     guardrails: Guardrails,
     profile_request: Callable[[], dict[str, Any]] | None = None,
     analyze: bool = False,
+    then: Callable[[str, Report], Awaitable[None]] | None = None,
 ) -> Checked:
     """Verify, and when ``profile_request`` is given and the verdict is correct, time in the same worker."""
     start = time.perf_counter()
-    device = device_for(backend)
+    device = device_kind(backend)
     run.write("reference.py", reference)
     run.write("candidate.py", candidate)
     base = {"backend": backend.name, "trials": trials, "device": device, "run_id": run.id}
@@ -75,14 +76,14 @@ async def run_check(
 
     seeds = [secrets.randbits(31) for _ in range(trials)]
     init_seed = secrets.randbits(31)
-    job = {"backend": backend.name, "problem": reference, "seeds": seeds, "init_seed": init_seed, "device": device}
-    run.write("job.json", {"seeds": seeds, "init_seed": init_seed, "device": device, "trials": trials})
+    job = {"backend": backend.name, "problem": reference, "seeds": seeds, "init_seed": init_seed}
     reference_done = anyio.Event()
     verdict_box: dict[str, Any] = {}
     deadline = anyio.current_time() + timeout_s
 
-    async with rt.slot(device, exclusive=profile_request is not None):
-        await rt.progress(0.05, "starting workers")
+    async with rt.slot(backend, exclusive=profile_request is not None) as device:
+        base["device"] = device
+        run.write("job.json", {"seeds": seeds, "init_seed": init_seed, "device": device, "trials": trials})
         ref_worker = await rt.pool.acquire(device)
         cand_worker = await rt.pool.acquire(device)
 
@@ -96,6 +97,7 @@ async def run_check(
             if profile_request is None or verdict_box["verdict"][0] is not State.correct:
                 return None
             await rt.progress(0.6, "timing")
+            report.profile_sent_at = anyio.current_time()
             return profile_request()
 
         ref_conv = Conversation(ref_worker, {**job, "role": "reference", "analyze": analyze})
@@ -114,6 +116,8 @@ async def run_check(
         finally:
             await rt.pool.release(ref_worker, run.path / "reference-worker")
             await rt.pool.release(cand_worker, run.path / "candidate-worker")
+        if then is not None and cand_conv.report.timing is not None:
+            await then(device, cand_conv.report)  # still holding the device: e.g. hardware counters
 
     ref_report, cand_report = ref_conv.report, cand_conv.report
     state, passed, mismatch, extra = verdict_box.get("verdict") or _decide(ref_report, cand_report, atol, rtol)

@@ -22,6 +22,25 @@ def _forward(model: Any) -> Any:
     return call
 
 
+def _graphed(fn: Any, static_args: Any) -> Any:
+    """Capture ``fn(static_args)`` once; the returned callable replays it (arguments are ignored)."""
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.no_grad(), torch.cuda.stream(stream):
+        for _ in range(2):
+            fn(static_args)
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.no_grad(), torch.cuda.graph(graph):
+        fn(static_args)
+    torch.cuda.synchronize()
+
+    def replay(args: Any) -> None:
+        graph.replay()
+
+    return replay
+
+
 def profile_job(harness: Harness, problem: ModuleType, reference: torch.nn.Module, candidate: torch.nn.Module, request: dict[str, Any]) -> None:
     from kfoundry.verify.harness import JobFailed, error_detail
 
@@ -44,6 +63,14 @@ def profile_job(harness: Harness, problem: ModuleType, reference: torch.nn.Modul
             contenders["compile"] = _forward(compiled)
         except Exception as exc:  # noqa: BLE001 - a missing inductor toolchain only drops this baseline
             warnings.append(f"torch.compile baseline unavailable: {type(exc).__name__}: {str(exc)[:300]}")
+
+    if request.get("cuda_graph") and harness.device.startswith("cuda"):
+        harness.stage("timing", "capturing CUDA graphs")
+        try:
+            contenders = {name: _graphed(fn, sets[0]) for name, fn in contenders.items()}
+            warnings.append("CUDA-graph replay: each contender replays one captured call on static input buffers (L2 is still flushed before every call).")
+        except Exception as exc:  # noqa: BLE001 - capture fails for host syncs or dynamic shapes; time eagerly instead
+            warnings.append(f"CUDA-graph capture failed, timed without graphs: {type(exc).__name__}: {str(exc)[:300]}")
 
     harness.stage("timing", f"{reps} interleaved repetitions of {', '.join(contenders)}")
     try:

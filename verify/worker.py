@@ -45,7 +45,9 @@ def _warm(device: str) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--fd", type=int, required=True)
+    channel_arg = parser.add_mutually_exclusive_group(required=True)
+    channel_arg.add_argument("--fd", type=int)
+    channel_arg.add_argument("--connect", type=Path, help="socket file to dial (workers started under a wrapper such as ncu)")
     parser.add_argument("--dir", type=Path, required=True)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--memory-mb", type=int, default=0)
@@ -55,7 +57,11 @@ def main() -> None:
 
     _confine(args)
     os.chdir(args.dir)
-    sock = socket.socket(fileno=args.fd)
+    if args.connect is not None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.connect(str(args.connect))
+    else:
+        sock = socket.socket(fileno=args.fd)
     os.set_inheritable(sock.fileno(), False)
 
     from kfoundry.verify.wire import Channel, set_worker_channel

@@ -30,14 +30,19 @@ def _load(path: Path) -> ModuleType:
     return module
 
 
+def _device(backend: str) -> str:
+    # Triton runs on CPU tensors only under its interpreter, i.e. on hosts without a GPU.
+    return "cuda" if backend == "cuda" or (backend == "triton" and torch.cuda.is_available()) else "cpu"
+
+
 def _build_pair(name: str, backend: str) -> tuple[ModuleType, torch.nn.Module, torch.nn.Module]:
     reference = _load(examples.path(name, "reference"))
     candidate = _load(examples.path(name, backend))
     init = reference.get_init_inputs()
     torch.manual_seed(0)
-    model = reference.Model(*init)
+    model = reference.Model(*init).to(_device(backend))
     torch.manual_seed(0)
-    model_new = candidate.ModelNew(*init)
+    model_new = candidate.ModelNew(*init).to(_device(backend))
     return reference, model, model_new
 
 
@@ -53,7 +58,7 @@ def test_solution_matches_reference_with_perturbed_parameters(name: str, backend
     model_new.load_state_dict(shared, strict=False)
 
     torch.manual_seed(1234)
-    inputs = reference.get_inputs()
+    inputs = [t.to(_device(backend)) for t in reference.get_inputs()]
     with torch.no_grad():
         expected = model(*[t.clone() for t in inputs])
         got = model_new(*inputs)

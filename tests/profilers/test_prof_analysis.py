@@ -5,7 +5,7 @@ from torch.profiler import ProfilerActivity, profile, record_function
 
 from kfoundry.profilers.analysis import diagnose, diagnose_text
 from kfoundry.profilers.textparse import parse_ncu_csv, parse_profiler_table
-from kfoundry.schema import Bottleneck, KernelShare, ProfileResult, Roofline, State, Timing
+from kfoundry.schema import KernelCounters, Bottleneck, KernelShare, ProfileResult, Roofline, State, Timing
 
 
 def _timing(median_ms: float, cov: float = 0.02) -> Timing:
@@ -101,7 +101,7 @@ def test_noisy_timings_are_flagged_in_the_evidence() -> None:
 
 
 def test_dram_counters_near_peak_classify_as_memory() -> None:
-    counters = {"scale_kernel": {"duration_us": 900.0, "dram_pct": 88.0, "sm_pct": 15.0}}
+    counters = [KernelCounters(name="scale_kernel", duration_us=900.0, dram_throughput_pct=88.0, sm_throughput_pct=15.0)]
     p = _profile(
         device="cuda:0",
         backend="cuda",

@@ -1,0 +1,75 @@
+"""Nsight Compute counters for a candidate: a fresh worker started under ``ncu``."""
+
+from __future__ import annotations
+
+import glob
+import os
+import secrets
+import shutil
+from pathlib import Path
+
+import anyio
+
+from kfoundry.artifacts import Run
+from kfoundry.backends.base import Backend
+from kfoundry.profilers.textparse import kernel_counters, parse_ncu_csv
+from kfoundry.schema import KernelCounters
+from kfoundry.server.jobs import Conversation, Ending
+from kfoundry.tools.runtime import Runtime
+
+SECTIONS = ("SpeedOfLight", "Occupancy", "MemoryWorkloadAnalysis", "LaunchStats")
+MAX_KERNELS = 64
+NCU_LOG = "ncu.csv"
+
+
+def find_ncu() -> str | None:
+    found = shutil.which("ncu")
+    if found:
+        return found
+    for pattern in ("/usr/local/cuda/bin/ncu", "/opt/nvidia/nsight-compute/*/ncu", "/usr/local/cuda-*/bin/ncu"):
+        hits = sorted(glob.glob(pattern))
+        if hits and os.access(hits[-1], os.X_OK):
+            return hits[-1]
+    return None
+
+
+def ncu_command(ncu: str) -> list[str]:
+    sections = [arg for name in SECTIONS for arg in ("--section", name)]
+    return [
+        ncu, "--csv", "--page", "details", "--profile-from-start", "off", "--target-processes", "all",
+        "--clock-control", "none", "--launch-count", str(MAX_KERNELS), *sections, "--log-file", "{dir}/" + NCU_LOG,
+    ]
+
+
+async def collect(rt: Runtime, device: str, backend: Backend, reference: str, candidate: str, timeout_s: float, run: Run) -> tuple[list[KernelCounters], str]:
+    """Counters per kernel of one candidate forward call, and a status ('collected' or 'unavailable: ...')."""
+    if not device.startswith("cuda"):
+        return [], "unavailable: Nsight Compute needs an NVIDIA GPU; this job ran on the CPU"
+    ncu = find_ncu()
+    if ncu is None:
+        return [], "unavailable: ncu (Nsight Compute) is not installed or not on PATH"
+    await rt.progress(0.85, "collecting hardware counters with Nsight Compute")
+    worker = await rt.pool.acquire(device, wrapper=ncu_command(ncu))
+    keep = run.path / "ncu-worker"
+    try:
+        job = {"role": "counters", "backend": backend.name, "problem": reference, "candidate": candidate, "init_seed": secrets.randbits(31), "seeds": []}
+        report = await Conversation(worker, job).run(timeout_s)
+        if report.ending is Ending.done and worker.process is not None:
+            # ncu writes its report when the profiled process exits
+            with anyio.move_on_after(min(120.0, timeout_s)):
+                await worker.process.wait()
+        log = Path(worker.dir) / NCU_LOG
+        text = log.read_text(errors="replace") if log.is_file() else ""
+        stderr = worker.log_tail("stderr", 2000) + worker.log_tail("stdout", 2000)
+    finally:
+        await rt.pool.release(worker, keep)
+    if text:
+        run.write("ncu.csv", text)
+    if report.ending is not Ending.done:
+        message = report.error.message if report.error else report.ending.value
+        return [], f"unavailable: the counters job failed ({message})"
+    parsed = parse_ncu_csv(text) if text else None
+    if parsed is None or not parsed.kernels:
+        hint = " ".join(line for line in stderr.splitlines() if "ERR" in line or "error" in line.lower())[:400]
+        return [], f"unavailable: ncu collected no kernel counters{': ' + hint if hint else ''}"
+    return kernel_counters(parsed), "collected"
