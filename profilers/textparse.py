@@ -191,8 +191,10 @@ def parse_ncu_csv(text: str) -> NcuReport | None:
         sums.setdefault(kernel, {}).setdefault(key, []).append(value)
 
     if {"Metric Name", "Metric Value"} <= col.keys():
+        # Newer ncu appends rule columns to the header that metric rows leave out.
+        needed = max(col[c] for c in ("Kernel Name", "Metric Name", "Metric Value", "Metric Unit", "ID") if c in col)
         for r in body:
-            if len(r) < len(header):
+            if len(r) <= needed:
                 continue
             unit = r[col["Metric Unit"]] if "Metric Unit" in col else ""
             launch = r[col["ID"]] if "ID" in col else str(len(launches))

@@ -66,7 +66,13 @@ class Containment:
                 (group / "pids.max").write_text(str(settings().max_processes))
                 self.cgroup = group
             except OSError as exc:
-                logger.warning("pids cgroup unavailable (%s); falling back to rlimits", exc)
+                # Seen where the pids controller is not delegated to this subtree: decide once, say it once.
+                logger.warning("pids cgroup unavailable (%s); using rlimits and session sweeps instead", exc)
+                Containment._parent = None
+                try:
+                    (parent / name).rmdir()
+                except OSError:
+                    pass
 
     @property
     def kind(self) -> str:

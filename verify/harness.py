@@ -124,6 +124,10 @@ class Harness:
         return problem
 
     def load_candidate(self) -> type:
+        if self.device.startswith("cuda"):
+            from kfoundry.profilers.timing import track_streams
+
+            track_streams()
         if self.backend is not None:
             self.backend.prepare_worker()
         self.stage("compiling")

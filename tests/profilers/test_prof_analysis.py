@@ -1,11 +1,14 @@
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
 import torch
 from torch.profiler import ProfilerActivity, profile, record_function
 
 from kfoundry.profilers.analysis import diagnose, diagnose_text
-from kfoundry.profilers.textparse import parse_ncu_csv, parse_profiler_table
-from kfoundry.schema import KernelCounters, Bottleneck, KernelShare, ProfileResult, Roofline, State, Timing
+from kfoundry.profilers.textparse import kernel_counters, parse_ncu_csv, parse_profiler_table
+from kfoundry.schema import Bottleneck, KernelCounters, KernelShare, ProfileResult, Roofline, State, Timing
 
 
 def _timing(median_ms: float, cov: float = 0.02) -> Timing:
@@ -348,3 +351,17 @@ def test_unrecognised_text_is_unknown_and_names_the_accepted_formats() -> None:
 
     assert d.bottleneck is Bottleneck.unknown
     assert "key_averages().table()" in d.recommendation and "ncu --csv" in d.recommendation
+
+
+def test_a_real_h200_ncu_report_parses_into_typed_counters() -> None:
+    text = (Path(__file__).parent / "data" / "ncu_h200_softmax.csv").read_text()
+    report = parse_ncu_csv(text)
+    assert report is not None
+    (top,) = kernel_counters(report)
+    assert top.name == "_softmax_kernel"
+    assert top.duration_us == pytest.approx(4.384)
+    assert top.dram_throughput_pct == pytest.approx(2.62) and top.sm_throughput_pct == pytest.approx(2.05)
+    assert top.registers_per_thread == 128 and top.block_size == 128 and top.grid_size == 16
+    assert top.achieved_occupancy_pct == pytest.approx(6.25) and top.l2_hit_rate_pct == pytest.approx(54.59)
+    d = diagnose_text(text)
+    assert d.bottleneck is not Bottleneck.unknown and "_softmax_kernel" in d.digest
