@@ -19,7 +19,8 @@ def _home() -> Path:
 
 class Settings(BaseModel):
     home: Path = Field(description="Root for caches and run artifacts.")
-    spares: int = Field(default=2, ge=0, le=16, description="Pre-started worker processes kept per device.")
+    spares: int = Field(default=2, ge=0, le=16, description="Pre-started worker processes kept for the CPU.")
+    gpu_spares: int = Field(default=4, ge=0, le=16, description="Pre-started worker processes kept per GPU.")
     cpu_jobs: int = Field(default=2, ge=1, description="Concurrent non-timing jobs on the CPU device.")
     gpu_jobs: int = Field(default=2, ge=1, description="Concurrent non-timing jobs per GPU.")
     per_owner_jobs: int = Field(default=0, ge=0, description="Running jobs per token and device (0: no cap).")
@@ -58,6 +59,7 @@ def settings() -> Settings:
     return Settings(
         home=_home(),
         spares=_int_env("KFOUNDRY_SPARES", 2),
+        gpu_spares=_int_env("KFOUNDRY_GPU_SPARES", 4),
         cpu_jobs=_int_env("KFOUNDRY_CPU_JOBS", 2),
         gpu_jobs=_int_env("KFOUNDRY_GPU_JOBS", 2),
         per_owner_jobs=_int_env("KFOUNDRY_PER_TOKEN_JOBS", 0),

@@ -40,6 +40,8 @@ class WorkerPool:
 
     def __init__(self, spares: int | None = None) -> None:
         self.spare_count = settings().spares if spares is None else spares
+        # verify takes two workers and compile one: a compile-verify-profile round needs five
+        self.gpu_spare_count = settings().gpu_spares if spares is None else spares
         self._devices: dict[str, _Device] = {}
         self._tg: TaskGroup | None = None
         self._live: set[Worker] = set()
@@ -69,7 +71,8 @@ class WorkerPool:
         """Start spares for ``device`` in the background (a no-op when enough are warm or starting)."""
         dev = self.device(device)
         assert self._tg is not None
-        while len(dev.spares) + dev.starting < self.spare_count:
+        wanted = self.spare_count if device == "cpu" else self.gpu_spare_count
+        while len(dev.spares) + dev.starting < wanted:
             dev.starting += 1
             self._tg.start_soon(self._spawn_spare, dev)
 
@@ -129,6 +132,9 @@ class WorkerPool:
         """Admission to a device: shared for correctness work, exclusive while anything is timed."""
         async with self.device(device).queue.hold(exclusive, owner, on_position):
             yield
+
+    async def quiesce(self, device: str) -> None:
+        await self.device(device).queue.quiesce()
 
     def status(self) -> dict[str, dict[str, int | bool]]:
         """Per device: jobs running, queued, exclusive (timing) now, warm spares."""

@@ -2,8 +2,9 @@
 
 Waiting jobs are served round-robin across owners (token names), FIFO within an owner,
 strictly in that order: a waiting exclusive (timing) job is never overtaken, so timing
-jobs cannot starve. Background work (starting spare workers) never overlaps an
-exclusive holder, so nothing else burns the machine while a job is being timed.
+jobs cannot starve. Background work (starting spare workers) never starts while an
+exclusive holder runs, and the holder waits for running background work before it
+times anything, so nothing else burns the machine while a job is being timed.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ class DeviceQueue:
         if self.per_owner and self.running.get(ticket.owner, 0) >= self.per_owner:
             return False
         if ticket.exclusive:
-            return not (self.exclusive or self.shared or self.background_jobs)
+            return not (self.exclusive or self.shared)
         return not self.exclusive and self.shared < self.capacity
 
     def _pump(self) -> None:
@@ -150,6 +151,11 @@ class DeviceQueue:
             self._give_back(ticket)
             self._pump()
 
+    async def quiesce(self) -> None:
+        """Wait until background work (spares starting) is done; an exclusive holder calls this before timing."""
+        while self.background_jobs:
+            await self._changed.wait()
+
     @asynccontextmanager
     async def background(self) -> AsyncIterator[None]:
         while self.exclusive or any(t.exclusive for t in self.order()):
@@ -159,4 +165,5 @@ class DeviceQueue:
             yield
         finally:
             self.background_jobs -= 1
+            self._signal()
             self._pump()

@@ -97,6 +97,7 @@ async def run_check(
             if profile_request is None or verdict_box["verdict"][0] is not State.correct:
                 return None
             await rt.progress(0.6, "timing")
+            await rt.pool.quiesce(device)  # spares still starting would disturb the measurement
             report.profile_sent_at = anyio.current_time()
             return profile_request()
 

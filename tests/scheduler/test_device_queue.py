@@ -186,3 +186,31 @@ async def test_a_per_owner_cap_lets_other_owners_through() -> None:
             assert running == ["a1", "b1"]
             gate.set()
     assert running == ["a1", "b1", "a2"]
+
+
+async def test_a_timing_job_is_admitted_during_background_work_but_quiesces_before_timing() -> None:
+    queue = DeviceQueue(capacity=2)
+    log: list[str] = []
+    spare_done = anyio.Event()
+
+    async def spare() -> None:
+        async with queue.background():
+            log.append("spare starts")
+            await spare_done.wait()
+            log.append("spare ready")
+
+    async def timing() -> None:
+        async with queue.hold(exclusive=True):
+            log.append("admitted")
+            await queue.quiesce()
+            log.append("timing")
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(spare)
+            await anyio.wait_all_tasks_blocked()
+            tg.start_soon(timing)
+            await anyio.wait_all_tasks_blocked()
+            assert log == ["spare starts", "admitted"]
+            spare_done.set()
+    assert log == ["spare starts", "admitted", "spare ready", "timing"]
