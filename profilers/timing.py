@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import statistics
 import time
-import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -102,12 +101,12 @@ def _time_cuda(fn: Contender, inputs: Sequence[Any], flush: Callable[[], None] |
     return float(start.elapsed_time(end))
 
 
-_streams: weakref.WeakSet[Any] = weakref.WeakSet()
+_streams: list[Any] = []
 
 
 def _side_streams() -> list[Any]:
     current = torch.cuda.current_stream()
-    return [s for s in list(_streams) if s != current]
+    return [s for s in _streams if isinstance(s, torch.cuda.Stream) and s != current]
 
 
 def track_streams() -> None:
@@ -122,7 +121,8 @@ def track_streams() -> None:
 
         def tracked(klass: type, *args: Any, __original: Any = original, **kwargs: Any) -> Any:
             stream = __original(klass, *args, **kwargs)
-            _streams.add(stream)
+            if isinstance(stream, torch.cuda.Stream):
+                _streams.append(stream)
             return stream
 
         tracked._kfoundry = True  # type: ignore[attr-defined]
