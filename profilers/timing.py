@@ -90,9 +90,13 @@ def _time_cuda(fn: Contender, inputs: Sequence[Any], flush: Callable[[], None] |
         # Enqueued, not waited for: the GPU stays busy flushing while the host launches the
         # call, so the events measure GPU time rather than Python launch latency.
         flush()
+    current = torch.cuda.current_stream()
+    side = _side_streams()
+    for stream in side:
+        # Side streams start after the flush too, as the current stream does.
+        stream.wait_stream(current)
     start.record()
     fn(inputs)
-    current = torch.cuda.current_stream()
     for stream in _side_streams():
         # Work the call left on streams it created ends before the end event: billed to it.
         current.wait_stream(stream)
