@@ -13,7 +13,7 @@ from types import ModuleType
 
 import pytest
 import torch
-from kfoundry.backends import cuda, nvcc
+from kfoundry.backends import cuda, cuda_driver, cuda_kernels, nvcc, nvrtc
 from kfoundry.backends.base import Backend
 from kfoundry.backends.cuda import (
     BuildError,
@@ -306,13 +306,13 @@ def test_kernel_stats_take_registers_and_shared_memory_from_the_driver_when_a_de
     ptxas = [{"mangled": "scale", "registers": 10, "spill_stores": 0, "shared_bytes": 0}]
     outcome = cuda.CudaBuildOutcome(ok=True, key="k", image=str(image), arch="sm_90", toolchain="NVRTC 13.0", seconds=0.25, ptxas=ptxas)
     module = cuda.CudaModule(outcome, SIGNATURES, "signatures")
-    values = {cuda._ATTR_REGS: 40, cuda._ATTR_SHARED: 2048, cuda._ATTR_LOCAL: 16, cuda._ATTR_MAX_THREADS: 256}
+    values = {cuda_driver._ATTR_REGS: 40, cuda_driver._ATTR_SHARED: 2048, cuda_driver._ATTR_LOCAL: 16, cuda_driver._ATTR_MAX_THREADS: 256}
 
     class FakeDriver:
         def attribute(self, fn: object, attr: int) -> int:
             return values[attr]
 
-    monkeypatch.setattr(cuda, "_driver", FakeDriver)
+    monkeypatch.setattr(cuda_kernels, "_driver", FakeDriver)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     monkeypatch.setattr(CudaKernel, "function", lambda self, device: object())
@@ -374,7 +374,7 @@ def test_probe_on_this_host_names_the_nvcc_release() -> None:
 
 
 def test_own_kernels_are_recognised_by_launch_range_and_by_demangled_name(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(cuda, "_own_names", {"layernorm_rows_kernel", "swish_scale"})
+    monkeypatch.setattr(cuda_kernels, "_own_names", {"layernorm_rows_kernel", "swish_scale"})
     backend = CudaBackend()
 
     assert backend.is_own_kernel("cuda::anything")
@@ -498,12 +498,12 @@ def test_common_standard_headers_compile_under_nvrtc() -> None:
 def binding(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch):
     """Run a test under one binding (cuda.bindings or ctypes), restoring the process-wide choice after."""
     monkeypatch.setenv(cuda.BINDING_ENV, request.param)
-    for fn in (cuda._driver, cuda._nvrtc, cuda.nvrtc_facts):
+    for fn in (cuda_driver._driver, nvrtc._nvrtc, nvrtc.nvrtc_facts):
         fn.cache_clear()
     if request.param == "cuda-python" and importlib.util.find_spec("cuda.bindings") is None:
         pytest.skip("cuda-python (cuda.bindings) is not installed")
     yield request.param
-    for fn in (cuda._driver, cuda._nvrtc, cuda.nvrtc_facts):
+    for fn in (cuda_driver._driver, nvrtc._nvrtc, nvrtc.nvrtc_facts):
         fn.cache_clear()
 
 
@@ -517,7 +517,7 @@ def test_load_cuda_launches_a_kernel_on_the_current_stream_with_correct_results(
     mod.axpy((1000 + 255) // 256, 256, x, y, 2.0, x.numel())
     torch.cuda.synchronize()
 
-    assert cuda._driver().kind == binding
+    assert cuda_driver._driver().kind == binding
     torch.testing.assert_close(y, 1 + 2 * x)
 
 
@@ -702,7 +702,7 @@ def test_inside_a_worker_load_cuda_asks_the_server_to_build_and_errors_point_at_
     source = 'extern "C" __global__ void k(float* y) {\n    y[0] = missing_name;\n}\n'
     candidate = f'from kfoundry.backends.cuda import load_cuda\n\nmod = load_cuda(r"""{source}""")\n'
     channel = _ServerChannel(candidate)
-    monkeypatch.setattr(cuda, "worker_channel", lambda: channel)
+    monkeypatch.setattr(cuda_kernels, "worker_channel", lambda: channel)
 
     with pytest.raises(BuildError) as info:
         load_cuda(source, options=["-O3"], arch="sm_90")
