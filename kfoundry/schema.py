@@ -278,3 +278,6 @@ class BackendsResult(Record):
     backends: list[ToolchainInfo]
     best: str = Field(description="The backend a user on this host should try first.")
     devices: list[str]
+    queues: dict[str, dict[str, int | bool]] = Field(
+        default_factory=dict, description="Per device now: jobs running, queued, timing (held alone), warm spares."
+    )

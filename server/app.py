@@ -188,8 +188,8 @@ def build_server(token_verifier: TokenVerifier | None = None, live: Live | None 
             raise ToolError(str(exc)) from exc
 
     @mcp.tool(name="backends", description=DESCRIPTIONS["backends"], annotations=ToolAnnotations(read_only_hint=True, idempotent_hint=True))
-    async def backends() -> BackendsResult:
-        return list_backends()
+    async def backends(ctx: Context) -> BackendsResult:
+        return list_backends(_runtime(ctx).pool)
 
     @mcp.resource("kfoundry://runs", mime_type="application/json", description="The most recent run ids, newest first.")
     def runs() -> str:

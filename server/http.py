@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +12,7 @@ import uvicorn
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from kfoundry import __version__
 from kfoundry.errors import BadRequest
@@ -45,6 +47,48 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def _size(limit: int) -> str:
+    return f"{limit >> 20} MiB" if limit >= 1 << 20 and not limit % (1 << 20) else f"{limit} bytes"
+
+
+class ExplainOversize:
+    """Turns the SDK's bare ``413 Request body too large`` into a JSON-RPC error that names the limit.
+
+    The MCP client surfaces a JSON-RPC error body from a non-2xx reply as the call's error; a
+    plain-text 413 reaches the caller only as "Server returned an error response".
+    """
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.body = json.dumps({
+            "jsonrpc": "2.0", "id": None,
+            "error": {
+                "code": -32600,
+                "message": f"request body too large: this server accepts at most {_size(limit)} per request "
+                           "(kfoundry serve --max-body-mb); send only the module sources",
+            },
+        }).encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        replaced = False
+
+        async def explain(message: Message) -> None:
+            nonlocal replaced
+            if message["type"] == "http.response.start" and message["status"] == 413:
+                replaced = True
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() not in (b"content-length", b"content-type")]
+                headers += [(b"content-type", b"application/json"), (b"content-length", str(len(self.body)).encode())]
+                await send({**message, "headers": headers})
+                await send({"type": "http.response.body", "body": self.body, "more_body": False})
+            elif not replaced:
+                await send(message)
+
+        await self.app(scope, receive, explain)
+
+
 def build_app(options: HttpOptions, tokens: dict[str, str] | None = None) -> object:
     """The ASGI app. Raises BadRequest when a non-loopback bind has no token."""
     tokens = load_tokens(options.token_file) if tokens is None else tokens
@@ -69,7 +113,8 @@ def build_app(options: HttpOptions, tokens: dict[str, str] | None = None) -> obj
         hosts.append(f"{options.host}:*")
     origins = ["http://127.0.0.1:*", "http://localhost:*", "https://localhost:*", *options.allowed_origins]
     security = TransportSecuritySettings(enable_dns_rebinding_protection=True, allowed_hosts=hosts, allowed_origins=origins)
-    return mcp.streamable_http_app(streamable_http_path=MCP_PATH, transport_security=security, max_request_body_size=options.max_body_bytes)
+    app = mcp.streamable_http_app(streamable_http_path=MCP_PATH, transport_security=security, max_request_body_size=options.max_body_bytes)
+    return ExplainOversize(app, options.max_body_bytes)
 
 
 def serve_http(options: HttpOptions) -> None:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from kfoundry.backends import names
 from kfoundry.schema import BackendsResult
+from kfoundry.server.pool import WorkerPool
 from kfoundry.tools.runtime import cuda_available, probe
 
 
-def list_backends() -> BackendsResult:
+def list_backends(pool: WorkerPool | None = None) -> BackendsResult:
     infos = [probe(name) for name in names()]
     devices = ["cpu"]
     if cuda_available():
@@ -17,4 +18,4 @@ def list_backends() -> BackendsResult:
     available = {i.name: i for i in infos if i.available}
     gpu_native = [i.name for i in infos if i.available and i.device.startswith("cuda") and not i.interpreted]
     best = gpu_native[0] if gpu_native else ("cpp" if "cpp" in available else next(iter(available), "none"))
-    return BackendsResult(backends=infos, best=best, devices=devices)
+    return BackendsResult(backends=infos, best=best, devices=devices, queues=pool.status() if pool is not None else {})

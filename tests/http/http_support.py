@@ -1,0 +1,217 @@
+"""What the HTTP tests share: a real ``kfoundry serve --transport http`` subprocess, token clients, candidates.
+
+The server runs as its own process on 127.0.0.1 with its own KFOUNDRY_HOME and two named tokens
+(alice, bob), so every check goes through uvicorn, the SDK's auth and Host/Origin middleware
+and the real worker pool, exactly as a laptop attached to the GPU box would meet them.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import anyio
+import httpx2
+from anyio.abc import Process
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.types import CallToolResult
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "server"))
+
+from candidates import REFERENCE, _candidate
+from mcp_support import sandbox_processes
+
+TOKENS = {"alice": "alice-token-0123456789abcdef", "bob": "bob-token-fedcba9876543210xyz"}
+ALLOWED_HOST = "gpu-box.lan"  # the shared server is started with --allowed-host gpu-box.lan:*
+ALLOWED_ORIGIN = "https://ide.example.com"  # ... and --allowed-origin https://ide.example.com
+START_WITHIN_S = 120.0
+STOP_WITHIN_S = 30.0
+MCP_HEADERS = {"accept": "application/json, text/event-stream", "content-type": "application/json"}
+INITIALIZE = {
+    "jsonrpc": "2.0", "id": 1, "method": "initialize",
+    "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "raw-http-test", "version": "0"}},
+}
+Progress = Callable[[float, float | None, str | None], Awaitable[None]]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def server_env(home: Path, tokens: dict[str, str] | None = TOKENS, **extra: str) -> dict[str, str]:
+    """A minimal environment for the server: no KFOUNDRY_* leaks in from the test process."""
+    env = {"KFOUNDRY_HOME": str(home), "TRITON_INTERPRET": "1", "PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", str(home))}
+    if tokens:
+        env["KFOUNDRY_TOKENS"] = ",".join(f"{name}:{token}" for name, token in tokens.items())
+    env.update(extra)
+    return env
+
+
+def serve_command(port: int, *extra: str, host: str = "127.0.0.1") -> list[str]:
+    return [sys.executable, "-m", "kfoundry.cli", "serve", "--transport", "http", "--host", host, "--port", str(port), *extra]
+
+
+@dataclass
+class Server:
+    proc: Process
+    url: str
+    home: Path
+    log: Path
+    tokens: dict[str, str] = field(default_factory=lambda: dict(TOKENS))
+
+    @property
+    def mcp_url(self) -> str:
+        return f"{self.url}/mcp"
+
+    def log_tail(self, limit: int = 4000) -> str:
+        try:
+            return self.log.read_text(errors="replace")[-limit:]
+        except OSError:
+            return ""
+
+    async def health(self) -> dict[str, Any]:
+        async with httpx2.AsyncClient(timeout=5.0) as http:
+            response = await http.get(f"{self.url}/healthz")
+        assert response.status_code == 200, (response.status_code, response.text)
+        return response.json()
+
+
+async def start_server(home: Path, *extra_args: str, env: dict[str, str] | None = None) -> Server:
+    """Start ``kfoundry serve --transport http`` and wait (bounded) until /healthz answers 200."""
+    home.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    log = home / "server.log"
+    with log.open("wb") as sink:
+        proc = await anyio.open_process(serve_command(port, *extra_args), env=env or server_env(home), stdout=sink, stderr=subprocess.STDOUT)
+    server = Server(proc, f"http://127.0.0.1:{port}", home, log)
+    try:
+        with anyio.fail_after(START_WITHIN_S):
+            async with httpx2.AsyncClient(timeout=2.0) as http:
+                while True:
+                    assert proc.returncode is None, f"server exited with {proc.returncode}:\n{server.log_tail()}"
+                    try:
+                        if (await http.get(f"{server.url}/healthz")).status_code == 200:
+                            return server
+                    except httpx2.TransportError:
+                        pass
+                    await anyio.sleep(0.1)
+    except BaseException:
+        await stop_server(server)
+        raise
+
+
+async def wait_exit(proc: Process, within: float) -> int:
+    with anyio.fail_after(within):
+        return await proc.wait()
+
+
+async def stop_server(server: Server) -> int:
+    """SIGTERM, then SIGKILL if it does not exit in time; the exit status."""
+    if server.proc.returncode is None:
+        server.proc.send_signal(signal.SIGTERM)
+        try:
+            return await wait_exit(server.proc, STOP_WITHIN_S)
+        except TimeoutError:
+            server.proc.kill()
+    with anyio.CancelScope(shield=True):
+        return await server.proc.wait()
+
+
+@asynccontextmanager
+async def connect(server: Server, who: str = "alice", *, terminate_on_close: bool = True) -> AsyncIterator[Client]:
+    """A real MCP client over streamable HTTP, authenticated as ``who``."""
+    headers = {"Authorization": f"Bearer {server.tokens[who]}"}
+    http = httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(30.0, read=300.0))
+    async with http, Client(streamable_http_client(server.mcp_url, http_client=http, terminate_on_close=terminate_on_close)) as client:
+        yield client
+
+
+def verify_arguments(candidate: str, **extra: Any) -> dict[str, Any]:
+    return {"backend": "cpp", "reference": REFERENCE, "candidate": candidate, "trials": 1, "timeout_s": 120, **extra}
+
+
+async def verify(client: Client, candidate: str, *, within: float = 120.0, progress: Progress | None = None, **extra: Any) -> dict[str, Any]:
+    """The structured result of a verify call that must not be a tool error."""
+    with anyio.fail_after(within):
+        result: CallToolResult = await client.call_tool("verify", verify_arguments(candidate, **extra), progress_callback=progress)
+    assert not result.is_error, " ".join(getattr(b, "text", "") for b in result.content)
+    assert result.structured_content is not None
+    return result.structured_content
+
+
+def writes_pid_then_blocks(pid_file: Path) -> str:
+    """A candidate whose forward writes its process id to ``pid_file`` (atomically), then never returns."""
+    return _candidate(
+        f"""
+        import time
+        with open({str(pid_file) + ".tmp"!r}, "w") as f:
+            f.write(str(os.getpid()))
+        os.replace({str(pid_file) + ".tmp"!r}, {str(pid_file)!r})
+        while True:
+            time.sleep(0.01)
+        """
+    )
+
+
+def waits_for_gate(gate: Path) -> str:
+    """A correct candidate whose forward first waits until ``gate`` exists."""
+    return _candidate(
+        f"""
+        import time
+        while not os.path.exists({str(gate)!r}):
+            time.sleep(0.02)
+        return swish(x, self.scale_factor)
+        """
+    )
+
+
+def busy_for(seconds: float) -> str:
+    """A correct candidate whose forward spins for ``seconds`` first (slow but finite)."""
+    return _candidate(
+        f"""
+        import time
+        end = time.monotonic() + {seconds!r}
+        while time.monotonic() < end:
+            pass
+        return swish(x, self.scale_factor)
+        """
+    )
+
+
+async def read_pid(pid_file: Path, within: float = 60.0) -> int:
+    with anyio.fail_after(within):
+        while not pid_file.exists():
+            await anyio.sleep(0.05)
+    return int(pid_file.read_text())
+
+
+def alive(pid: int) -> bool:
+    """Running and not already on its way out (zombie, exiting, or SIGKILL pending)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    if stat[0] in ("Z", "X") or int(stat[6]) & 0x4:
+        return False
+    pending = 0
+    for line in status.splitlines():
+        if line.startswith(("SigPnd:", "ShdPnd:")):
+            pending |= int(line.split()[1], 16)
+    return not pending & (1 << 8)
+
+
+def workers(home: Path) -> list[int]:
+    """Live worker processes (and anything they forked) started for this server's KFOUNDRY_HOME."""
+    return [p.pid for p in sandbox_processes(home)]

@@ -1,0 +1,90 @@
+"""Several people at once: concurrent clients with different tokens, each answered correctly, served fairly."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import anyio
+import pytest
+from candidates import CORRECT_CPP, WRONG_VALUES
+from http_support import Server, connect, verify, waits_for_gate
+
+pytestmark = [pytest.mark.anyio, pytest.mark.slow]
+
+CLIENTS, CALLS = 5, 10
+
+
+def expected_state(client_index: int, call_index: int) -> str:
+    """Every fourth call (shifted per client) sends a mismatching candidate, so answers cannot be swapped unnoticed."""
+    return "mismatch" if (client_index * CALLS + call_index) % 4 == 3 else "correct"
+
+
+async def test_five_clients_with_ten_concurrent_verify_calls_each_all_get_their_own_right_answer(server: Server) -> None:
+    answers: dict[tuple[int, int], dict] = {}
+
+    async def one_client(c: int) -> None:
+        async with connect(server, "alice" if c % 2 == 0 else "bob") as client:
+
+            async def one_call(i: int) -> None:
+                candidate = WRONG_VALUES if expected_state(c, i) == "mismatch" else CORRECT_CPP
+                answers[(c, i)] = await verify(client, candidate, within=200)
+
+            async with anyio.create_task_group() as calls:
+                for i in range(CALLS):
+                    calls.start_soon(one_call, i)
+
+    with anyio.fail_after(210):
+        async with anyio.create_task_group() as clients:
+            for c in range(CLIENTS):
+                clients.start_soon(one_client, c)
+
+    assert len(answers) == CLIENTS * CALLS
+    wrong = {key: data["state"] for key, data in answers.items() if data["state"] != expected_state(*key)}
+    assert wrong == {}, wrong
+    assert sum(data["state"] == "mismatch" for data in answers.values()) == sum(
+        expected_state(c, i) == "mismatch" for c in range(CLIENTS) for i in range(CALLS)
+    )
+    assert len({data["run_id"] for data in answers.values()}) == CLIENTS * CALLS
+    health = await server.health()
+    assert health["devices"]["cpu"]["running"] == 0 and health["devices"]["cpu"]["queued"] == 0, health
+
+
+async def test_a_second_token_waiting_behind_a_busy_first_one_is_served_next_not_last(server: Server, tmp_path: Path) -> None:
+    """The scheduler knows callers by token name: bob's one call queues behind alice's backlog at position 2, not at its end."""
+    gate = tmp_path / "open"
+    blockers, backlog = 2, 3  # the CPU device runs two jobs at once (KFOUNDRY_CPU_JOBS default)
+    positions: list[int] = []
+
+    async def bob_progress(progress: float, total: float | None, message: str | None) -> None:
+        found = re.match(r"queued: position (\d+)", message or "")
+        if found:
+            positions.append(int(found.group(1)))
+
+    states: dict[str, list[str]] = {"alice": [], "bob": []}
+    with anyio.fail_after(150):
+        async with connect(server, "alice") as alice, connect(server, "bob") as bob, anyio.create_task_group() as group:
+
+            async def alice_call(candidate: str) -> None:
+                states["alice"].append((await verify(alice, candidate, within=140))["state"])
+
+            for _ in range(blockers):
+                group.start_soon(alice_call, waits_for_gate(gate))
+            for _ in range(backlog):
+                group.start_soon(alice_call, CORRECT_CPP)
+            while True:  # alice holds both slots and has her backlog waiting
+                cpu = (await server.health())["devices"]["cpu"]
+                if (cpu["running"], cpu["queued"]) == (blockers, backlog):
+                    break
+                await anyio.sleep(0.05)
+
+            async def bob_call() -> None:
+                states["bob"].append((await verify(bob, CORRECT_CPP, within=140, progress=bob_progress))["state"])
+
+            group.start_soon(bob_call)
+            while not positions:
+                await anyio.sleep(0.05)
+            gate.touch()
+
+    assert positions[0] == 2, positions  # round robin: alice's first waiting call, then bob's (FIFO would say 4)
+    assert states == {"alice": ["correct"] * (blockers + backlog), "bob": ["correct"]}, states
