@@ -9,15 +9,23 @@ from dataclasses import dataclass
 from typing import Any
 
 import anyio
+import torch
+from kfoundry.backends.base import Backend
+from kfoundry.server.jobs import Conversation, Ending, Report
+from kfoundry.tools.runtime import (
+    Runtime,
+    check_source,
+    check_timeout,
+    device_kind,
+    probe,
+    resolve_backend,
+)
+from kfoundry.verify.compare import judge, tolerance
+from kfoundry.verify.guardrails import Guardrails, check, effective
 
 from kfoundry.artifacts import Run, new_run
-from kfoundry.backends.base import Backend
 from kfoundry.errors import BadRequest
 from kfoundry.schema import ErrorDetail, Finding, State, VerifyResult
-from kfoundry.server.jobs import Conversation, Ending, Report
-from kfoundry.tools.runtime import Runtime, check_source, check_timeout, device_kind, probe, resolve_backend
-from kfoundry.verify.compare import judge, tolerance
-from kfoundry.verify.guardrails import Guardrails, check
 
 DEFAULT_TRIALS = 5
 DEFAULT_TIMEOUT_S = 180.0
@@ -69,21 +77,25 @@ async def run_check(
     run.write("candidate.py", candidate)
     base = {"backend": backend.name, "trials": trials, "device": device, "run_id": run.id}
 
+    guardrails = effective(guardrails, backend.name)
     findings = check(candidate, backend, guardrails)
     if any(f.blocking for f in findings):
         result = VerifyResult(state=State.rejected, findings=findings, duration_s=time.perf_counter() - start, next_step=NEXT[State.rejected], **base)
         return Checked(result, Report(), Report())
 
-    seeds = [secrets.randbits(31) for _ in range(trials)]
+    # One extra trial: the candidate's worker writes its values into the previous trial's input tensors
+    # (same address, new values), so caches keyed by data_ptr or id return stale outputs.
+    seeds = [secrets.randbits(31) for _ in range(trials + 1)]
     init_seed = secrets.randbits(31)
-    job = {"backend": backend.name, "problem": reference, "seeds": seeds, "init_seed": init_seed}
+    job = {"backend": backend.name, "problem": reference, "seeds": seeds, "init_seed": init_seed, "probe": True}
+    checks: dict[int, dict[str, Any]] = {}
     reference_done = anyio.Event()
     verdict_box: dict[str, Any] = {}
     deadline = anyio.current_time() + timeout_s
 
     async with rt.slot(backend, exclusive=profile_request is not None) as device:
         base["device"] = device
-        run.write("job.json", {"seeds": seeds, "init_seed": init_seed, "device": device, "trials": trials})
+        run.write("job.json", {"seeds": seeds, "init_seed": init_seed, "device": device, "trials": trials, "caller": rt.owner})
         ref_worker = await rt.pool.acquire(device)
         cand_worker = await rt.pool.acquire(device)
 
@@ -93,7 +105,7 @@ async def run_check(
         async def after_trials(report: Report) -> dict[str, Any] | None:
             with anyio.move_on_after(max(0.0, deadline - anyio.current_time())):
                 await reference_done.wait()
-            verdict_box["verdict"] = _decide(ref_conv.report, report, atol, rtol)
+            verdict_box["verdict"] = _decide(ref_conv.report, report, atol, rtol, checks=checks, guardrails=guardrails, trials=trials)
             if profile_request is None or verdict_box["verdict"][0] is not State.correct:
                 return None
             await rt.progress(0.6, "timing")
@@ -102,7 +114,7 @@ async def run_check(
             return profile_request()
 
         ref_conv = Conversation(ref_worker, {**job, "role": "reference", "analyze": analyze})
-        cand_conv = Conversation(cand_worker, {**job, "role": "candidate", "candidate": candidate}, progress=stage, after_trials=after_trials)
+        cand_conv = Conversation(_Tap(cand_worker, checks), {**job, "role": "candidate", "candidate": candidate}, progress=stage, after_trials=after_trials)
 
         async def run_reference() -> None:
             try:
@@ -121,7 +133,9 @@ async def run_check(
             await then(device, cand_conv.report)  # still holding the device: e.g. hardware counters
 
     ref_report, cand_report = ref_conv.report, cand_conv.report
-    state, passed, mismatch, extra = verdict_box.get("verdict") or _decide(ref_report, cand_report, atol, rtol)
+    state, passed, mismatch, extra = verdict_box.get("verdict") or _decide(
+        ref_report, cand_report, atol, rtol, checks=checks, guardrails=guardrails, trials=trials
+    )
     findings += extra
     error = cand_report.error
     if ref_report.ending is not Ending.done and state is not State.correct:
@@ -141,12 +155,98 @@ async def run_check(
     return Checked(result, cand_report, ref_report)
 
 
-def _decide(ref: Report, cand: Report, atol: float | None, rtol: float | None) -> tuple[State, int, Any, list[Finding]]:
+class _Tap:
+    """The candidate's worker, with the runtime facts of each trial message kept aside (Conversation ignores them)."""
+
+    def __init__(self, worker: Any, checks: dict[int, dict[str, Any]]) -> None:
+        self._worker = worker
+        self._checks = checks
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._worker, name)
+
+    async def recv(self) -> tuple[dict[str, Any], bytes]:
+        header, blob = await self._worker.recv()
+        if isinstance(header, dict) and header.get("op") == "trial" and isinstance(header.get("checks"), dict):
+            try:
+                self._checks[int(header["index"])] = header["checks"]
+            except (KeyError, TypeError, ValueError):
+                pass
+        return header, blob
+
+
+def _runtime_findings(index: int, facts: dict[str, Any], rules: Guardrails) -> list[Finding]:
+    """The worker's runtime facts for one trial as findings (severity per the guardrails' rules)."""
+    found: list[Finding | None] = []
+    for alias in list(facts.get("aliases") or [])[:4]:
+        found.append(rules.finding("output_alias", f"trial {index}: {str(alias)[:200]} (outputs must be fresh tensors)"))
+    if int(facts.get("new_threads") or 0) > 0:
+        found.append(rules.finding("thread_leak", f"trial {index}: {int(facts['new_threads'])} Python thread(s) still running after forward returned"))
+    if int(facts.get("new_children") or 0) > 0:
+        found.append(rules.finding("process_leak", f"trial {index}: {int(facts['new_children'])} child process(es) alive after forward returned"))
+    flags = facts.get("flags_changed") or {}
+    if flags:
+        text = ", ".join(f"{k}: {v[0]} -> {v[1]}" if isinstance(v, list) and len(v) == 2 else str(k) for k, v in list(flags.items())[:8])
+        found.append(rules.finding("numerics_flags", f"trial {index}: global numerics flags changed ({text})"))
+    patched = facts.get("patched") or []
+    if patched:
+        found.append(rules.finding("monkeypatch_runtime", f"trial {index}: the candidate replaced {', '.join(map(str, patched[:8]))}"))
+    if facts.get("poison_differs"):
+        found.append(rules.finding("stale_memory", f"trial {index}: outputs differ between two runs under different allocator poison (reads uninitialised memory?): {str(facts['poison_differs'])[:300]}"))
+    ops = {str(k): v for k, v in (facts.get("compute_ops") or {}).items() if str(k) not in rules.allow_torch_ops}
+    if ops:
+        names = ", ".join(f"aten::{k} x{v}" for k, v in sorted(ops.items())[:10])
+        found.append(rules.finding("torch_compute", f"trial {index}: forward computes with PyTorch ops ({names}); the result must come from the candidate's own kernel (allow ops with guardrails.allow_torch_ops)"))
+    return [f for f in found if f is not None]
+
+
+def _is_constant(t: torch.Tensor) -> bool:
+    if t.numel() < 2:
+        return False
+    flat = t.reshape(-1)
+    return bool((flat == flat[0]).all()) or bool(torch.isnan(flat).all())
+
+
+def _output_findings(ref: Report, cand: Report, rules: Guardrails) -> list[Finding]:
+    """Constant outputs where the reference varies; outputs replayed from the previous trial."""
+    found: list[Finding | None] = []
+    for mine, theirs in zip(cand.trials, ref.trials, strict=True):
+        for i, (g, e) in enumerate(zip(mine.outputs, theirs.outputs, strict=False)):
+            if g.tensor is None or e.tensor is None or g.tensor.shape != e.tensor.shape:
+                continue
+            if _is_constant(g.tensor) and not _is_constant(e.tensor):
+                found.append(rules.finding("constant_output", f"trial {mine.index}: output {i} is constant ({_scalar(g.tensor)}) but the reference's is not"))
+                return [f for f in found if f is not None]
+    for k in range(1, len(cand.trials)):
+        for i, (g1, g0) in enumerate(zip(cand.trials[k].outputs, cand.trials[k - 1].outputs, strict=False)):
+            e1 = ref.trials[k].outputs[i].tensor if i < len(ref.trials[k].outputs) else None
+            e0 = ref.trials[k - 1].outputs[i].tensor if i < len(ref.trials[k - 1].outputs) else None
+            if any(t is None for t in (g1.tensor, g0.tensor, e1, e0)):
+                continue
+            if _same_bytes(g1.tensor, g0.tensor) and not _same_bytes(e1, e0):
+                found.append(rules.finding("replay", f"trial {k}: output {i} is byte-identical to the previous trial's although the inputs and the reference's outputs changed (cached or replayed output)"))
+                return [f for f in found if f is not None]
+    return [f for f in found if f is not None]
+
+
+def _scalar(t: torch.Tensor) -> str:
+    return str(t.reshape(-1)[0].item())
+
+
+def _same_bytes(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.dtype == b.dtype and a.shape == b.shape and bool(torch.equal(a.reshape(-1).view(torch.uint8), b.reshape(-1).view(torch.uint8))) if a.numel() else False
+
+
+def _decide(
+    ref: Report, cand: Report, atol: float | None, rtol: float | None, *,
+    checks: dict[int, dict[str, Any]] | None = None, guardrails: Guardrails | None = None, trials: int | None = None,
+) -> tuple[State, int, Any, list[Finding]]:
+    rules = guardrails or Guardrails()
     if cand.ending is not Ending.done or len(cand.trials) == 0:
         if cand.ending is Ending.done:
             return State.runtime_error, 0, None, []
         extra = [Finding(code="protocol", message=cand.error.message)] if cand.ending is Ending.protocol and cand.error else []
-        return _ending_state(cand), len(cand.trials), None, extra
+        return _ending_state(cand), min(len(cand.trials), trials or len(cand.trials)), None, extra
     if ref.ending is not Ending.done or len(ref.trials) != len(cand.trials):
         return State.runtime_error, 0, None, []
     findings: list[Finding] = []
@@ -157,10 +257,35 @@ def _decide(ref: Report, cand: Report, atol: float | None, rtol: float | None) -
         if mine.input_digest_after != mine.input_digest:
             findings.append(Finding(code="input_mutation", message=f"trial {mine.index}: the candidate modified its input tensors in place"))
             return State.rejected, 0, None, findings
+    coverage: list[Finding] = []
+    for index in sorted(checks or {}):
+        for finding in _runtime_findings(index, (checks or {})[index], rules):
+            (coverage if finding.code == "torch_compute" else findings).append(finding)
+    coverage = coverage[:1]  # the first trial's is enough
+    findings += _output_findings(ref, cand, rules)
     expected = [[o.tensor for o in t.outputs] for t in ref.trials]
     got = [[(o.tensor, o.plain, o.type_name) for o in t.outputs] for t in cand.trials]
     verdict = judge(expected, got, atol, rtol)
-    return verdict.state, verdict.trials_passed, verdict.mismatch, findings + verdict.findings
+    passed = min(verdict.trials_passed, trials) if trials is not None else verdict.trials_passed
+    findings += verdict.findings
+    if verdict.state is State.rejected or any(f.blocking for f in findings):
+        return State.rejected, 0, verdict.mismatch, _unique(findings + coverage)
+    if verdict.state is State.correct and any(f.blocking for f in coverage):
+        return State.rejected, 0, None, _unique(findings + coverage)
+    # A wrong result stays a mismatch; coverage findings ride along as warnings.
+    soft = [f.model_copy(update={"blocking": False}) for f in coverage]
+    return verdict.state, passed, verdict.mismatch, findings + soft
+
+
+def _unique(findings: list[Finding]) -> list[Finding]:
+    seen: set[str] = set()
+    out: list[Finding] = []
+    for f in findings:
+        if f.code in seen and f.blocking:
+            continue
+        seen.add(f.code)
+        out.append(f)
+    return out
 
 
 async def verify(
