@@ -17,11 +17,14 @@ from types import ModuleType
 from typing import Any
 
 import torch
-from kfoundry.backends import get_backend
-from kfoundry.verify import runtime_checks as rc
-from kfoundry.verify.wire import Channel, encode_tensors
 
+from kfoundry.backends import get_backend
 from kfoundry.schema import ErrorDetail, State
+from kfoundry.verify import runtime_checks as rc
+
+# Imported here, before any candidate code runs, so the timers it binds are the real ones.
+from kfoundry.verify.timed import profile_job
+from kfoundry.verify.wire import Channel, encode_tensors
 
 _clock = time.perf_counter  # bound before any candidate code can patch ``time``
 CANDIDATE_FILE = "candidate.py"
@@ -299,8 +302,6 @@ class Harness:
             return
         reply, _ = self.channel.recv()
         if reply.get("op") == "profile":
-            from kfoundry.verify.timed import profile_job
-
             assert candidate is not None
             profile_job(self, problem, reference, candidate, reply)
 
