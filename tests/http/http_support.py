@@ -150,8 +150,16 @@ async def verify(client: Client, candidate: str, *, within: float = 120.0, progr
     return result.structured_content
 
 
+# The fault tests' candidates report their pid through a file; file I/O is a guardrail violation
+# for real candidates, so these harness probes switch that one rule off explicitly.
+PROBE_GUARDRAILS = {"rules": {"file_io": "off"}}
+
+
 def writes_pid_then_blocks(pid_file: Path) -> str:
-    """A candidate whose forward writes its process id to ``pid_file`` (atomically), then never returns."""
+    """A candidate whose forward writes its process id to ``pid_file`` (atomically), then never returns.
+
+    Verify it with ``guardrails=PROBE_GUARDRAILS``.
+    """
     return _candidate(
         f"""
         import time

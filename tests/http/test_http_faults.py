@@ -23,6 +23,7 @@ from http_support import (
     wait_exit,
     workers,
     writes_pid_then_blocks,
+    PROBE_GUARDRAILS,
 )
 from mcp.types import CallToolResult
 
@@ -40,7 +41,7 @@ async def test_a_worker_killed_mid_job_reports_runtime_error_and_the_next_job_ru
             async with anyio.create_task_group() as group:
 
                 async def doomed() -> None:
-                    outcome["data"] = await verify(client, writes_pid_then_blocks(pid_file), within=110)
+                    outcome["data"] = await verify(client, writes_pid_then_blocks(pid_file), within=110, guardrails=PROBE_GUARDRAILS)
 
                 group.start_soon(doomed)
                 os.kill(await read_pid(pid_file), signal.SIGKILL)
@@ -54,7 +55,7 @@ async def test_a_worker_killed_mid_job_reports_runtime_error_and_the_next_job_ru
 async def test_a_client_that_disconnects_mid_job_gets_its_job_cancelled_and_its_worker_freed(server: Server, tmp_path: Path) -> None:
     pid_file = tmp_path / "worker.pid"
     async with connect(server, "alice") as client, anyio.create_task_group() as group:
-        group.start_soon(client.call_tool, "verify", verify_arguments(writes_pid_then_blocks(pid_file), timeout_s=120))
+        group.start_soon(client.call_tool, "verify", verify_arguments(writes_pid_then_blocks(pid_file), timeout_s=120, guardrails=PROBE_GUARDRAILS))
         pid = await read_pid(pid_file)
         assert alive(pid)
         group.cancel_scope.cancel()  # the call is abandoned, then the client leaves
@@ -75,7 +76,7 @@ async def test_a_dropped_connection_without_session_termination_still_frees_the_
     """The client vanishes without its DELETE (crashed laptop, killed agent): the open request stream closing is enough."""
     pid_file = tmp_path / "worker.pid"
     async with connect(server, "bob", terminate_on_close=False) as client, anyio.create_task_group() as group:
-        group.start_soon(client.call_tool, "verify", verify_arguments(writes_pid_then_blocks(pid_file), timeout_s=120))
+        group.start_soon(client.call_tool, "verify", verify_arguments(writes_pid_then_blocks(pid_file), timeout_s=120, guardrails=PROBE_GUARDRAILS))
         pid = await read_pid(pid_file)
         group.cancel_scope.cancel()
     with anyio.fail_after(FREED_WITHIN_S):
