@@ -43,7 +43,7 @@ MISMATCH = CORRECT.replace(_SCALED, "y[i] = v / (1.0f + std::exp(-v));")
 _FORWARD = "        _lib.swish_scale(x, y, x.numel(), float(self.scale_factor))\n"
 assert _FORWARD in CORRECT
 SEGFAULT = CORRECT.replace(_FORWARD, "        import ctypes\n        ctypes.string_at(0)\n" + _FORWARD)
-HANG = CORRECT.replace(_FORWARD, "        while True:\n            pass\n")
+HANG = CORRECT.replace(_FORWARD, "        while True:\n            pass\n" + _FORWARD)
 
 #: kind -> (candidate, extra arguments, expected state)
 KINDS: dict[str, tuple[str, dict[str, Any], str]] = {
