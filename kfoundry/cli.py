@@ -63,10 +63,10 @@ def _tool_command(args: argparse.Namespace) -> int:
         return _emit(result, args.json)
     runners: dict[str, Callable[[Any], Awaitable[BaseModel]]] = {
         "compile": lambda rt: compile_candidate(rt, args.backend, _read(args.candidate) or "", args.timeout_s, _read(args.reference)),
-        "verify": lambda rt: verify(rt, args.backend, _read(args.reference) or "", _read(args.candidate) or "", args.trials, args.atol, args.rtol, None, args.timeout_s),
+        "verify": lambda rt: verify(rt, args.backend, _read(args.reference) or "", _read(args.candidate) or "", args.trials, args.atol, args.rtol, None, args.timeout_s, args.precision, args.stress),
         "profile": lambda rt: profile(
             rt, args.backend, _read(args.reference) or "", _read(args.candidate) or "", args.baselines, args.hardware_counters,
-            args.trials, args.warmup, args.reps, args.atol, args.rtol, None, args.timeout_s, args.cuda_graph,
+            args.trials, args.warmup, args.reps, args.atol, args.rtol, None, args.timeout_s, args.cuda_graph, args.precision, args.stress,
         ),
         "translate": lambda rt: translate_reference(rt, _read(args.reference) or "", args.target_backend, args.source_backend, _read(args.source_code), args.timeout_s),
     }
@@ -102,6 +102,8 @@ def _parser() -> argparse.ArgumentParser:
             p.add_argument("--trials", type=int, default=5)
             p.add_argument("--atol", type=float, default=None)
             p.add_argument("--rtol", type=float, default=None)
+            p.add_argument("--precision", choices=["strict", "tf32", "bf16", "fp16"], default="strict", help="numerics policy (default strict)")
+            p.add_argument("--stress", nargs="*", choices=["signed", "large", "tiny"], default=None, help="extra trials on stress input families")
         p.add_argument("--timeout-s", type=float, default=None)
         p.add_argument("--json", action="store_true")
 

@@ -79,8 +79,9 @@ class MismatchDetail(Record):
 
     output_index: int = 0
     trial: int = 0
-    reason: Literal["shape", "dtype", "values", "nonfinite", "count", "type"]
+    reason: Literal["shape", "dtype", "values", "nonfinite", "count", "type", "precision"]
     message: str
+    input_family: str = Field(default="standard", description="Which inputs failed: 'standard' or a stress family (signed, large, tiny).")
     expected_shape: list[int] | None = None
     got_shape: list[int] | None = None
     expected_dtype: str | None = None
@@ -92,6 +93,23 @@ class MismatchDetail(Record):
     samples: list[Sample] = Field(default_factory=list)
     atol: float | None = None
     rtol: float | None = None
+
+
+class PrecisionCheck(Record):
+    """One output's error against the float64 oracle (the worst trial), beside an honest run's."""
+
+    output_index: int
+    trial: int
+    candidate_error: float = Field(description="RMS error of the candidate against the float64 oracle.")
+    honest_error: float = Field(description="RMS error of the reference run at the policy's precision (strict: the problem's dtypes).")
+    bound: float | None = Field(default=None, description="Largest candidate error accepted (relaxed policies); strict is judged by atol/rtol.")
+    passed: bool
+
+
+class StressOutcome(Record):
+    family: str
+    status: Literal["checked", "dropped"]
+    reason: str = ""
 
 
 class Finding(Record):
@@ -128,6 +146,9 @@ class VerifyResult(Record):
     device: str = "cpu"
     atol: float | None = None
     rtol: float | None = None
+    precision: str = Field(default="strict", description="The numerics policy the candidate was judged under.")
+    precision_checks: list[PrecisionCheck] = Field(default_factory=list, description="Errors against the float64 oracle, per output.")
+    stress: list[StressOutcome] = Field(default_factory=list, description="Stress input families run, or dropped because the reference went non-finite.")
     duration_s: float
     run_id: str
     next_step: str = ""
@@ -152,6 +173,7 @@ class KernelShare(Record):
     share: float = Field(description="Fraction of the measured total, 0..1.")
     calls: int
     own: bool = Field(description="True for this backend's own kernels, False for library (aten/BLAS) work.")
+    allowed: bool = Field(default=False, description="Library work launched by an aten op the guardrails allow (allow_torch_ops).")
 
 
 class KernelCounters(Record):
@@ -185,6 +207,13 @@ class Roofline(Record):
     achieved_fraction: float | None = Field(default=None, description="sol_ms / candidate median.")
 
 
+class Speedup(Record):
+    baseline: Literal["eager", "compile"]
+    precision: str = Field(description="Policy the baseline ran under ('strict': TF32 off, the problem's dtypes).")
+    median_ms: float
+    speedup: float = Field(description="Baseline median / candidate median.")
+
+
 class ProfileResult(Record):
     state: State
     backend: str
@@ -192,8 +221,12 @@ class ProfileResult(Record):
     candidate: Timing | None = None
     eager: Timing | None = None
     compiled: Timing | None = Field(default=None, description="torch.compile baseline.")
-    speedup_vs_eager: float | None = None
-    speedup_vs_compile: float | None = None
+    speedup_vs_eager: float | None = Field(default=None, description="Against eager under the same precision policy.")
+    speedup_vs_compile: float | None = Field(default=None, description="Against torch.compile under the same precision policy.")
+    precision: str = Field(default="strict", description="Numerics policy of the candidate and of eager/compiled.")
+    speedups: list[Speedup] = Field(default_factory=list, description="Every baseline with its precision policy, labelled.")
+    own_kernel_share: float | None = Field(default=None, description="GPU: share of device time in this backend's own (or allowed library) kernels.")
+    timed_rechecks: int = Field(default=0, description="Timed calls whose outputs were rechecked against the reference.")
     sol_ms: float | None = None
     sol_fraction: float | None = None
     roofline: Roofline | None = None

@@ -24,12 +24,15 @@ def op_breakdown(
     calls: int = 3,
     device: str = "cpu",
     top: int = 12,
+    allowed: Callable[[str], bool] | None = None,
 ) -> list[KernelShare]:
     """Self time per op (CPU) or per kernel (CUDA) for one call of ``fn``, largest first.
 
     ``fn`` runs once untimed (first calls pay for lazy init, oneDNN primitive creation,
     autotuning) and then ``calls`` times under the profiler; times are per call. Rows past
-    ``top`` are folded into one ``other`` entry.
+    ``top`` are folded into ``other`` entries. On CUDA, kernels launched under a CPU op for
+    which ``allowed`` is true (e.g. ``aten::mm`` when the user allows library GEMMs) are
+    marked ``allowed``.
     """
     cuda = device.startswith("cuda")
     activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]
@@ -53,12 +56,14 @@ def op_breakdown(
     else:
         rows = [(evt.key, float(evt.self_cpu_time_total), evt.count) for evt in averages]
     rows = [r for r in rows if r[1] > 0 and not r[0].startswith(_BOOKKEEPING)]
-    own_kernels = _kernels_under_own_ranges(prof.events(), is_own) if cuda else set()
+    events = prof.events() if cuda else []
+    own_kernels = _kernels_under_ranges(events, is_own) if cuda else set()
+    allowed_kernels = _kernels_under_ranges(events, allowed) if cuda and allowed is not None else set()
 
     def owned(name: str) -> bool:
         return is_own(name) or name in own_kernels
 
-    return shares(rows, calls=calls, is_own=owned, top=top)
+    return shares(rows, calls=calls, is_own=owned, top=top, is_allowed=lambda name: name in allowed_kernels)
 
 
 def shares(
@@ -67,38 +72,50 @@ def shares(
     calls: int,
     is_own: Callable[[str], bool],
     top: int = 12,
+    is_allowed: Callable[[str], bool] = lambda name: False,
 ) -> list[KernelShare]:
-    """Turn ``(name, total self µs, event count)`` rows into sorted per-call shares."""
+    """Turn ``(name, total self µs, event count)`` rows into sorted per-call shares.
+
+    Rows past ``top`` fold into ``other`` (library), ``other (own)`` and ``other (allowed)``
+    entries, so the own and allowed shares stay exact.
+    """
     ordered = sorted(rows, key=lambda r: r[1], reverse=True)
     total = sum(r[1] for r in ordered)
     if total <= 0:
         return []
     per_call = max(calls, 1)
 
-    def entry(name: str, us: float, count: int, own: bool) -> KernelShare:
+    def entry(name: str, us: float, count: int, own: bool, allowed: bool = False) -> KernelShare:
         return KernelShare(
             name=name if len(name) <= _NAME_LIMIT else name[: _NAME_LIMIT - 3] + "...",
             time_ms=us / 1e3 / per_call,
             share=us / total,
             calls=max(1, round(count / per_call)),
             own=own,
+            allowed=allowed and not own,
         )
 
-    kept = [entry(name, us, count, is_own(name)) for name, us, count in ordered[:top]]
-    rest = ordered[top:]
-    if rest:
-        kept.append(entry("other", sum(r[1] for r in rest), sum(r[2] for r in rest), False))
+    kept = [entry(name, us, count, is_own(name), is_allowed(name)) for name, us, count in ordered[:top]]
+    groups: dict[tuple[str, bool, bool], list[tuple[str, float, int]]] = {}
+    for row in ordered[top:]:
+        own = is_own(row[0])
+        allowed = not own and is_allowed(row[0])
+        label = "other (own)" if own else "other (allowed)" if allowed else "other"
+        groups.setdefault((label, own, allowed), []).append(row)
+    for (label, own, allowed), rows_ in groups.items():
+        kept.append(entry(label, sum(r[1] for r in rows_), sum(r[2] for r in rows_), own, allowed))
     return kept
 
 
-def _kernels_under_own_ranges(events: Iterable[Any], is_own: Callable[[str], bool]) -> set[str]:
-    """Names of kernels launched inside a CPU range the backend marks as its own.
+def _kernels_under_ranges(events: Iterable[Any], matches: Callable[[str], bool]) -> set[str]:
+    """Names of kernels launched inside a CPU range whose name ``matches``.
 
     A Triton or inline-CUDA kernel's symbol may not say whose it is; the ``triton::…``
-    or ``cuda::…`` range the backend wraps around the launch does.
+    or ``cuda::…`` range the backend wraps around the launch does. Likewise a cuBLAS
+    kernel's name does not say which aten op launched it; its ``aten::mm`` range does.
     """
     found: set[str] = set()
-    stack = [evt for evt in events if evt.device_type == DeviceType.CPU and is_own(evt.name)]
+    stack = [evt for evt in events if evt.device_type == DeviceType.CPU and matches(evt.name)]
     while stack:
         evt = stack.pop()
         found.update(k.name for k in getattr(evt, "kernels", ()))

@@ -41,9 +41,15 @@ class DevicePeaks(BaseModel):
     l2_bytes: int | None = None
     source: str
 
-    def flops_for(self, dtype: str) -> float:
-        """Peak FLOP/s a legitimate kernel could reach for a problem in ``dtype``."""
+    def flops_for(self, dtype: str, policy: str | None = None) -> float:
+        """Peak FLOP/s a legitimate kernel could reach for a problem in ``dtype``.
+
+        ``policy`` is the precision policy's peak column ('fp32' for strict, 'tf32', 'bf16',
+        'fp16'); without one, fp32 problems are priced at the faster of fp32 and TF32.
+        """
         kind = _precision(dtype)
+        if policy is not None and kind == "fp32":
+            return {"fp32": self.fp32, "tf32": max(self.fp32, self.tf32), "bf16": self.bf16, "fp16": self.fp16}.get(policy, self.fp32)
         if kind == "fp32":
             # torch's fp32 matmul may run on TF32 tensor cores when allowed, and tolerances
             # usually admit it; pricing fp32 at the CUDA-core rate would reject such kernels.
@@ -128,9 +134,9 @@ def gpu_peaks(device_name: str) -> DevicePeaks | None:
     return None
 
 
-def roofline(flops: float, nbytes: float, peaks: DevicePeaks, dtype: str, median_ms: float | None) -> Roofline:
+def roofline(flops: float, nbytes: float, peaks: DevicePeaks, dtype: str, median_ms: float | None, policy: str | None = None) -> Roofline:
     """Where a problem sits against ``peaks``: intensity, speed-of-light ms and achieved fraction."""
-    peak_flops = peaks.flops_for(dtype)
+    peak_flops = peaks.flops_for(dtype, policy)
     sol_ms = max(flops / peak_flops, nbytes / peaks.bandwidth) * 1e3
     return Roofline(
         flops=flops,

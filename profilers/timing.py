@@ -21,6 +21,11 @@ from kfoundry.schema import Timing
 
 # Bound at import: candidate code imported later may monkeypatch ``time`` to fake speed.
 _clock = time.perf_counter
+# Likewise the CUDA event API: a candidate replacing Event.elapsed_time cannot reach these.
+_Event = torch.cuda.Event
+_elapsed = torch.cuda.Event.elapsed_time
+_record = torch.cuda.Event.record
+_synchronize = torch.cuda.synchronize
 
 _CACHE_SYSFS = Path("/sys/devices/system/cpu/cpu0/cache")
 _FALLBACK_LLC_BYTES = 32 << 20
@@ -30,6 +35,10 @@ _FALLBACK_LLC_BYTES = 32 << 20
 _MAX_CPU_FLUSH_BYTES = 128 << 20
 
 Contender = Callable[[Sequence[Any]], Any]
+#: ``fresh[name](r)`` gives contender ``name`` the inputs of its timed call ``r`` (made outside the timed window)
+Fresh = Callable[[int], Sequence[Any]]
+#: ``keep(name, r, output)`` sees each timed call's output after its timing has ended
+Keep = Callable[[str, int, Any], None]
 
 
 def bench(
@@ -40,12 +49,16 @@ def bench(
     reps: int = 20,
     flush: Callable[[], None] | None = None,
     device: str = "cpu",
+    fresh: dict[str, Fresh] | None = None,
+    keep: Keep | None = None,
 ) -> dict[str, list[float]]:
     """Time every contender ``reps`` times, interleaved, and return the samples in ms.
 
     Repetition ``r`` runs all contenders once, starting at contender ``r % n``; call ``k``
     of repetition ``r`` gets ``input_sets[(r * n + k) % len(input_sets)]``, so consecutive
-    calls never reuse the buffers the previous call just pulled into cache.
+    calls never reuse the buffers the previous call just pulled into cache. A contender in
+    ``fresh`` gets new inputs for every timed call instead, so nothing it remembers from an
+    earlier call (by address, identity or content) can stand in for the work.
 
     Raises:
         ValueError: when there are no contenders or no input sets.
@@ -65,27 +78,32 @@ def bench(
     for r in range(reps):
         for k in range(n):
             name = names[(r + k) % n]
-            inputs = input_sets[(r * n + k) % len(input_sets)]
+            provider = (fresh or {}).get(name)
+            inputs = provider(r) if provider is not None else input_sets[(r * n + k) % len(input_sets)]
             if cuda:
-                samples[name].append(_time_cuda(contenders[name], inputs, flush))
-                continue
-            if flush is not None:
-                flush()
-            samples[name].append(_time_host(contenders[name], inputs))
+                ms, out = _time_cuda(contenders[name], inputs, flush)
+            else:
+                if flush is not None:
+                    flush()
+                ms, out = _time_host(contenders[name], inputs)
+            samples[name].append(ms)
+            if keep is not None:
+                keep(name, r, out)
+            del out
     return samples
 
 
-def _time_host(fn: Contender, inputs: Sequence[Any]) -> float:
+def _time_host(fn: Contender, inputs: Sequence[Any]) -> tuple[float, Any]:
     start = _clock()
-    fn(inputs)
-    return (_clock() - start) * 1e3
+    out = fn(inputs)
+    return (_clock() - start) * 1e3, out
 
 
-def _time_cuda(fn: Contender, inputs: Sequence[Any], flush: Callable[[], None] | None) -> float:
+def _time_cuda(fn: Contender, inputs: Sequence[Any], flush: Callable[[], None] | None) -> tuple[float, Any]:
     # Device-wide: anything a previous call left on any stream is finished before this one.
-    torch.cuda.synchronize()
-    start = torch.cuda.Event(enable_timing=True)
-    end = torch.cuda.Event(enable_timing=True)
+    _synchronize()
+    start = _Event(enable_timing=True)
+    end = _Event(enable_timing=True)
     if flush is not None:
         # Enqueued, not waited for: the GPU stays busy flushing while the host launches the
         # call, so the events measure GPU time rather than Python launch latency.
@@ -95,14 +113,14 @@ def _time_cuda(fn: Contender, inputs: Sequence[Any], flush: Callable[[], None] |
     for stream in side:
         # Side streams start after the flush too, as the current stream does.
         stream.wait_stream(current)
-    start.record()
-    fn(inputs)
+    _record(start)
+    out = fn(inputs)
     for stream in _side_streams():
         # Work the call left on streams it created ends before the end event: billed to it.
         current.wait_stream(stream)
-    end.record()
-    torch.cuda.synchronize()
-    return float(start.elapsed_time(end))
+    _record(end)
+    _synchronize()
+    return float(_elapsed(start, end)), out
 
 
 _streams: list[Any] = []

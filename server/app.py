@@ -6,7 +6,7 @@ import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from mcp.server.auth.provider import TokenVerifier
 from mcp.server.mcpserver import Context, MCPServer, Resolve, Sample
@@ -39,6 +39,18 @@ Backend = Annotated[str, Field(description="Kernel backend: 'cpp' or 'triton' (c
 Reference = Annotated[str, Field(description="KernelBench problem source: class Model(nn.Module), get_inputs(), get_init_inputs().")]
 Candidate = Annotated[str, Field(description="Full Python module source defining class ModelNew (or NewModel) with Model's __init__ signature.")]
 Timeout = Annotated[float | None, Field(default=None, gt=0, le=3600, description="Kill the job after this many seconds (state 'timeout').")]
+Precision = Annotated[
+    Literal["strict", "tf32", "bf16", "fp16"],
+    Field(description="Numerics policy. 'strict' (default): the problem's dtypes, no TF32, no downcasts, atol/rtol decide. "
+                      "'tf32', 'bf16', 'fp16': the candidate may compute at that precision (accumulating in fp32); it is judged "
+                      "against a float64 oracle within 2x the error of an honest run at that precision, and timed against "
+                      "baselines given the same freedom and against strict ones."),
+]
+Stress = Annotated[
+    list[Literal["signed", "large", "tiny"]] | None,
+    Field(description="Extra trials on stress inputs: 'signed' (random signs), 'large' (x 2^16), 'tiny' (x 2^-20). A family "
+                      "is dropped, and said so, when the reference itself goes non-finite on it."),
+]
 
 
 def _progress(ctx: Context) -> Any:
@@ -129,9 +141,11 @@ def build_server(token_verifier: TokenVerifier | None = None, live: Live | None 
         rtol: Annotated[float | None, Field(ge=0, description="Relative tolerance (default: as atol).")] = None,
         guardrails: Annotated[Guardrails | None, Field(description="Extra required/banned regex rules.")] = None,
         timeout_s: Timeout = None,
+        precision: Precision = "strict",
+        stress: Stress = None,
     ) -> VerifyResult:
         try:
-            return await verify_tool(_runtime(ctx), backend, reference, candidate, trials, atol, rtol, guardrails, timeout_s)
+            return await verify_tool(_runtime(ctx), backend, reference, candidate, trials, atol, rtol, guardrails, timeout_s, precision, stress)
         except KfoundryError as exc:
             raise ToolError(str(exc)) from exc
 
@@ -151,11 +165,13 @@ def build_server(token_verifier: TokenVerifier | None = None, live: Live | None 
         guardrails: Guardrails | None = None,
         cuda_graph: Annotated[bool, Field(description="Time by CUDA-graph replay (for launch-bound kernels; GPU only).")] = False,
         timeout_s: Timeout = None,
+        precision: Precision = "strict",
+        stress: Stress = None,
     ) -> ProfileResult:
         try:
             return await profile_tool(
                 _runtime(ctx), backend, reference, candidate, baselines, hardware_counters, trials, warmup, reps, atol, rtol,
-                guardrails, timeout_s, cuda_graph,
+                guardrails, timeout_s, cuda_graph, precision, stress,
             )
         except KfoundryError as exc:
             raise ToolError(str(exc)) from exc

@@ -49,6 +49,16 @@ class Trial:
     input_digest: str
     input_digest_after: str
     outputs: list[Output]
+    family: str = "standard"
+
+
+@dataclass
+class TimedOutput:
+    """A sampled timed call of the candidate: which call, the seed of its inputs, what it returned."""
+
+    rep: int
+    seed: int
+    outputs: list[Output]
 
 
 @dataclass
@@ -68,6 +78,10 @@ class Report:
     profile_sent_at: float | None = None
     timing_received_at: float | None = None
     stdout_bytes: int = 0
+    #: the reference's extra outputs by (key, kind): key 'trial:<i>' or 'seed:<s>', kind 'oracle', 'honest' or 'reference'
+    expected: dict[tuple[str, str], list[Output]] = field(default_factory=dict)
+    oracle_error: str = ""
+    timed_outputs: list[TimedOutput] = field(default_factory=list)
 
 
 def _decode_outputs(entries: list[dict[str, Any]], blob: bytes) -> list[Output]:
@@ -153,6 +167,7 @@ class Conversation:
                     input_digest=str(header["input_digest"]),
                     input_digest_after=str(header["input_digest_after"]),
                     outputs=_decode_outputs(list(header["outputs"]), blob),
+                    family=str(header.get("family", "standard"))[:20],
                 )
                 self.report.trials.append(trial)
                 if self.on_trial is not None:
@@ -163,6 +178,16 @@ class Conversation:
                     await self.worker.send(request or {"op": "stop"})
                     if request is None:
                         return
+            elif op == "expected":
+                if len(self.report.expected) < 4096:
+                    key = (str(header["key"])[:40], str(header["kind"])[:20])
+                    self.report.expected[key] = _decode_outputs(list(header["outputs"]), blob)
+            elif op == "oracle_failed":
+                self.report.oracle_error = str(header.get("message", ""))[:400]
+            elif op == "timed_output":
+                if len(self.report.timed_outputs) < 64:
+                    outputs = _decode_outputs(list(header["outputs"]), blob)
+                    self.report.timed_outputs.append(TimedOutput(int(header["rep"]), int(header["seed"]), outputs))
             elif op == "analysis":
                 self.report.analysis = ProblemAnalysis.model_validate(header["analysis"])
             elif op == "timing":

@@ -12,16 +12,20 @@ from kfoundry.artifacts import new_run
 from kfoundry.errors import BadRequest
 from kfoundry.profilers.roofline import cpu_peaks, gpu_peaks, roofline
 from kfoundry.profilers.timing import summarize
-from kfoundry.schema import Finding, KernelCounters, KernelShare, ProfileResult, State, Timing
+from kfoundry.schema import Finding, KernelCounters, KernelShare, ProfileResult, Speedup, State, Timing
 from kfoundry.server.jobs import Report
 from kfoundry.tools.counters import collect as collect_counters
+from kfoundry.tools.recheck import kernel_coverage, recheck_timed
 from kfoundry.tools.runtime import Runtime, check_source, check_timeout, resolve_backend
 from kfoundry.tools.verify import NEXT as VERIFY_NEXT
-from kfoundry.tools.verify import run_check
-from kfoundry.verify.guardrails import Guardrails
+from kfoundry.tools.verify import parse_precision, parse_stress, run_check
+from kfoundry.verify import precision as numerics
+from kfoundry.verify.guardrails import Guardrails, effective
 
 Baseline = Literal["eager", "compile"]
 DEFAULT_TIMEOUT_S = 600.0
+#: timed calls of the candidate whose outputs are rechecked (chosen at random per job)
+RECHECKED_CALLS = 3
 
 
 def _next_step(result: ProfileResult) -> str:
@@ -48,6 +52,8 @@ async def profile(
     guardrails: Guardrails | None = None,
     timeout_s: float | None = None,
     cuda_graph: bool = False,
+    precision: str = "strict",
+    stress: list[str] | None = None,
 ) -> ProfileResult:
     chosen = resolve_backend(backend)
     check_source(reference, "reference", kind="a KernelBench problem: Model, get_inputs, get_init_inputs")
@@ -55,14 +61,22 @@ async def profile(
     if not (1 <= reps <= 1000 and 0 <= warmup <= 100 and 1 <= trials <= 100):
         raise BadRequest("reps must be 1..1000, warmup 0..100 and trials 1..100")
     chosen_baselines = list(dict.fromkeys(baselines if baselines is not None else ["eager", "compile"]))
+    policy = parse_precision(precision)
+    families = parse_stress(stress)
+    rules = effective(guardrails, chosen.name)
     run = new_run("profile")
     start = time.perf_counter()
     set_count = max(2, min(reps, 8))
+    # Every timed call of the candidate gets inputs from its own seed; a secret sample of those
+    # calls is rechecked against the reference's outputs for the same seeds.
+    call_seeds = [secrets.randbits(31) for _ in range(reps)]
+    sample = sorted(secrets.SystemRandom().sample(range(reps), min(reps, RECHECKED_CALLS)))
 
     def request() -> dict[str, Any]:
         return {
             "op": "profile", "warmup": warmup, "reps": reps, "baselines": chosen_baselines, "breakdown": True,
             "seeds": [secrets.randbits(31) for _ in range(set_count)], "cuda_graph": cuda_graph,
+            "call_seeds": call_seeds, "sample": sample, "allow_ops": list(rules.allow_torch_ops),
         }
 
     counters: list[KernelCounters] = []
@@ -77,19 +91,24 @@ async def profile(
     checked = await run_check(
         rt, run, chosen, reference, candidate, trials=trials, atol=atol, rtol=rtol,
         timeout_s=timeout, guardrails=guardrails or Guardrails(), profile_request=request, analyze=True, then=after_timing,
+        precision=policy, stress=families, recheck_seeds=[call_seeds[r] for r in sample],
     )
     verified = checked.result
     result = ProfileResult(
         state=verified.state, backend=chosen.name, device=verified.device, verify=verified, error=verified.error,
-        findings=list(verified.findings), interpreted=verified.interpreted, duration_s=0.0, run_id=run.id,
+        findings=list(verified.findings), interpreted=verified.interpreted, duration_s=0.0, run_id=run.id, precision=policy.name,
     )
     timing = checked.candidate.timing
     if verified.state is State.correct and timing is None:
         result.state = State.runtime_error if checked.candidate.error else State.timeout
         result.error = checked.candidate.error
     if timing is not None:
-        await _fill(result, timing, checked.reference.analysis)
+        await _fill(result, timing, checked.reference.analysis, policy)
         _check_clocks(result, checked.candidate)
+        result.timed_rechecks, found = recheck_timed(checked.reference, checked.candidate, atol, rtol, policy, rules)
+        result.findings += found
+        result.own_kernel_share, found = kernel_coverage(result, rules)
+        result.findings += found
         result.counters, result.counters_status = counters, status[0]
         if cuda_graph and not result.device.startswith("cuda"):
             result.warnings.append("cuda_graph ignored: CUDA-graph replay needs a GPU.")
@@ -123,12 +142,20 @@ def _check_clocks(result: ProfileResult, report: Report) -> None:
             ))
 
 
-async def _fill(result: ProfileResult, timing: dict[str, Any], analysis: Any) -> None:
+async def _fill(result: ProfileResult, timing: dict[str, Any], analysis: Any, policy: numerics.Policy) -> None:
     samples: dict[str, list[float]] = {k: [float(x) for x in v] for k, v in dict(timing.get("samples", {})).items()}
     summaries: dict[str, Timing] = {k: summarize(v) for k, v in samples.items() if v}
     result.candidate = summaries.get("candidate")
     result.eager = summaries.get("eager")
     result.compiled = summaries.get("compile")
+    if result.candidate is not None:
+        for name, summary in summaries.items():
+            baseline, _, other = name.partition("_")
+            if baseline in ("eager", "compile"):
+                result.speedups.append(Speedup(
+                    baseline=baseline, precision=other or policy.name, median_ms=summary.median_ms,
+                    speedup=round(summary.median_ms / result.candidate.median_ms, 4),
+                ))
     result.breakdown = [KernelShare.model_validate(s) for s in timing.get("breakdown", [])][:64]
     result.baseline_breakdown = [KernelShare.model_validate(s) for s in timing.get("baseline_breakdown", [])][:64]
     result.warnings += [str(w)[:500] for w in timing.get("warnings", [])][:20]
@@ -151,7 +178,7 @@ async def _fill(result: ProfileResult, timing: dict[str, Any], analysis: Any) ->
     if peaks is None:
         result.warnings.append("This GPU is not in the speed-of-light table; no sol_ms.")
         return
-    line = roofline(analysis.flops, analysis.bytes, peaks, analysis.dtype, cand.median_ms)
+    line = roofline(analysis.flops, analysis.bytes, peaks, analysis.dtype, cand.median_ms, policy=policy.peak)
     result.roofline = line
     result.sol_ms = line.sol_ms
     result.sol_fraction = line.achieved_fraction

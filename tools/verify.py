@@ -5,7 +5,7 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
@@ -20,12 +20,14 @@ from kfoundry.tools.runtime import (
     probe,
     resolve_backend,
 )
-from kfoundry.verify.compare import judge, tolerance
+from kfoundry.verify import precision as numerics
+from kfoundry.verify.compare import Oracle, judge, tolerance
 from kfoundry.verify.guardrails import Guardrails, check, effective
+from kfoundry.verify.stress import FAMILIES, STANDARD
 
 from kfoundry.artifacts import Run, new_run
 from kfoundry.errors import BadRequest
-from kfoundry.schema import ErrorDetail, Finding, State, VerifyResult
+from kfoundry.schema import ErrorDetail, Finding, MismatchDetail, PrecisionCheck, State, StressOutcome, VerifyResult
 
 DEFAULT_TRIALS = 5
 DEFAULT_TIMEOUT_S = 180.0
@@ -45,6 +47,16 @@ def _ending_state(report: Report) -> State:
     if report.ending is Ending.failed and report.state is not None:
         return report.state
     return {Ending.timeout: State.timeout, Ending.protocol: State.rejected}.get(report.ending, State.runtime_error)
+
+
+@dataclass
+class Decision:
+    state: State
+    passed: int
+    mismatch: MismatchDetail | None = None
+    findings: list[Finding] = field(default_factory=list)
+    checks: list[PrecisionCheck] = field(default_factory=list)
+    stress: list[StressOutcome] = field(default_factory=list)
 
 
 @dataclass
@@ -69,16 +81,19 @@ async def run_check(
     profile_request: Callable[[], dict[str, Any]] | None = None,
     analyze: bool = False,
     then: Callable[[str, Report], Awaitable[None]] | None = None,
+    precision: numerics.Policy = numerics.STRICT,
+    stress: list[str] | None = None,
+    recheck_seeds: list[int] | None = None,
 ) -> Checked:
     """Verify, and when ``profile_request`` is given and the verdict is correct, time in the same worker."""
     start = time.perf_counter()
     device = device_kind(backend)
     run.write("reference.py", reference)
     run.write("candidate.py", candidate)
-    base = {"backend": backend.name, "trials": trials, "device": device, "run_id": run.id}
+    base = {"backend": backend.name, "trials": trials, "device": device, "run_id": run.id, "precision": precision.name}
 
     guardrails = effective(guardrails, backend.name)
-    findings = check(candidate, backend, guardrails)
+    findings = check(candidate, backend, guardrails, precision=precision)
     if any(f.blocking for f in findings):
         result = VerifyResult(state=State.rejected, findings=findings, duration_s=time.perf_counter() - start, next_step=NEXT[State.rejected], **base)
         return Checked(result, Report(), Report())
@@ -87,7 +102,9 @@ async def run_check(
     # (same address, new values), so caches keyed by data_ptr or id return stale outputs.
     seeds = [secrets.randbits(31) for _ in range(trials + 1)]
     init_seed = secrets.randbits(31)
-    job = {"backend": backend.name, "problem": reference, "seeds": seeds, "init_seed": init_seed, "probe": True}
+    families = [[secrets.randbits(31), f] for f in dict.fromkeys(stress or [])]
+    job = {"backend": backend.name, "problem": reference, "seeds": seeds, "init_seed": init_seed, "probe": True,
+           "precision": precision.name, "stress": families}
     checks: dict[int, dict[str, Any]] = {}
     reference_done = anyio.Event()
     verdict_box: dict[str, Any] = {}
@@ -95,7 +112,8 @@ async def run_check(
 
     async with rt.slot(backend, exclusive=profile_request is not None) as device:
         base["device"] = device
-        run.write("job.json", {"seeds": seeds, "init_seed": init_seed, "device": device, "trials": trials, "caller": rt.owner})
+        run.write("job.json", {"seeds": seeds, "init_seed": init_seed, "device": device, "trials": trials, "caller": rt.owner,
+                               "precision": precision.name, "stress": families, "recheck_seeds": recheck_seeds or []})
         ref_worker = await rt.pool.acquire(device)
         cand_worker = await rt.pool.acquire(device)
 
@@ -105,15 +123,15 @@ async def run_check(
         async def after_trials(report: Report) -> dict[str, Any] | None:
             with anyio.move_on_after(max(0.0, deadline - anyio.current_time())):
                 await reference_done.wait()
-            verdict_box["verdict"] = _decide(ref_conv.report, report, atol, rtol, checks=checks, guardrails=guardrails, trials=trials)
-            if profile_request is None or verdict_box["verdict"][0] is not State.correct:
+            verdict_box["verdict"] = _decide(ref_conv.report, report, atol, rtol, checks=checks, guardrails=guardrails, trials=trials, policy=precision)
+            if profile_request is None or verdict_box["verdict"].state is not State.correct:
                 return None
             await rt.progress(0.6, "timing")
             await rt.pool.quiesce(device)  # spares still starting would disturb the measurement
             report.profile_sent_at = anyio.current_time()
             return profile_request()
 
-        ref_conv = Conversation(ref_worker, {**job, "role": "reference", "analyze": analyze})
+        ref_conv = Conversation(ref_worker, {**job, "role": "reference", "analyze": analyze, "recheck_seeds": recheck_seeds or []})
         cand_conv = Conversation(_Tap(cand_worker, checks), {**job, "role": "candidate", "candidate": candidate}, progress=stage, after_trials=after_trials)
 
         async def run_reference() -> None:
@@ -133,10 +151,11 @@ async def run_check(
             await then(device, cand_conv.report)  # still holding the device: e.g. hardware counters
 
     ref_report, cand_report = ref_conv.report, cand_conv.report
-    state, passed, mismatch, extra = verdict_box.get("verdict") or _decide(
-        ref_report, cand_report, atol, rtol, checks=checks, guardrails=guardrails, trials=trials
+    decision: Decision = verdict_box.get("verdict") or _decide(
+        ref_report, cand_report, atol, rtol, checks=checks, guardrails=guardrails, trials=trials, policy=precision
     )
-    findings += extra
+    state, passed, mismatch = decision.state, decision.passed, decision.mismatch
+    findings += decision.findings
     error = cand_report.error
     if ref_report.ending is not Ending.done and state is not State.correct:
         ref_error = ref_report.error or ErrorDetail(type="ReferenceError", message="the reference did not finish")
@@ -148,8 +167,12 @@ async def run_check(
     result = VerifyResult(
         state=state, trials_passed=passed, mismatch=mismatch, findings=findings, error=error,
         diagnostics=cand_report.diagnostics, kernels=cand_report.kernels, interpreted=probe(backend.name).interpreted,
-        atol=a, rtol=r, duration_s=round(time.perf_counter() - start, 4), next_step=NEXT[state], **base,
+        atol=a, rtol=r, precision_checks=decision.checks, stress=decision.stress,
+        duration_s=round(time.perf_counter() - start, 4), next_step=NEXT[state], **base,
     )
+    if ref_report.oracle_error:
+        result.findings.append(Finding(code="oracle", blocking=False, message=f"no float64 oracle for this problem ({ref_report.oracle_error}); "
+                                       + ("judged by the dtype tolerances of the policy's type" if precision.relaxed else "oracle errors not reported")))
     if cand_report.stdout_bytes > 0:
         result.findings.append(Finding(code="stdout", message=f"the candidate wrote {cand_report.stdout_bytes} bytes to stdout (kept in the run's logs)", blocking=False))
     return Checked(result, cand_report, ref_report)
@@ -240,41 +263,76 @@ def _same_bytes(a: torch.Tensor, b: torch.Tensor) -> bool:
 def _decide(
     ref: Report, cand: Report, atol: float | None, rtol: float | None, *,
     checks: dict[int, dict[str, Any]] | None = None, guardrails: Guardrails | None = None, trials: int | None = None,
-) -> tuple[State, int, Any, list[Finding]]:
+    policy: numerics.Policy = numerics.STRICT,
+) -> Decision:
     rules = guardrails or Guardrails()
     if cand.ending is not Ending.done or len(cand.trials) == 0:
         if cand.ending is Ending.done:
-            return State.runtime_error, 0, None, []
+            return Decision(State.runtime_error, 0)
         extra = [Finding(code="protocol", message=cand.error.message)] if cand.ending is Ending.protocol and cand.error else []
-        return _ending_state(cand), min(len(cand.trials), trials or len(cand.trials)), None, extra
+        return Decision(_ending_state(cand), min(len(cand.trials), trials or len(cand.trials)), None, extra)
     if ref.ending is not Ending.done or len(ref.trials) != len(cand.trials):
-        return State.runtime_error, 0, None, []
+        return Decision(State.runtime_error, 0)
     findings: list[Finding] = []
     for mine, theirs in zip(cand.trials, ref.trials, strict=True):
         if mine.input_digest != theirs.input_digest:
             findings.append(Finding(code="inputs_differ", message=f"trial {mine.index}: the candidate's process produced different inputs than the reference's (get_inputs or the RNG was tampered with)"))
-            return State.rejected, 0, None, findings
+            return Decision(State.rejected, 0, None, findings)
         if mine.input_digest_after != mine.input_digest:
             findings.append(Finding(code="input_mutation", message=f"trial {mine.index}: the candidate modified its input tensors in place"))
-            return State.rejected, 0, None, findings
+            return Decision(State.rejected, 0, None, findings)
     coverage: list[Finding] = []
     for index in sorted(checks or {}):
         for finding in _runtime_findings(index, (checks or {})[index], rules):
             (coverage if finding.code == "torch_compute" else findings).append(finding)
     coverage = coverage[:1]  # the first trial's is enough
     findings += _output_findings(ref, cand, rules)
-    expected = [[o.tensor for o in t.outputs] for t in ref.trials]
-    got = [[(o.tensor, o.plain, o.type_name) for o in t.outputs] for t in cand.trials]
-    verdict = judge(expected, got, atol, rtol)
-    passed = min(verdict.trials_passed, trials) if trials is not None else verdict.trials_passed
+    stress, dropped = _stress_outcomes(ref)
+    kept = [k for k, t in enumerate(ref.trials) if t.family not in dropped]
+    oracle = Oracle(policy=policy)
+    for position, k in enumerate(kept):
+        key = f"trial:{ref.trials[k].index}"
+        if (key, "oracle") in ref.expected:
+            oracle.oracle[position] = [o.tensor for o in ref.expected[(key, "oracle")]]
+        if (key, "honest") in ref.expected:
+            oracle.honest[position] = [o.tensor for o in ref.expected[(key, "honest")]]
+    expected = [[o.tensor for o in ref.trials[k].outputs] for k in kept]
+    got = [[(o.tensor, o.plain, o.type_name) for o in cand.trials[k].outputs] for k in kept]
+    verdict = judge(expected, got, atol, rtol, oracle)
+    for c in verdict.checks:
+        c.trial = ref.trials[kept[c.trial]].index
+    if verdict.mismatch is not None and verdict.mismatch.trial < len(kept):
+        trial = ref.trials[kept[verdict.mismatch.trial]]
+        verdict.mismatch.trial, verdict.mismatch.input_family = trial.index, trial.family
+    standard = sum(1 for k in kept if ref.trials[k].family == STANDARD)
+    passed = min(verdict.trials_passed, trials if trials is not None else standard, standard)
     findings += verdict.findings
+    decided = {"checks": verdict.checks, "stress": stress}
     if verdict.state is State.rejected or any(f.blocking for f in findings):
-        return State.rejected, 0, verdict.mismatch, _unique(findings + coverage)
+        return Decision(State.rejected, 0, verdict.mismatch, _unique(findings + coverage), **decided)
     if verdict.state is State.correct and any(f.blocking for f in coverage):
-        return State.rejected, 0, None, _unique(findings + coverage)
+        return Decision(State.rejected, 0, None, _unique(findings + coverage), **decided)
     # A wrong result stays a mismatch; coverage findings ride along as warnings.
     soft = [f.model_copy(update={"blocking": False}) for f in coverage]
-    return verdict.state, passed, verdict.mismatch, findings + soft
+    return Decision(verdict.state, passed, verdict.mismatch, findings + soft, **decided)
+
+
+def _stress_outcomes(ref: Report) -> tuple[list[StressOutcome], set[str]]:
+    """Stress families whose reference outputs stay finite are checked; the others are dropped."""
+    def finite(trial: Any) -> bool:
+        return all(o.tensor is None or not o.tensor.is_floating_point() or bool(torch.isfinite(o.tensor).all()) for o in trial.outputs)
+
+    standard_finite = all(finite(t) for t in ref.trials if t.family == STANDARD)
+    outcomes: list[StressOutcome] = []
+    dropped: set[str] = set()
+    for family in dict.fromkeys(t.family for t in ref.trials if t.family != STANDARD):
+        trials = [t for t in ref.trials if t.family == family]
+        if standard_finite and not all(finite(t) for t in trials):
+            dropped.add(family)
+            outcomes.append(StressOutcome(family=family, status="dropped", reason="the reference's outputs go non-finite on these inputs"))
+        else:
+            outcomes.append(StressOutcome(family=family, status="checked"))
+    return outcomes, dropped
 
 
 def _unique(findings: list[Finding]) -> list[Finding]:
@@ -298,6 +356,8 @@ async def verify(
     rtol: float | None = None,
     guardrails: Guardrails | None = None,
     timeout_s: float | None = None,
+    precision: str = "strict",
+    stress: list[str] | None = None,
 ) -> VerifyResult:
     chosen = resolve_backend(backend)
     check_source(reference, "reference", kind="a KernelBench problem: Model, get_inputs, get_init_inputs")
@@ -307,11 +367,28 @@ async def verify(
     for name, tol in (("atol", atol), ("rtol", rtol)):
         if tol is not None and not (0 <= tol < 1e6):
             raise BadRequest(f"{name} must be a non-negative number")
+    policy = parse_precision(precision)
+    families = parse_stress(stress)
     run = new_run("verify")
     checked = await run_check(
         rt, run, chosen, reference, candidate, trials=trials, atol=atol, rtol=rtol,
         timeout_s=check_timeout(timeout_s, DEFAULT_TIMEOUT_S), guardrails=guardrails or Guardrails(),
+        precision=policy, stress=families,
     )
     run.write("result.json", checked.result)
     await rt.progress(1.0, checked.result.state.value)
     return checked.result
+
+
+def parse_precision(name: str | None) -> numerics.Policy:
+    try:
+        return numerics.policy(name)
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from exc
+
+
+def parse_stress(families: list[str] | None) -> list[str]:
+    unknown = [f for f in families or [] if f not in FAMILIES]
+    if unknown:
+        raise BadRequest(f"unknown stress famil{'y' if len(unknown) == 1 else 'ies'} {unknown}; known: {', '.join(FAMILIES)}")
+    return list(dict.fromkeys(families or []))

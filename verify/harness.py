@@ -20,7 +20,9 @@ import torch
 
 from kfoundry.backends import get_backend
 from kfoundry.schema import ErrorDetail, State
+from kfoundry.verify import precision as numerics
 from kfoundry.verify import runtime_checks as rc
+from kfoundry.verify.stress import STANDARD, stressed
 
 # Imported here, before any candidate code runs, so the timers it binds are the real ones.
 from kfoundry.verify.timed import profile_job
@@ -111,6 +113,7 @@ class Harness:
         self.workdir = workdir
         self.device: str = job.get("device", "cpu")
         self.backend = get_backend(job["backend"]) if job.get("backend") else None
+        self.policy = numerics.policy(job.get("precision"))
 
     def stage(self, name: str, detail: str = "") -> None:
         self.channel.send({"op": "stage", "stage": name, "detail": detail})
@@ -177,23 +180,24 @@ class Harness:
             raise JobFailed(state, error_detail(exc, stage), _diagnostics(exc)) from exc
         return reference, candidate
 
-    def make_inputs(self, problem: ModuleType, seed: int) -> list[Any]:
+    def make_inputs(self, problem: ModuleType, seed: int, family: str = STANDARD) -> list[Any]:
         torch.manual_seed(seed)
         try:
             values = list(problem.get_inputs())
         except BaseException as exc:  # noqa: BLE001
             raise JobFailed(State.runtime_error, error_detail(exc, "get_inputs")) from exc
-        return _to_device(values, self.device)
+        return stressed(_to_device(values, self.device), family, seed)
 
     # -- running -----------------------------------------------------------------
     def run_trials(self, problem: ModuleType, model: torch.nn.Module, own: bool) -> None:
-        seeds = [int(s) for s in self.job["seeds"]]
-        probe = own and bool(self.job.get("probe")) and len(seeds) > 1
+        standard = [(int(s), STANDARD) for s in self.job["seeds"]]
+        plan = standard + [(int(s), str(f)) for s, f in self.job.get("stress", [])]
+        probe = own and bool(self.job.get("probe")) and len(standard) > 1
         kept: list[tuple[list[Any], list[Any]]] = []  # earlier trials' inputs and outputs, kept alive: fresh addresses
-        for index, seed in enumerate(seeds):
-            self.stage("running", f"trial {index + 1}/{len(seeds)}")
-            inputs = self.make_inputs(problem, seed)
-            if probe and index == len(seeds) - 1 and kept:
+        for index, (seed, family) in enumerate(plan):
+            self.stage("running", f"trial {index + 1}/{len(plan)}" + ("" if family == STANDARD else f" ({family} inputs)"))
+            inputs = self.make_inputs(problem, seed, family)
+            if probe and index == len(standard) - 1 and kept:
                 inputs = _reuse_addresses(kept[-1][0], inputs)  # same data_ptr/id, new values: defeats address-keyed caches
             before = digest(inputs)
             checks: dict[str, Any] = {}
@@ -211,12 +215,49 @@ class Harness:
             after = digest(inputs)
             outputs = _as_list(out)
             entries, blob = encode_tensors(outputs)
-            header = {"op": "trial", "index": index, "input_digest": before, "input_digest_after": after, "outputs": entries}
+            header = {"op": "trial", "index": index, "family": family, "input_digest": before, "input_digest_after": after, "outputs": entries}
             if own:
                 header["checks"] = checks
             self.channel.send(header, blob)
+            if not own and (self.policy.relaxed or index == 0):
+                self.send_oracles(f"trial:{index}", model, inputs)
             kept.append((inputs, outputs))
             del kept[:-8]
+
+    def send_oracles(self, key: str, model: torch.nn.Module, inputs: list[Any]) -> None:
+        """The float64 oracle's outputs for ``inputs`` and, under a relaxed policy, an honest run at that precision."""
+        if getattr(self, "_oracle_failed", False):
+            return
+        try:
+            if not hasattr(self, "_oracle"):
+                self._oracle = numerics.oracle_model(model)
+            with torch.no_grad():
+                runs = {"oracle": _as_list(self._oracle(*numerics.oracle_inputs(inputs)))}
+                if self.policy.relaxed:
+                    if not hasattr(self, "_honest"):
+                        self._honest = numerics.rounded_model(model, self.policy)
+                    with numerics.numerics(self.policy):
+                        runs["honest"] = _as_list(self._honest(*numerics.rounded_inputs(inputs, self.policy)))
+            _sync(self.device)
+        except Exception as exc:  # noqa: BLE001 - ops without float64 kernels leave the oracle out, reported
+            self._oracle_failed = True
+            self.channel.send({"op": "oracle_failed", "message": f"{type(exc).__name__}: {str(exc)[:300]}"})
+            return
+        for kind, outputs in runs.items():
+            entries, blob = encode_tensors(outputs)
+            self.channel.send({"op": "expected", "key": key, "kind": kind, "outputs": entries}, blob)
+
+    def send_rechecks(self, problem: ModuleType, model: torch.nn.Module) -> None:
+        """Expected outputs for the inputs of the candidate's sampled timed calls (seeds chosen by the server)."""
+        for seed in [int(s) for s in self.job.get("recheck_seeds", [])]:
+            inputs = self.make_inputs(problem, seed)
+            with torch.no_grad():
+                outputs = _as_list(model(*inputs))
+            _sync(self.device)
+            entries, blob = encode_tensors(outputs)
+            self.channel.send({"op": "expected", "key": f"seed:{seed}", "kind": "reference", "outputs": entries}, blob)
+            if self.policy.relaxed:
+                self.send_oracles(f"seed:{seed}", model, inputs)
 
     def _checked_forward(self, model: torch.nn.Module, inputs: list[Any], kept: list[tuple[list[Any], list[Any]]]) -> tuple[Any, dict[str, Any]]:
         """Run the candidate twice under different allocator poisons, and gather the runtime facts."""
@@ -270,6 +311,9 @@ class Harness:
 
     def run(self) -> None:
         role = self.job["role"]
+        # The candidate computes under its policy's flags; the reference's own outputs are strict
+        # (its honest run at the policy's precision switches the flags for that run only).
+        numerics.apply_flags(self.policy if role in ("candidate", "compile", "counters") else numerics.STRICT)
         if role == "compile":
             cls = self.load_candidate()
             if self.job.get("problem"):
@@ -297,6 +341,7 @@ class Harness:
             self.report_loaded()  # kernels that compile on first launch (Triton on a GPU) exist only now
         self.channel.send({"op": "trials_done"})
         if role == "reference":
+            self.send_rechecks(problem, reference)
             if self.job.get("analyze"):
                 self.send_analysis(problem, reference)
             return

@@ -27,13 +27,25 @@ def test_op_breakdown_marks_backend_ranges_own_and_aten_ops_library() -> None:
     assert not any(r.name.startswith("ProfilerStep") for r in rows)
 
 
-def test_op_breakdown_folds_rows_past_top_into_one_library_entry() -> None:
+def test_op_breakdown_folds_rows_past_top_into_other_entries_that_keep_own_and_library_apart() -> None:
     rows = op_breakdown(_forward, is_own=lambda name: name.startswith("cpp::"), calls=1, top=1)
 
-    assert len(rows) == 2
-    assert rows[-1].name == "other"
-    assert rows[-1].own is False
+    folded = {r.name: r for r in rows[1:]}
+    assert set(folded) <= {"other", "other (own)"} and "other" in folded
+    assert folded["other"].own is False
+    assert all(r.own for name, r in folded.items() if name == "other (own)")
     assert sum(r.share for r in rows) == pytest.approx(1.0)
+
+
+def test_shares_fold_allowed_library_rows_separately_so_coverage_stays_exact() -> None:
+    rows = shares([("own_k", 500.0, 1), ("mm_kernel", 300.0, 1), ("copy_kernel", 150.0, 1), ("own_small", 50.0, 1)],
+                  calls=1, is_own=lambda n: n.startswith("own"), top=1, is_allowed=lambda n: n == "mm_kernel")
+
+    by_name = {r.name: r for r in rows}
+    assert by_name["other (allowed)"].allowed and not by_name["other (allowed)"].own
+    assert by_name["other (own)"].own and by_name["other (own)"].share == pytest.approx(0.05)
+    assert by_name["other"].share == pytest.approx(0.15) and not by_name["other"].allowed
+    assert sum(r.share for r in rows if r.own or r.allowed) == pytest.approx(0.85)
 
 
 def test_shares_report_time_and_calls_per_forward_call() -> None:

@@ -1,0 +1,190 @@
+"""Numerics policies: what precision a candidate may compute in, and how its error is judged.
+
+One place names every policy. ``strict`` keeps the problem's dtypes (no TF32, no
+downcasts) and the dtype tolerances of ``compare``; a relaxed policy lets the candidate
+round inputs and weights to a narrower type (accumulating in at least fp32) and judges it
+against a float64 oracle, relative to the error an honest implementation at that
+precision makes (the reference itself, run under the same policy).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Iterator
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+PolicyName = Literal["strict", "tf32", "bf16", "fp16"]
+
+#: A candidate passes when its RMS error against the float64 oracle is at most this many
+#: times the honest error at its precision (as ``torch._dynamo.utils.same``'s RMSE gate).
+ERROR_FACTOR = 2.0
+
+
+class Policy(BaseModel):
+    """A named numerics contract, shared by verify, profile, the guardrails and the roofline."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: PolicyName
+    summary: str
+    tf32: bool = Field(description="TF32 tensor-core math allowed (and switched on for the candidate and the baselines).")
+    round_to: str | None = Field(default=None, description="Type inputs and weights may be rounded to ('bfloat16', 'float16').")
+    #: explicit mantissa bits of the narrowest type allowed; anything narrower is below the policy
+    mantissa_bits: int
+    #: reduced-precision kinds a candidate may use under this policy
+    allows: frozenset[str] = frozenset()
+    #: the roofline's peak-FLOP column for this policy
+    peak: Literal["fp32", "tf32", "bf16", "fp16"]
+    fast_math: bool = False
+
+    @property
+    def relaxed(self) -> bool:
+        return self.name != "strict"
+
+    def round_dtype(self) -> torch.dtype | None:
+        return getattr(torch, self.round_to) if self.round_to else None
+
+    def allows_kind(self, kind: str) -> bool:
+        """Whether a reduced-precision kind ('tf32', 'bf16', 'fp16', 'fp8', 'fast_math') is permitted."""
+        if kind == "fast_math":
+            return self.fast_math
+        return kind in self.allows
+
+
+#: reduced-precision kinds with their explicit mantissa bits, widest first
+KIND_MANTISSA: dict[str, int] = {"tf32": 10, "fp16": 10, "bf16": 7, "fp8": 3}
+
+POLICIES: dict[str, Policy] = {p.name: p for p in (
+    Policy(name="strict", summary="the problem's dtypes; no TF32, no downcasts, no fast-math", tf32=False, mantissa_bits=23, peak="fp32"),
+    Policy(name="tf32", summary="fp32 matmuls/convolutions may use TF32 tensor cores", tf32=True, mantissa_bits=10,
+           allows=frozenset({"tf32"}), peak="tf32", fast_math=True),
+    Policy(name="fp16", summary="inputs and weights may be rounded to float16; accumulate in fp32 or wider", tf32=True,
+           round_to="float16", mantissa_bits=10, allows=frozenset({"tf32", "fp16"}), peak="fp16", fast_math=True),
+    Policy(name="bf16", summary="inputs and weights may be rounded to bfloat16; accumulate in fp32 or wider", tf32=True,
+           round_to="bfloat16", mantissa_bits=7, allows=frozenset({"tf32", "bf16", "fp16"}), peak="bf16", fast_math=True),
+)}
+STRICT = POLICIES["strict"]
+
+
+def policy(name: str | Policy | None) -> Policy:
+    """The policy called ``name`` (``None`` means strict).
+
+    Raises:
+        ValueError: for an unknown name.
+    """
+    if isinstance(name, Policy):
+        return name
+    if name is None:
+        return STRICT
+    try:
+        return POLICIES[name]
+    except KeyError:
+        raise ValueError(f"unknown precision policy {name!r}; known: {', '.join(POLICIES)}") from None
+
+
+_FLAG_PATHS = (
+    (torch.backends.cuda.matmul, "allow_tf32"),
+    (torch.backends.cudnn, "allow_tf32"),
+)
+
+
+def apply_flags(p: Policy) -> None:
+    """Set the process's TF32 flags for ``p`` (a worker does this before any candidate code loads)."""
+    for obj, attr in _FLAG_PATHS:
+        setattr(obj, attr, p.tf32)
+
+
+@contextlib.contextmanager
+def numerics(p: Policy) -> Iterator[None]:
+    """Run a block with ``p``'s TF32 flags, restoring the previous ones afterwards."""
+    saved = [(obj, attr, getattr(obj, attr)) for obj, attr in _FLAG_PATHS]
+    apply_flags(p)
+    try:
+        yield
+    finally:
+        for obj, attr, value in saved:
+            setattr(obj, attr, value)
+
+
+def _round(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    if t.is_floating_point() and t.dtype in (torch.float32, torch.float64):
+        return t.to(dtype).to(t.dtype)
+    return t
+
+
+def rounded_inputs(values: list[Any], p: Policy) -> list[Any]:
+    """Floating inputs rounded to the policy's type and back (what an honest kernel reads)."""
+    dtype = p.round_dtype()
+    if dtype is None:
+        return list(values)
+    return [_round(v, dtype) if isinstance(v, torch.Tensor) else v for v in values]
+
+
+def rounded_model(model: torch.nn.Module, p: Policy) -> torch.nn.Module:
+    """A copy of ``model`` whose floating parameters and buffers went through the policy's type."""
+    dtype = p.round_dtype()
+    if dtype is None:
+        return model
+    twin = copy.deepcopy(model)
+    with torch.no_grad():
+        for tensor in [*twin.parameters(), *twin.buffers()]:
+            tensor.copy_(_round(tensor, dtype))
+    return twin
+
+
+def _as_double(value: Any) -> Any:
+    if isinstance(value, torch.Tensor) and value.is_floating_point():
+        return value.double()
+    return value
+
+
+def oracle_model(model: torch.nn.Module) -> torch.nn.Module:
+    """A float64 copy of ``model`` (the oracle the errors are measured against)."""
+    return copy.deepcopy(model).double()
+
+
+def oracle_inputs(values: list[Any]) -> list[Any]:
+    return [_as_double(v) for v in values]
+
+
+def rms_error(value: torch.Tensor, oracle: torch.Tensor) -> float:
+    """Root-mean-square difference over the entries where both are finite."""
+    a, b = value.double().reshape(-1), oracle.double().reshape(-1)
+    finite = torch.isfinite(a) & torch.isfinite(b)
+    if not bool(finite.any()):
+        return 0.0
+    return float(((a[finite] - b[finite]) ** 2).mean().sqrt())
+
+
+def rms(value: torch.Tensor) -> float:
+    v = value.double().reshape(-1)
+    v = v[torch.isfinite(v)]
+    return float((v**2).mean().sqrt()) if v.numel() else 0.0
+
+
+def _to_tf32(t: torch.Tensor) -> torch.Tensor:
+    """Round-to-nearest onto TF32's 10 explicit mantissa bits (fp32 with the low 13 bits cleared)."""
+    bits = t.float().contiguous().view(torch.int32)
+    rounded = (bits + (1 << 12)) & ~((1 << 13) - 1)
+    return rounded.view(torch.float32)
+
+
+def rounding_error(oracle: torch.Tensor, p: Policy) -> float:
+    """RMS error of rounding the oracle's values once to the policy's narrowest type."""
+    dtype = p.round_dtype()
+    rounded = oracle.to(dtype) if dtype is not None else _to_tf32(oracle) if p.tf32 else oracle.float()
+    return rms_error(rounded.double(), oracle)
+
+
+def error_bound(honest_error: float, oracle: torch.Tensor, p: Policy) -> float:
+    """The most error a candidate may make: ``ERROR_FACTOR`` times the honest error.
+
+    The honest error is floored at one rounding of the oracle's values to the policy's
+    type, so an output that an honest run happens to get exactly right (a max, a copy)
+    still leaves room for storing results at the precision the policy allows.
+    """
+    return ERROR_FACTOR * max(honest_error, rounding_error(oracle, p))
