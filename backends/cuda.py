@@ -189,7 +189,7 @@ class CudaBackend:
         "numbers as the parameter's C type, so use int/long long/float/double parameters and allocate outputs with "
         "torch.empty(..., device=x.device). NVRTC has no C++ standard library: <cstdint>, <cfloat>, <climits>, <cmath>, "
         "<cuda_fp16.h>, <cuda_bf16.h> and <cuda/std/...> work; avoid <vector>, <algorithm>, iostream. Builds use "
-        "--std=c++17, full-precision math (no --use_fast_math unless you pass it in options) and target the GPU's own "
+        "--std=c++17, full-precision math (--use_fast_math, half/bf16 types and TF32 need a relaxed precision policy: tf32, bf16 or fp16) and target the GPU's own "
         "architecture (sm_90 on H100/H200). Index with 64-bit integers when sizes can exceed 2^31, guard every thread "
         "against the tail, and accumulate reductions in fp32. KernelBench-style load_inline(cuda_sources=..., "
         "functions=[...]) also works but builds take tens of seconds."

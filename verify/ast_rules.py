@@ -5,6 +5,10 @@ backend, by a config file or by tool arguments (``Guardrails.rules``). A rule lo
 the parsed module, never at comments or strings, so a marker in a comment does not
 count and a banned name inside a string does not trip anything.
 
+The ``precision_downcast`` rule is the exception: it also searches the kernel source
+that cpp/cuda candidates carry in string literals (``precision_rules``). Its hits, and the
+TF32 ones of ``precision_flags``, carry a ``kind`` that the declared precision policy may allow.
+
 Static rules are tripwires, not proof; the worker's runtime checks back them up.
 """
 
@@ -14,6 +18,8 @@ import ast
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
+
+from kfoundry.verify import precision_rules
 
 Severity = Literal["block", "warn", "off"]
 
@@ -30,6 +36,8 @@ class Hit:
     rule: str
     line: int
     message: str
+    #: reduced-precision kind ('fp16', 'bf16', 'fp8', 'tf32', 'fast_math'); "" when no policy can allow the hit
+    kind: str = ""
 
 
 RULES: dict[str, Rule] = {r.id: r for r in (
@@ -40,6 +48,7 @@ RULES: dict[str, Rule] = {r.id: r for r in (
     Rule("ctypes_libc", "block", "no ctypes.CDLL/cdll/pythonapi: loading libc or the interpreter directly"),
     Rule("file_io", "block", "no file or network I/O (open(), pathlib reads/writes, socket, torch.load/save)"),
     Rule("precision_flags", "block", "no global numerics flag changes (TF32, matmul precision, default dtype, denormals)"),
+    Rule("precision_downcast", "block", "no computing below the declared precision policy (downcasts, TF32, fp8, fast-math)"),
     Rule("reference_use", "block", "no import of the reference, no Model subclass, no Model(...) call"),
     Rule("monkeypatch", "block", "no assignment to attributes of torch/time/triton/sys/builtins/... (patching timers or comparators)"),
     Rule("introspection", "block", "no gc.get_objects/get_referrers, sys._getframe, inspect frames (reading the harness's tensors)"),
@@ -62,7 +71,8 @@ _FILE_CALLS = {("torch", "load"), ("torch", "save"), ("np", "load"), ("np", "sav
 _PRECISION_ATTRS = {"allow_tf32", "allow_fp16_reduced_precision_reduction", "allow_bf16_reduced_precision_reduction",
                     "deterministic", "benchmark", "enabled", "fp32_precision"}
 _PRECISION_CALLS = {"set_float32_matmul_precision", "set_default_dtype", "set_default_tensor_type", "set_flush_denormal",
-                    "use_deterministic_algorithms", "set_default_device"}
+                    "use_deterministic_algorithms", "set_default_device", "set_autocast_enabled", "set_autocast_dtype",
+                    "set_autocast_gpu_dtype"}
 _PATCH_ROOTS = {"torch", "time", "triton", "tl", "sys", "builtins", "kfoundry", "os", "numpy", "np", "gc", "F", "nn",
                 "math", "ctypes", "reference", "functools", "importlib", "inspect", "timeit"}
 _INTROSPECTION = {("gc", "get_objects"), ("gc", "get_referrers"), ("gc", "get_referents"), ("sys", "_getframe"),
@@ -105,8 +115,8 @@ class _Scan(ast.NodeVisitor):
         self.marker_calls: list[tuple[int, str | None]] = []  # (line, bound name)
         self.key_names: set[str] = set()
 
-    def hit(self, rule: str, node: ast.AST, message: str) -> None:
-        self.hits.append(Hit(rule, getattr(node, "lineno", 0), message))
+    def hit(self, rule: str, node: ast.AST, message: str, kind: str = "") -> None:
+        self.hits.append(Hit(rule, getattr(node, "lineno", 0), message, kind))
 
     def root(self, node: ast.AST) -> list[str]:
         parts = _dotted(node)
@@ -177,7 +187,7 @@ class _Scan(ast.NodeVisitor):
         if isinstance(target, ast.Attribute):
             parts = self.root(target)
             if parts and parts[-1] in _PRECISION_ATTRS and parts[0] == "torch":
-                self.hit("precision_flags", node, f"sets {'.'.join(parts)}")
+                self.hit("precision_flags", node, f"sets {'.'.join(parts)}", _flag_kind(parts[-1], getattr(node, "value", None)))
             elif parts and parts[0] in _PATCH_ROOTS and parts[0] not in ("self",):
                 self.hit("monkeypatch", node, f"assigns {'.'.join(parts)}")
         if isinstance(target, ast.Subscript):
@@ -277,7 +287,7 @@ class _Scan(ast.NodeVisitor):
             if (head, last) in _FILE_CALLS or (len(parts) >= 2 and last in _FILE_ATTRS) or (head == "pathlib" and last in ("open", "iterdir", "glob", "rglob")):
                 self.hit("file_io", node, f"calls {name}")
             if last in _PRECISION_CALLS and head == "torch":
-                self.hit("precision_flags", node, f"calls {name}")
+                self.hit("precision_flags", node, f"calls {name}", _flag_kind(last, node.args[0] if node.args else None))
             if (head, last) in _INTROSPECTION or (len(parts) >= 2 and (parts[0], parts[1]) in _INTROSPECTION):
                 self.hit("introspection", node, f"calls {name}")
             if parts == ["setattr"] and node.args:
@@ -305,7 +315,20 @@ def scan(source: str, backend: str) -> list[Hit] | None:
     s.visit(tree)
     hits = list(s.hits)
     hits.extend(_marker(s, backend))
+    hits.extend(Hit("precision_downcast", u.line, u.message, u.kind) for u in precision_rules.uses(tree, backend, s.root))
     return hits
+
+
+def _flag_kind(flag: str, value: ast.AST | None) -> str:
+    """'tf32' for a flag change that only concerns TF32 (harmless where the policy allows TF32), else ""."""
+    setting = value.value if isinstance(value, ast.Constant) else None
+    if flag == "allow_tf32":
+        return "tf32"
+    if flag == "set_float32_matmul_precision" and setting in ("high", "medium"):
+        return "tf32"
+    if flag == "fp32_precision" and setting == "tf32":
+        return "tf32"
+    return ""
 
 
 def _marker(s: _Scan, backend: str) -> Iterator[Hit]:

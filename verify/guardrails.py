@@ -5,6 +5,9 @@ backend's defaults, the JSON file named by ``KFOUNDRY_GUARDRAILS`` (same fields 
 ``Guardrails``, plus an optional ``"backends": {"cpp": {...}}`` section), then the
 tool arguments. ``rules`` also sets the severity of the worker's runtime checks
 (e.g. ``{"torch_compute": "warn"}`` to allow library calls beside the kernel).
+
+``check`` also takes the run's precision policy (``verify.precision``; strict when not
+given): reduced-precision uses the policy allows are not findings.
 """
 
 from __future__ import annotations
@@ -13,13 +16,17 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from kfoundry.backends.base import Backend
 from kfoundry.verify import ast_rules
+from kfoundry.verify.precision_rules import KIND_NAMES
 from pydantic import BaseModel, Field, field_validator
 
 from kfoundry.schema import Finding
+
+if TYPE_CHECKING:
+    from kfoundry.verify.precision import Policy
 
 Severity = Literal["block", "warn", "off"]
 CONFIG_ENV = "KFOUNDRY_GUARDRAILS"
@@ -35,6 +42,8 @@ RUNTIME_RULES: dict[str, Severity] = {
     "replay": "block",
     "constant_output": "block",
     "torch_compute": "block",
+    "kernel_coverage": "block",
+    "timed_output": "block",
 }
 
 
@@ -51,6 +60,11 @@ class Guardrails(BaseModel):
     )
     allow_torch_ops: list[str] = Field(
         default_factory=list, description="aten op names (e.g. 'mm', 'addmm') the candidate's forward may call beside its kernel."
+    )
+    min_own_kernel_share: float = Field(
+        default=0.5, ge=0, le=1,
+        description="GPU profile: least share of device time in this backend's own kernels "
+        "(library kernels of allow_torch_ops count as allowed).",
     )
 
     @field_validator("required", "banned")
@@ -130,7 +144,32 @@ def _line_of(source: str, match: re.Match[str]) -> int:
     return source.count("\n", 0, match.start()) + 1
 
 
-def check(source: str, backend: Backend, rules: Guardrails) -> list[Finding]:
+def _advice(kind: str) -> str:
+    from kfoundry.verify.precision import POLICIES
+
+    # The least relaxed policy that allows the kind is the one to suggest.
+    fit = next((q.name for q in POLICIES.values() if q.allows_kind(kind)), None)
+    if fit is None:
+        return f"no precision policy allows {KIND_NAMES.get(kind, kind)}: compute in a wider type"
+    return f"pass precision='{fit}' if that is intended"
+
+
+def _precision_message(hit: ast_rules.Hit, p: Policy) -> str:
+    if p.relaxed:
+        return f"{hit.message}, below the declared precision '{p.name}'; {_advice(hit.kind)}"
+    return f"{hit.message} but precision policy 'strict' allows no reduced precision; {_advice(hit.kind)}"
+
+
+def check(source: str, backend: Backend, rules: Guardrails, precision: Policy | str | None = None) -> list[Finding]:
+    """Static findings for ``source``; ``precision`` (a policy or its name, None for strict) decides
+    which reduced-precision uses are allowed.
+
+    Raises:
+        ValueError: for an unknown precision policy name.
+    """
+    from kfoundry.verify.precision import policy  # imports torch: only where candidates are checked
+
+    declared = policy(precision)
     findings: list[Finding] = []
     hits = ast_rules.scan(source, backend.name)
     if hits is None:
@@ -138,16 +177,22 @@ def check(source: str, backend: Backend, rules: Guardrails) -> list[Finding]:
         if rules.backend_marker and not any(re.search(p, source) for p in backend.required_patterns):
             findings.append(Finding(code="backend_marker", message=f"no {backend.name} kernel found: the candidate must use {backend.marker}"))
         hits = []
-    seen: set[tuple[str, int]] = set()
+    seen: set[tuple[str, int, str]] = set()
     for hit in hits:
-        if (hit.rule, hit.line) in seen:
+        if hit.kind and declared.allows_kind(hit.kind) and hit.rule in ("precision_downcast", "precision_flags"):
             continue
-        seen.add((hit.rule, hit.line))
+        if (hit.rule, hit.line, hit.kind) in seen:
+            continue
+        seen.add((hit.rule, hit.line, hit.kind))
         where = f"candidate.py:{hit.line}: " if hit.line else ""
         if hit.rule == "backend_marker":
             message = f"{where}no {backend.name} kernel found: {hit.message}; the candidate must use {backend.marker}"
+        elif hit.rule == "precision_downcast":
+            message = f"{where}{_precision_message(hit, declared)}"
         else:
             message = f"{where}{hit.message} [{hit.rule}: {ast_rules.RULES[hit.rule].summary}]"
+            if hit.kind:
+                message += f"; {_advice(hit.kind)}"
         finding = rules.finding(hit.rule, message, backend.name)
         if finding is not None:
             findings.append(finding)
