@@ -65,6 +65,8 @@ def add_optimize_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--profile-trials", type=int, default=3)
     p.add_argument("--atol", type=float, default=None)
     p.add_argument("--rtol", type=float, default=None)
+    p.add_argument("--precision", choices=["strict", "tf32", "bf16", "fp16"], default="strict",
+                   help="numerics policy: verify against a float64 oracle at this precision and time against baselines given the same freedom")
     p.add_argument("--tool-timeout", type=float, default=900.0, help="seconds one tool call may take")
     p.add_argument("--max-tokens", type=int, default=16000)
     p.add_argument("--thinking-budget", type=int, default=None)
@@ -106,7 +108,7 @@ def build_job(args: argparse.Namespace) -> Any:
         target_sol=args.target_sol, patience=args.patience,
         guardrails=Guardrails(required=args.guardrail_required, banned=args.guardrail_banned),
         edits=edits, hooks=args.hook, hook_timeout_s=args.hook_timeout, baselines=args.baselines, reps=args.reps,
-        warmup=args.warmup, trials=args.trials, profile_trials=args.profile_trials, atol=args.atol, rtol=args.rtol,
+        warmup=args.warmup, trials=args.trials, profile_trials=args.profile_trials, atol=args.atol, rtol=args.rtol, precision=args.precision,
         tool_timeout_s=args.tool_timeout, translate_from=TranslateFrom(**source) if source else None, resume=args.resume, seed=args.seed,
     )
     options = ModelOptions(

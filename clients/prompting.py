@@ -11,6 +11,7 @@ from kfoundry.backends import get_backend
 from kfoundry.clients.records import PromptKind, TranslateFrom
 from kfoundry.schema import AnalysisResult, ProblemAnalysis
 from kfoundry.tools.translate import prompt_context
+from kfoundry.verify import precision as numerics
 from kfoundry.verify.guardrails import Guardrails
 
 #: A reply without code is fed back as the "candidate"; only its start is worth the tokens.
@@ -35,13 +36,14 @@ class PromptBook:
     def __init__(
         self, backend: str, reference: str, analysis: ProblemAnalysis | None = None, device: str | None = None,
         guardrails: Guardrails | None = None, atol: float | None = None, rtol: float | None = None,
-        translate_from: TranslateFrom | None = None,
+        translate_from: TranslateFrom | None = None, precision: str = "strict",
     ) -> None:
         self.backend = backend
         self.translate_from = translate_from
         self.base = prompt_context(backend, reference, analysis, device=device, guardrails=guardrail_lines(guardrails or Guardrails()))
         if atol is not None and rtol is not None:
             self.base.update(atol=atol, rtol=rtol)
+        self.base.update(precision=precision, precision_summary=numerics.policy(precision).summary)
 
     def _render(self, kind: PromptKind, **values: Any) -> Prompt:
         context = {**self.base, **values}

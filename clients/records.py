@@ -51,6 +51,7 @@ class RunSettings(BaseModel):
     profile_trials: int = Field(default=3, ge=1, description="Correctness trials profile runs before timing.")
     atol: float | None = None
     rtol: float | None = None
+    precision: Literal["strict", "tf32", "bf16", "fp16"] = Field(default="strict", description="Numerics policy for verify and profile.")
     tool_timeout_s: float = Field(default=900.0, gt=0, description="Bound on one tool call, queueing included.")
     translate_from: TranslateFrom | None = None
     resume: bool = False

@@ -161,7 +161,7 @@ async def run_job(job: Job, observer: Callable[[Event], None] | None = None, ser
             reference_path = write(folder / "reference.py", problem.reference).resolve()
             translated = await _translate(session, job, problem, folder)
             s = job.settings
-            book = PromptBook(s.backend, problem.reference, translated.analysis, _device(toolchain), s.guardrails, s.atol, s.rtol, s.translate_from)
+            book = PromptBook(s.backend, problem.reference, translated.analysis, _device(toolchain), s.guardrails, s.atol, s.rtol, s.translate_from, s.precision)
             for spec in job.models:
                 analysis_spec = _analysis_spec(job, spec)
                 generator = make(spec, "generation")

@@ -7,6 +7,7 @@ build only). The harness reports facts; the trusted server decides verdicts.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import sys
@@ -262,11 +263,14 @@ class Harness:
     def _checked_forward(self, model: torch.nn.Module, inputs: list[Any], kept: list[tuple[list[Any], list[Any]]]) -> tuple[Any, dict[str, Any]]:
         """Run the candidate twice under different allocator poisons, and gather the runtime facts."""
         checks: dict[str, Any] = {}
+        # Checks whose rules are off are not run at all (their cost is the user's to skip).
+        off = set(self.job.get("checks_off", []))
         size = max(rc.output_bytes(kept[-1][1]) if kept else 0, rc.output_bytes(inputs), 1 << 16)
-        rc.poison(size, float("nan"), self.device)
+        if "stale_memory" not in off:
+            rc.poison(size, float("nan"), self.device)
         trace = rc.OpTrace()
         with torch.no_grad():
-            with trace:
+            with trace if "torch_compute" not in off else contextlib.nullcontext():
                 out = model(*inputs)
             _sync(self.device)
         threads, children = rc.threads_and_children()  # right away: a helper thread may finish soon after
@@ -285,7 +289,7 @@ class Harness:
         checks["compute_ops"] = trace.compute_ops()
         # Second run under another poison: results that depend on stale memory differ.
         first = [v.detach().clone() if isinstance(v, torch.Tensor) else v for v in outputs]
-        if not aliases:
+        if not aliases and "stale_memory" not in off:
             rc.poison(size, -3.0e38, self.device)
             try:
                 with torch.no_grad():

@@ -188,3 +188,14 @@ def test_results_from_a_newer_server_with_unknown_fields_still_parse() -> None:
     assert parsed.backends[0].name == "cpp" and parsed.best == "cpp"
     with pytest.raises(ValueError):
         parse_result(BackendsResult, {"backends": "not a list", "best": "cpp", "devices": []})
+
+
+def test_the_generation_prompt_states_the_declared_precision_policy() -> None:
+    from kfoundry import examples
+    from kfoundry.clients.prompting import PromptBook
+
+    relaxed = PromptBook("triton", examples.source("matmul_epilogue"), precision="bf16").first().text
+    strict = PromptBook("triton", examples.source("matmul_epilogue")).first().text
+
+    assert "precision policy `bf16`" in relaxed and "float64 oracle" in relaxed
+    assert "precision policy `strict`" in strict and 'input_precision="ieee"' in strict

@@ -1,0 +1,63 @@
+"""What the integrity checks cost: verify time with every check on (the default) and with every rule off.
+
+    python benchmarks/integrity_cost.py [--backend cpp] [--repeat 3] [--trials 5]
+
+Runs each bundled problem's solution through the real ``verify`` tool (in-memory MCP client),
+alternating the two configurations, and reports the median server-side ``duration_s``. With
+every rule off the worker also skips the poisoned second run and the aten-op trace; the
+address-reuse probe trial and the input digests always run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from typing import Any
+
+import anyio
+from mcp import Client
+
+from kfoundry import examples
+from kfoundry.server.app import build_server
+from kfoundry.verify import ast_rules
+from kfoundry.verify.guardrails import RUNTIME_RULES
+
+ALL_OFF = {"backend_marker": False, "rules": {rule: "off" for rule in [*ast_rules.RULES, *RUNTIME_RULES]}}
+
+
+async def _verify(client: Client, backend: str, problem: str, trials: int, guardrails: dict[str, Any] | None) -> float:
+    arguments = {"backend": backend, "reference": examples.source(problem), "candidate": examples.source(problem, backend), "trials": trials}
+    if guardrails is not None:
+        arguments["guardrails"] = guardrails
+    result = await client.call_tool("verify", arguments, read_timeout_seconds=600)
+    data = result.structured_content or {}
+    if result.is_error or data.get("state") != "correct":
+        raise RuntimeError(f"{problem}: {data or result.content}")
+    return float(data["duration_s"])
+
+
+async def main(backend: str, repeat: int, trials: int) -> list[tuple[str, float, float]]:
+    rows = []
+    async with Client(build_server()) as client:
+        for info in examples.problems():
+            on: list[float] = []
+            off: list[float] = []
+            await _verify(client, backend, info.name, trials, None)  # builds and caches before timing anything
+            for _ in range(repeat):
+                on.append(await _verify(client, backend, info.name, trials, None))
+                off.append(await _verify(client, backend, info.name, trials, ALL_OFF))
+            rows.append((info.name, statistics.median(on), statistics.median(off)))
+    return rows
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backend", default="cpp")
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--trials", type=int, default=5)
+    args = parser.parse_args()
+    rows = anyio.run(main, args.backend, args.repeat, args.trials)
+    out = ["| problem | checks on (s) | checks off (s) | cost |", "|---|---|---|---|"]
+    out += [f"| {name} | {on:.2f} | {off:.2f} | {on - off:+.2f} s ({(on / off - 1):+.0%}) |" for name, on, off in rows]
+    sys.stdout.write("\n".join(out) + "\n")
