@@ -4,7 +4,8 @@ One place names every policy. ``strict`` keeps the problem's dtypes (no TF32, no
 downcasts) and the dtype tolerances of ``compare``; a relaxed policy lets the candidate
 round inputs and weights to a narrower type (accumulating in at least fp32) and judges it
 against a float64 oracle, relative to the error an honest implementation at that
-precision makes (the reference itself, run under the same policy).
+precision makes: the reference itself, run with the policy's flags on operands (inputs,
+parameters, buffers) converted to the policy's type, accumulating in fp32.
 """
 
 from __future__ import annotations
@@ -110,29 +111,38 @@ def numerics(p: Policy) -> Iterator[None]:
             setattr(obj, attr, value)
 
 
-def _round(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    if t.is_floating_point() and t.dtype in (torch.float32, torch.float64):
+def _truncate_tf32(t: torch.Tensor) -> torch.Tensor:
+    """fp32 values with the 13 mantissa bits TF32 lacks cleared: what a tensor core reads from raw fp32."""
+    bits = t.float().contiguous().view(torch.int32) & ~((1 << 13) - 1)
+    return bits.view(torch.float32).to(t.dtype)
+
+
+def _round(t: torch.Tensor, p: Policy) -> torch.Tensor:
+    if not (t.is_floating_point() and t.dtype in (torch.float32, torch.float64)):
+        return t
+    dtype = p.round_dtype()
+    if dtype is not None:
         return t.to(dtype).to(t.dtype)
-    return t
+    # TF32 operands are truncated, as tensor cores treat raw fp32 (Triton's default); cuBLAS
+    # rounds to nearest, which errs less and so passes the same bound.
+    return _truncate_tf32(t) if p.tf32 else t
 
 
 def rounded_inputs(values: list[Any], p: Policy) -> list[Any]:
-    """Floating inputs rounded to the policy's type and back (what an honest kernel reads)."""
-    dtype = p.round_dtype()
-    if dtype is None:
+    """Floating inputs converted to the policy's operand type and back (what an honest kernel reads)."""
+    if not p.relaxed:
         return list(values)
-    return [_round(v, dtype) if isinstance(v, torch.Tensor) else v for v in values]
+    return [_round(v, p) if isinstance(v, torch.Tensor) else v for v in values]
 
 
 def rounded_model(model: torch.nn.Module, p: Policy) -> torch.nn.Module:
-    """A copy of ``model`` whose floating parameters and buffers went through the policy's type."""
-    dtype = p.round_dtype()
-    if dtype is None:
+    """A copy of ``model`` whose floating parameters and buffers went through the policy's operand type."""
+    if not p.relaxed:
         return model
     twin = copy.deepcopy(model)
     with torch.no_grad():
         for tensor in [*twin.parameters(), *twin.buffers()]:
-            tensor.copy_(_round(tensor, dtype))
+            tensor.copy_(_round(tensor, p))
     return twin
 
 

@@ -14,10 +14,12 @@ REFERENCE = examples.source("matmul_epilogue")
 SOLUTION = examples.source("matmul_epilogue", "cpp")
 
 # Rounding by bit manipulation (invisible to a static scan): round-to-nearest-even onto
-# bfloat16's 7 mantissa bits, and onto a 3-bit (fp8 e4m3-like) mantissa.
+# bfloat16's 7 mantissa bits, truncation onto TF32's 10 (as tensor cores read raw fp32),
+# and rounding onto a 3-bit (fp8 e4m3-like) mantissa.
 _BITS = r"""
 #include <cstring>
 static inline float bf16r(float f) { uint32_t u; std::memcpy(&u, &f, 4); u += 0x7FFFu + ((u >> 16) & 1u); u &= 0xFFFF0000u; std::memcpy(&f, &u, 4); return f; }
+static inline float tf32t(float f) { uint32_t u; std::memcpy(&u, &f, 4); u &= 0xFFFFE000u; std::memcpy(&f, &u, 4); return f; }
 static inline float fp8r(float f) { uint32_t u; std::memcpy(&u, &f, 4); u += 0x7FFFFu + ((u >> 20) & 1u); u &= 0xFFF00000u; std::memcpy(&f, &u, 4); return f; }
 """
 # Through the compiler's half type (visible to the static scan).
@@ -33,6 +35,7 @@ def _candidate(accumulate: str, helpers: str = _BITS) -> str:
 
 # Inputs and weights rounded, products accumulated in fp32: what the bf16/fp16 policies allow.
 BF16_HONEST = _candidate("for (int64_t p = 0; p < k; ++p) acc += bf16r(xi[p]) * bf16r(wj[p]);")
+TF32_HONEST = _candidate("for (int64_t p = 0; p < k; ++p) acc += tf32t(xi[p]) * tf32t(wj[p]);")
 FP16_HONEST = _candidate("for (int64_t p = 0; p < k; ++p) acc += f16r(xi[p]) * f16r(wj[p]);", helpers=_HALF)
 # Below what bf16 allows: the running sum itself kept in bfloat16, or operands with an fp8-sized mantissa.
 BF16_ACCUMULATOR = _candidate("for (int64_t p = 0; p < k; ++p) acc = bf16r(acc + bf16r(xi[p]) * bf16r(wj[p]));")
@@ -72,6 +75,22 @@ async def test_an_fp16_candidate_is_correct_under_fp16_and_bf16_and_rejected_sta
     assert (fp16["state"], bf16["state"], strict["state"]) == ("correct", "correct", "rejected"), (fp16, bf16, strict)
     [finding] = [f for f in strict["findings"] if f["blocking"]]
     assert finding["code"] == "precision_downcast" and "_Float16" in finding["message"]
+
+
+async def test_a_tf32_truncating_candidate_is_correct_under_tf32_and_a_mismatch_under_strict(client: Client) -> None:
+    tf32 = await _verify(client, TF32_HONEST, "tf32")
+    strict = await _verify(client, TF32_HONEST, "strict")
+
+    assert (tf32["state"], strict["state"]) == ("correct", "mismatch"), (tf32, strict)
+    [check] = tf32["precision_checks"]
+    assert check["honest_error"] > 0 and check["candidate_error"] <= check["bound"]
+
+
+async def test_a_bf16_candidate_is_too_imprecise_for_the_tf32_policy(client: Client) -> None:
+    data = await _verify(client, BF16_HONEST, "tf32")
+
+    assert data["state"] == "mismatch", data
+    assert data["mismatch"]["reason"] == "precision"
 
 
 async def test_a_bf16_candidate_is_too_imprecise_for_the_fp16_policy(client: Client) -> None:
