@@ -186,7 +186,10 @@ async def test_work_left_on_a_side_stream_is_counted_in_the_timing(client: Clien
     side = await _ok(client, "profile", {**base, "candidate": sneaky}, within=600)
     assert plain["state"] == "correct" and side["state"] == "correct", side
     ratio = side["candidate"]["median_ms"] / plain["candidate"]["median_ms"]
-    assert 0.7 < ratio < 1.5, (plain["candidate"], side["candidate"])
+    # Unbilled side-stream work would time as launch overhead alone, far below the honest median;
+    # slower is fine (the stream switch and cross-stream waits cost host time on this launch-bound
+    # problem: 1.68x measured on an H100).
+    assert ratio > 0.7, (plain["candidate"], side["candidate"])
 
 
 async def test_cuda_graph_replay_times_a_launch_bound_kernel(client: Client) -> None:
