@@ -23,6 +23,7 @@ from kfoundry.backends import get_backend
 from kfoundry.schema import ErrorDetail, State
 from kfoundry.verify import precision as numerics
 from kfoundry.verify import runtime_checks as rc
+from kfoundry.verify.expected import Expected
 from kfoundry.verify.stress import STANDARD, stressed
 
 # Imported here, before any candidate code runs, so the timers it binds are the real ones.
@@ -115,6 +116,7 @@ class Harness:
         self.device: str = job.get("device", "cpu")
         self.backend = get_backend(job["backend"]) if job.get("backend") else None
         self.policy = numerics.policy(job.get("precision"))
+        self.expected = Expected(self)
 
     def stage(self, name: str, detail: str = "") -> None:
         self.channel.send({"op": "stage", "stage": name, "detail": detail})
@@ -221,44 +223,9 @@ class Harness:
                 header["checks"] = checks
             self.channel.send(header, blob)
             if not own and (self.policy.relaxed or index == 0):
-                self.send_oracles(f"trial:{index}", model, inputs)
+                self.expected.send_oracles(f"trial:{index}", model, inputs)
             kept.append((inputs, outputs))
             del kept[:-8]
-
-    def send_oracles(self, key: str, model: torch.nn.Module, inputs: list[Any]) -> None:
-        """The float64 oracle's outputs for ``inputs`` and, under a relaxed policy, an honest run at that precision."""
-        if getattr(self, "_oracle_failed", False):
-            return
-        try:
-            if not hasattr(self, "_oracle"):
-                self._oracle = numerics.oracle_model(model)
-            with torch.no_grad():
-                runs = {"oracle": _as_list(self._oracle(*numerics.oracle_inputs(inputs)))}
-                if self.policy.relaxed:
-                    if not hasattr(self, "_honest"):
-                        self._honest = numerics.rounded_model(model, self.policy)
-                    with numerics.numerics(self.policy):
-                        runs["honest"] = _as_list(self._honest(*numerics.rounded_inputs(inputs, self.policy)))
-            _sync(self.device)
-        except Exception as exc:  # noqa: BLE001 - ops without float64 kernels leave the oracle out, reported
-            self._oracle_failed = True
-            self.channel.send({"op": "oracle_failed", "message": f"{type(exc).__name__}: {str(exc)[:300]}"})
-            return
-        for kind, outputs in runs.items():
-            entries, blob = encode_tensors(outputs)
-            self.channel.send({"op": "expected", "key": key, "kind": kind, "outputs": entries}, blob)
-
-    def send_rechecks(self, problem: ModuleType, model: torch.nn.Module) -> None:
-        """Expected outputs for the inputs of the candidate's sampled timed calls (seeds chosen by the server)."""
-        for seed in [int(s) for s in self.job.get("recheck_seeds", [])]:
-            inputs = self.make_inputs(problem, seed)
-            with torch.no_grad():
-                outputs = _as_list(model(*inputs))
-            _sync(self.device)
-            entries, blob = encode_tensors(outputs)
-            self.channel.send({"op": "expected", "key": f"seed:{seed}", "kind": "reference", "outputs": entries}, blob)
-            if self.policy.relaxed:
-                self.send_oracles(f"seed:{seed}", model, inputs)
 
     def _checked_forward(self, model: torch.nn.Module, inputs: list[Any], kept: list[tuple[list[Any], list[Any]]]) -> tuple[Any, dict[str, Any]]:
         """Run the candidate twice under different allocator poisons, and gather the runtime facts."""
@@ -345,7 +312,7 @@ class Harness:
             self.report_loaded()  # kernels that compile on first launch (Triton on a GPU) exist only now
         self.channel.send({"op": "trials_done"})
         if role == "reference":
-            self.send_rechecks(problem, reference)
+            self.expected.send_rechecks(problem, reference)
             if self.job.get("analyze"):
                 self.send_analysis(problem, reference)
             return
