@@ -29,7 +29,9 @@ DESCRIPTIONS: dict[str, str] = {
         "sandboxed worker; both get identical secret-seeded inputs for `trials` trials and the server compares "
         "outputs (shape, dtype, NaN/inf positions, values within atol/rtol: 1e-4 for fp32, 1e-2 for fp16/bf16). "
         "Parameters are copied from the reference's state_dict where names and shapes match, so reuse the "
-        "reference's parameter names. Returns `state`, `trials_passed`/`trials`, `mismatch` (max abs/rel error, "
+        "reference's parameter names. `precision` ('strict' default; 'tf32', 'bf16', 'fp16') allows reduced-precision "
+        "math, judged against a float64 oracle within 2x an honest run's error; `stress` adds signed/large/tiny inputs. "
+        "Returns `state`, `trials_passed`/`trials`, `mismatch` (max abs/rel error, "
         "bad fraction, first bad index, samples), `findings`, `error` (type, message, traceback tail), "
         "`next_step`, `run_id`. " + _STATES
     ),
@@ -38,7 +40,9 @@ DESCRIPTIONS: dict[str, str] = {
         "torch.compile, interleaved in one job with fresh inputs and cache flushes before every call. Returns "
         "median/IQR/CoV per contender, speedups, roofline (FLOPs, compulsory bytes, speed-of-light ms and the "
         "fraction achieved), and a per-kernel breakdown marking this backend's own kernels vs library ops, plus "
-        "the eager baseline's breakdown. Pass the returned run_id to `analyze_profile` next."
+        "the eager baseline's breakdown. Under a relaxed `precision` the baselines run under the same policy and "
+        "under strict, each speedup labelled. Timed calls get fresh inputs and a sample is rechecked. Pass the "
+        "returned run_id to `analyze_profile` next."
     ),
     "analyze_profile": (
         "Turn a profile into ONE recommendation. Send `profile`: the run_id a `profile` call returned (preferred) "
