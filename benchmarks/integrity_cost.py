@@ -3,7 +3,9 @@
     python benchmarks/integrity_cost.py [--backend cpp] [--repeat 3] [--trials 5]
 
 Runs each bundled problem's solution through the real ``verify`` tool (in-memory MCP client),
-alternating the two configurations, and reports the median server-side ``duration_s``. With
+alternating the two configurations, and reports the median server-side ``duration_s``. Before
+each call it waits (bounded) until the device's warm spares are all back, so the figures are the
+checks' cost rather than a wait for a worker to boot. With
 every rule off the worker also skips the poisoned second run and the aten-op trace; the
 address-reuse probe trial and the input digests always run.
 """
@@ -19,6 +21,7 @@ import anyio
 from mcp import Client
 
 from kfoundry import examples
+from kfoundry.config import settings
 from kfoundry.server.app import build_server
 from kfoundry.verify import ast_rules
 from kfoundry.verify.guardrails import RUNTIME_RULES
@@ -26,7 +29,21 @@ from kfoundry.verify.guardrails import RUNTIME_RULES
 ALL_OFF = {"backend_marker": False, "rules": {rule: "off" for rule in [*ast_rules.RULES, *RUNTIME_RULES]}}
 
 
+async def _spares_ready(client: Client, within: float = 120.0) -> None:
+    """Until every device holds its full count of warm spares and runs nothing, or ``within`` seconds pass."""
+    config = settings()
+    with anyio.move_on_after(within):
+        while True:
+            result = await client.call_tool("backends", {})
+            queues = (result.structured_content or {}).get("queues", {})
+            if all(q.get("running", 0) == 0 and q.get("spares", 0) >= (config.gpu_spares if name.startswith("cuda") else config.spares)
+                   for name, q in queues.items()):
+                return
+            await anyio.sleep(0.5)
+
+
 async def _verify(client: Client, backend: str, problem: str, trials: int, guardrails: dict[str, Any] | None) -> float:
+    await _spares_ready(client)
     arguments = {"backend": backend, "reference": examples.source(problem), "candidate": examples.source(problem, backend), "trials": trials}
     if guardrails is not None:
         arguments["guardrails"] = guardrails
