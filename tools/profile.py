@@ -90,7 +90,7 @@ async def profile(
 
     checked = await run_check(
         rt, run, chosen, reference, candidate, trials=trials, atol=atol, rtol=rtol,
-        timeout_s=timeout, guardrails=guardrails or Guardrails(), profile_request=request, analyze=True, then=after_timing,
+        timeout_s=timeout, guardrails=rules, profile_request=request, analyze=True, then=after_timing,
         precision=policy, stress=families, recheck_seeds=[call_seeds[r] for r in sample],
     )
     verified = checked.result

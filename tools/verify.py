@@ -85,14 +85,16 @@ async def run_check(
     stress: list[str] | None = None,
     recheck_seeds: list[int] | None = None,
 ) -> Checked:
-    """Verify, and when ``profile_request`` is given and the verdict is correct, time in the same worker."""
+    """Verify, and when ``profile_request`` is given and the verdict is correct, time in the same worker.
+
+    ``guardrails`` are the effective ones (tool arguments merged with the config file by the caller).
+    """
     start = time.perf_counter()
     device = device_kind(backend)
     run.write("reference.py", reference)
     run.write("candidate.py", candidate)
     base = {"backend": backend.name, "trials": trials, "device": device, "run_id": run.id, "precision": precision.name}
 
-    guardrails = effective(guardrails, backend.name)
     findings = check(candidate, backend, guardrails, precision=precision)
     if any(f.blocking for f in findings):
         result = VerifyResult(state=State.rejected, findings=findings, duration_s=time.perf_counter() - start, next_step=NEXT[State.rejected], **base)
@@ -373,7 +375,7 @@ async def verify(
     run = new_run("verify")
     checked = await run_check(
         rt, run, chosen, reference, candidate, trials=trials, atol=atol, rtol=rtol,
-        timeout_s=check_timeout(timeout_s, DEFAULT_TIMEOUT_S), guardrails=guardrails or Guardrails(),
+        timeout_s=check_timeout(timeout_s, DEFAULT_TIMEOUT_S), guardrails=effective(guardrails, chosen.name),
         precision=policy, stress=families,
     )
     run.write("result.json", checked.result)

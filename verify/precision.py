@@ -34,8 +34,6 @@ class Policy(BaseModel):
     summary: str
     tf32: bool = Field(description="TF32 tensor-core math allowed (and switched on for the candidate and the baselines).")
     round_to: str | None = Field(default=None, description="Type inputs and weights may be rounded to ('bfloat16', 'float16').")
-    #: explicit mantissa bits of the narrowest type allowed; anything narrower is below the policy
-    mantissa_bits: int
     #: reduced-precision kinds a candidate may use under this policy
     allows: frozenset[str] = frozenset()
     #: the roofline's peak-FLOP column for this policy
@@ -56,17 +54,14 @@ class Policy(BaseModel):
         return kind in self.allows
 
 
-#: reduced-precision kinds with their explicit mantissa bits, widest first
-KIND_MANTISSA: dict[str, int] = {"tf32": 10, "fp16": 10, "bf16": 7, "fp8": 3}
-
 POLICIES: dict[str, Policy] = {p.name: p for p in (
-    Policy(name="strict", summary="the problem's dtypes; no TF32, no downcasts, no fast-math", tf32=False, mantissa_bits=23, peak="fp32"),
-    Policy(name="tf32", summary="fp32 matmuls/convolutions may use TF32 tensor cores", tf32=True, mantissa_bits=10,
+    Policy(name="strict", summary="the problem's dtypes; no TF32, no downcasts, no fast-math", tf32=False, peak="fp32"),
+    Policy(name="tf32", summary="fp32 matmuls/convolutions may use TF32 tensor cores", tf32=True,
            allows=frozenset({"tf32"}), peak="tf32", fast_math=True),
     Policy(name="fp16", summary="inputs and weights may be rounded to float16; accumulate in fp32 or wider", tf32=True,
-           round_to="float16", mantissa_bits=10, allows=frozenset({"tf32", "fp16"}), peak="fp16", fast_math=True),
+           round_to="float16", allows=frozenset({"tf32", "fp16"}), peak="fp16", fast_math=True),
     Policy(name="bf16", summary="inputs and weights may be rounded to bfloat16; accumulate in fp32 or wider", tf32=True,
-           round_to="bfloat16", mantissa_bits=7, allows=frozenset({"tf32", "bf16", "fp16"}), peak="bf16", fast_math=True),
+           round_to="bfloat16", allows=frozenset({"tf32", "bf16", "fp16"}), peak="bf16", fast_math=True),
 )}
 STRICT = POLICIES["strict"]
 
