@@ -27,7 +27,7 @@ from typing import Any, ClassVar
 
 from kfoundry.backends.gxx import BuildOutcome, build, compiler_version
 from kfoundry.schema import Diagnostic, KernelStats, ToolchainInfo
-from kfoundry.verify.wire import worker_channel
+from kfoundry.runner.wire import worker_channel
 
 _EXPORT = re.compile(
     r'extern\s+"C"\s*(?:\{)?\s*(?:__attribute__\s*\(\([^)]*\)\)\s*)?'

@@ -43,7 +43,7 @@ from kfoundry.backends.cuda_driver import (
 )
 from kfoundry.backends.nvcc import FlagError, KernelDecl, Param
 from kfoundry.backends.nvrtc import PROGRAM, CudaError, CudaUnavailable
-from kfoundry.verify.wire import worker_channel
+from kfoundry.runner.wire import worker_channel
 
 from kfoundry.schema import Diagnostic, KernelStats
 

@@ -39,7 +39,7 @@ def _emit(result: BaseModel, as_json: bool) -> int:
 
 
 async def _with_runtime(call: Callable[[Any], Awaitable[BaseModel]]) -> BaseModel:
-    from kfoundry.server.pool import WorkerPool
+    from kfoundry.runner.pool import WorkerPool
     from kfoundry.tools.runtime import Runtime
 
     async with WorkerPool(spares=0) as pool:

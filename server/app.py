@@ -21,7 +21,7 @@ from kfoundry.errors import KfoundryError
 from kfoundry.schema import AnalysisResult, BackendsResult, CompileResult, ProfileResult, TranslateResult, VerifyResult
 from kfoundry.server.auth import auth_settings, caller
 from kfoundry.server.descriptions import DESCRIPTIONS, INSTRUCTIONS
-from kfoundry.server.pool import WorkerPool, gpu_count
+from kfoundry.runner.pool import WorkerPool, gpu_count
 from kfoundry.tools.analyze import analyze_profile as analyze_tool
 from kfoundry.tools.backends import list_backends
 from kfoundry.tools.compile import compile_candidate

@@ -18,8 +18,8 @@ import torch
 from kfoundry.backends.cuda import CudaBuildOutcome, build_cuda_request
 from kfoundry.backends.gxx import BuildOutcome, FlagError, build
 from kfoundry.schema import Diagnostic, ErrorDetail, KernelStats, ProblemAnalysis, State
-from kfoundry.server.worker import Worker, WorkerGone
-from kfoundry.verify.wire import WireError, decode_tensor
+from kfoundry.runner.process import Worker, WorkerGone
+from kfoundry.runner.wire import WireError, decode_tensor
 
 logger = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from kfoundry.backends import names
 from kfoundry.schema import BackendsResult
-from kfoundry.server.pool import WorkerPool
+from kfoundry.runner.pool import WorkerPool
 from kfoundry.tools.runtime import cuda_available, probe
 
 

@@ -12,7 +12,7 @@ from kfoundry.backends.base import Backend
 from kfoundry.config import settings
 from kfoundry.errors import BadRequest, Unavailable
 from kfoundry.schema import ToolchainInfo
-from kfoundry.server.pool import WorkerPool
+from kfoundry.runner.pool import WorkerPool
 
 Progress = Callable[[float, str], Awaitable[None]]
 

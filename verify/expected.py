@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from kfoundry.verify import precision as numerics
-from kfoundry.verify.wire import encode_tensors
+from kfoundry.runner.wire import encode_tensors
 
 if TYPE_CHECKING:
     from kfoundry.verify.harness import Harness

@@ -28,7 +28,7 @@ from kfoundry.verify.stress import STANDARD, stressed
 
 # Imported here, before any candidate code runs, so the timers it binds are the real ones.
 from kfoundry.verify.timed import profile_job
-from kfoundry.verify.wire import Channel, encode_tensors
+from kfoundry.runner.wire import Channel, encode_tensors
 
 _clock = time.perf_counter  # bound before any candidate code can patch ``time``
 CANDIDATE_FILE = "candidate.py"

@@ -11,7 +11,7 @@ from kfoundry.profilers.breakdown import op_breakdown
 from kfoundry.profilers.timing import bench, cache_flusher, input_sets
 from kfoundry.schema import State
 from kfoundry.verify import precision as numerics
-from kfoundry.verify.wire import encode_tensors
+from kfoundry.runner.wire import encode_tensors
 
 if TYPE_CHECKING:
     from kfoundry.verify.harness import Harness

@@ -73,7 +73,7 @@ def main() -> None:
         sock = socket.socket(fileno=args.fd)
     os.set_inheritable(sock.fileno(), False)
 
-    from kfoundry.verify.wire import Channel, set_worker_channel
+    from kfoundry.runner.wire import Channel, set_worker_channel
 
     channel = Channel(sock)
     _warm(args.device)

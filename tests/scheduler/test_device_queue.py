@@ -5,7 +5,7 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from kfoundry.server.scheduler import DeviceQueue
+from kfoundry.runner.scheduler import DeviceQueue
 
 pytestmark = pytest.mark.anyio
 

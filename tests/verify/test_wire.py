@@ -7,7 +7,7 @@ import socket
 import pytest
 import torch
 
-from kfoundry.verify.wire import Channel, WireError, decode_tensor, encode_tensors
+from kfoundry.runner.wire import Channel, WireError, decode_tensor, encode_tensors
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.int64, torch.bool])

@@ -12,8 +12,8 @@ import anyio
 from anyio.abc import TaskGroup
 
 from kfoundry.config import settings
-from kfoundry.server.scheduler import DeviceQueue, PositionFn
-from kfoundry.server.worker import Worker
+from kfoundry.runner.scheduler import DeviceQueue, PositionFn
+from kfoundry.runner.process import Worker
 
 logger = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 
 from kfoundry.backends import REGISTRY, get_backend
 from kfoundry.config import settings
-from kfoundry.server.sandbox import Containment, make_workdir, remove_workdir, worker_env
-from kfoundry.verify.wire import HEADER, MAX_JSON_BYTES, WireError, pack
+from kfoundry.runner.sandbox import Containment, make_workdir, remove_workdir, worker_env
+from kfoundry.runner.wire import HEADER, MAX_JSON_BYTES, WireError, pack
 
 logger = logging.getLogger(__name__)
 _ids = itertools.count(1)
