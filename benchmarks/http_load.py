@@ -52,7 +52,7 @@ KINDS: dict[str, tuple[str, dict[str, Any], str]] = {
     "segfault": (SEGFAULT, {}, "runtime_error"),
     "hang": (HANG, {"timeout_s": 3}, "timeout"),
 }
-WORKER_MODULE = b"kfoundry.verify.worker"
+WORKER_MODULE = b"kfoundry.runner.entry"
 
 
 def _free_port() -> int:

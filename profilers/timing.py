@@ -254,3 +254,12 @@ def _nbytes(value: Any) -> int:
     if isinstance(value, dict):
         return sum(_nbytes(v) for v in value.values())
     return 0
+
+
+def time_call(fn: Contender, inputs: Sequence[Any], flush: Callable[[], None] | None, device: str) -> tuple[float, Any]:
+    """One call timed the way ``bench`` times each repetition: (ms, output)."""
+    if device.startswith("cuda"):
+        return _time_cuda(fn, inputs, flush)
+    if flush is not None:
+        flush()
+    return _time_host(fn, inputs)

@@ -1,9 +1,8 @@
-"""The server's handle on one worker process: spawn, talk, kill, read its logs."""
+"""The trusted side's handle on one worker process: spawn, talk (typed), freeze, kill, read its logs."""
 
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import os
 import signal
@@ -19,13 +18,15 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 
 from kfoundry.backends import REGISTRY, get_backend
 from kfoundry.config import settings
-from kfoundry.runner.sandbox import Containment, make_workdir, remove_workdir, worker_env
-from kfoundry.runner.wire import HEADER, MAX_JSON_BYTES, WireError, pack
+from kfoundry.runner.sandbox import Containment, Freezer, make_workdir, remove_workdir, thread_count, worker_env
+from kfoundry.runner.wire import HEADER, MAX_FRAME, Ready, Wire, WireError, decode, encode
 
 logger = logging.getLogger(__name__)
 _ids = itertools.count(1)
 READY_TIMEOUT_S = 180.0
 REAP_TIMEOUT_S = 10.0
+#: how long a worker may take to stop once asked (threads in uninterruptible sleep, a busy driver)
+FREEZE_TIMEOUT_S = 5.0
 
 
 class WorkerGone(RuntimeError):
@@ -91,11 +92,13 @@ class Worker:
         self.name = f"w{os.getpid()}-{next(_ids)}"
         self.dir = make_workdir(self.name)
         self.cage = Containment(self.name)
+        self.freezer = Freezer(self.name, self.cage)
         self.process: Process | None = None
         self.stream: SocketStream | None = None
         self.reader: BufferedByteReceiveStream | None = None
         self.pid = 0
         self.killed_reason = ""
+        self.threads_at_start = 0
 
     @property
     def local_device(self) -> str:
@@ -126,7 +129,7 @@ class Worker:
             args += ["--fd", str(theirs.fileno())]
             pass_fds = (theirs.fileno(),)
         wrapper = [part.replace("{dir}", str(self.dir)) for part in self.wrapper]
-        cmd = [*wrapper, sys.executable, "-m", "kfoundry.verify.worker", *args]
+        cmd = [*wrapper, sys.executable, "-m", "kfoundry.runner.entry", *args]
         self.process = await anyio.open_process(
             cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=self.dir,
             env=worker_env(self.dir, extra_env), start_new_session=True, pass_fds=pass_fds,
@@ -135,6 +138,7 @@ class Worker:
         self.task_group.start_soon(_drain, self.process.stderr, self.logs["stderr"])
         self.pid = self.process.pid
         self.cage.adopt(self.pid)
+        self.freezer.adopt(self.pid)
         if listener is not None:
             try:
                 with anyio.fail_after(READY_TIMEOUT_S):
@@ -147,33 +151,48 @@ class Worker:
             self.stream = await SocketStream.from_socket(ours)
         self.reader = BufferedByteReceiveStream(self.stream)
         with anyio.fail_after(READY_TIMEOUT_S):
-            hello, _ = await self.recv()
-        if hello.get("op") != "ready":
-            raise WorkerGone(f"worker said {hello.get('op')!r} instead of ready")
+            hello = await self.recv()
+        if not isinstance(hello, Ready):
+            raise WorkerGone(f"worker said {type(hello).__name__} instead of ready")
+        self.threads_at_start = thread_count(self.pid)
 
-    async def send(self, header: dict[str, Any], blob: bytes = b"") -> None:
+    async def send(self, message: Wire) -> None:
         assert self.stream is not None
         try:
-            await self.stream.send(pack(header, blob))
+            await self.stream.send(encode(message))
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
             raise WorkerGone(str(exc)) from exc
 
-    async def recv(self) -> tuple[dict[str, Any], bytes]:
-        """Next frame from the worker; it is untrusted input, so sizes and JSON are checked."""
+    async def recv(self) -> Wire:
+        """Next message from the worker; it is untrusted input, so sizes and types are checked."""
         assert self.reader is not None
         try:
-            json_len, blob_len = HEADER.unpack(await self.reader.receive_exactly(HEADER.size))
-            if json_len > MAX_JSON_BYTES or blob_len > settings().max_message_bytes:
-                raise WireError(f"worker sent a {json_len + blob_len}-byte message, over the limit")
-            header = json.loads(await self.reader.receive_exactly(json_len))
-            blob = await self.reader.receive_exactly(blob_len) if blob_len else b""
+            (length,) = HEADER.unpack(await self.reader.receive_exactly(HEADER.size))
+            if length > MAX_FRAME:
+                raise WireError(f"worker sent a {length}-byte frame, over the {MAX_FRAME}-byte limit")
+            body = await self.reader.receive_exactly(length)
         except (anyio.IncompleteRead, anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
             raise WorkerGone("worker closed its channel") from exc
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise WireError(f"worker sent a malformed header: {exc}") from exc
-        if not isinstance(header, dict):
-            raise WireError("worker sent a non-object header")
-        return header, blob
+        return decode(body)
+
+    async def freeze(self) -> None:
+        """Stop every process of the worker and wait until they are stopped.
+
+        Raises:
+            WireError: the worker could not be stopped in time (it is then killed by the caller).
+        """
+        self.freezer.freeze()
+        with anyio.move_on_after(FREEZE_TIMEOUT_S):
+            while not self.freezer.settled():
+                await anyio.sleep(0.0002)
+            return
+        raise WireError(f"the worker did not stop within {FREEZE_TIMEOUT_S:g} s of being frozen")
+
+    def thaw(self) -> None:
+        self.freezer.thaw()
+
+    def threads_now(self) -> int:
+        return thread_count(self.pid)
 
     async def exit_status(self, wait_s: float = 2.0) -> str:
         """Describe how the process ended ('exit code 3', 'signal 11 (SIGSEGV)')."""
@@ -201,6 +220,7 @@ class Worker:
 
     async def kill(self) -> None:
         """Kill the worker and everything it started, and wait until they are gone; idempotent."""
+        self.freezer.thaw()  # a stopped process dies on SIGKILL too, but its sweep must see it go
         if self.pid:
             # Killed processes linger until the kernel reaps them; a fork bomb can still be
             # forking while the sweep runs, so sweep until nothing is left (bounded).
@@ -223,5 +243,8 @@ class Worker:
                 (keep / f"{which}.log").write_text(self.log_tail(which, 1 << 20))
         with anyio.move_on_after(REAP_TIMEOUT_S):
             while not self.cage.release():
+                await anyio.sleep(0.02)
+        with anyio.move_on_after(REAP_TIMEOUT_S):
+            while not self.freezer.release():
                 await anyio.sleep(0.02)
         remove_workdir(self.dir)

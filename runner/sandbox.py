@@ -131,6 +131,139 @@ class Containment:
         return True
 
 
+_FREEZER_ROOTS = (Path("/sys/fs/cgroup/freezer"),)
+
+
+def _freezer_parent() -> Path | None:
+    for root in _FREEZER_ROOTS:
+        try:
+            if not (root / "cgroup.procs").exists():
+                continue
+            parent = root / "kfoundry"
+            parent.mkdir(exist_ok=True)
+            return parent
+        except OSError:
+            continue
+    return None
+
+
+class Freezer:
+    """Stops every process of one worker while the trusted side reads what it handed over.
+
+    A cgroup freezer where the host offers one (every descendant, whatever session it made),
+    else SIGSTOP to the worker's session and cgroup members, waiting until each thread stopped.
+    """
+
+    _parent: Path | None | bool = False
+
+    def __init__(self, name: str, cage: Containment) -> None:
+        if Freezer._parent is False:
+            Freezer._parent = _freezer_parent()
+        self.cage = cage
+        self.group: Path | None = None
+        self.pid = 0
+        self.frozen = False
+        parent = Freezer._parent
+        if isinstance(parent, Path):
+            try:
+                (parent / name).mkdir()
+                self.group = parent / name
+            except OSError as exc:
+                logger.warning("freezer cgroup unavailable (%s); stopping workers with SIGSTOP instead", exc)
+                Freezer._parent = None
+
+    @property
+    def kind(self) -> str:
+        return "cgroup" if self.group is not None else "signal"
+
+    def adopt(self, pid: int) -> None:
+        self.pid = pid
+        if self.group is not None:
+            try:
+                (self.group / "cgroup.procs").write_text(str(pid))
+            except OSError as exc:
+                logger.warning("could not move worker %d into its freezer cgroup: %s", pid, exc)
+                self.group = None
+
+    def _members(self) -> list[int]:
+        return sorted(set(self.cage.members()) | set(_session_members(self.pid)) | {self.pid})
+
+    def freeze(self) -> None:
+        """Ask every process (and thread) of the worker to stop; ``settled`` says when they have."""
+        self.frozen = True
+        if self.group is not None:
+            try:
+                (self.group / "freezer.state").write_text("FROZEN")
+                return
+            except OSError:
+                self.group = None
+        for member in self._members():
+            try:
+                os.kill(member, signal.SIGSTOP)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+    def settled(self) -> bool:
+        if self.group is not None:
+            try:
+                return (self.group / "freezer.state").read_text().strip() == "FROZEN"
+            except OSError:
+                return False
+        return all(_stopped(member) for member in self._members())
+
+    def thaw(self) -> None:
+        if not self.frozen:
+            return
+        self.frozen = False
+        if self.group is not None:
+            try:
+                (self.group / "freezer.state").write_text("THAWED")
+            except OSError:
+                pass
+            return
+        for member in self._members():
+            try:
+                os.kill(member, signal.SIGCONT)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+    def release(self) -> bool:
+        self.thaw()
+        if self.group is None:
+            return True
+        try:
+            self.group.rmdir()
+        except FileNotFoundError:
+            return True
+        except OSError:
+            return False
+        return True
+
+
+def _stopped(pid: int) -> bool:
+    """Every thread of ``pid`` is stopped (or gone)."""
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return True
+    for task in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{task}/stat") as fh:
+                state = fh.read().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state not in ("T", "t", "Z", "X"):
+            return False
+    return True
+
+
+def thread_count(pid: int) -> int:
+    try:
+        return len(os.listdir(f"/proc/{pid}/task"))
+    except OSError:
+        return 0
+
+
 def _owner(proc: Path) -> int:
     try:
         return proc.stat().st_uid

@@ -1,81 +1,280 @@
-"""Framing between the trusted server and a worker, and tensors as plain data.
+"""The typed protocol between the trusted parent and its workers, and its framing.
 
-A frame is ``>IQ`` (json length, blob length), a JSON header, then raw bytes.
-Tensors travel as ``{"dtype", "shape", "offset", "nbytes"}`` entries pointing
-into the blob, so nothing crossing the boundary is ever unpickled.
+A frame is a 4-byte big-endian length and one JSON message. Every message is a pydantic
+model with a literal ``kind``; both ends parse frames into the ``Message`` union and
+dispatch on the model's type. Tensors never travel here: they cross by reference
+(``runner.exchange``), so frames stay small and a frame over ``MAX_FRAME`` is a protocol
+violation, whatever the problem's size.
 """
 
 from __future__ import annotations
 
-import json
 import socket
 import struct
-from typing import TYPE_CHECKING, Any
+from typing import Annotated, Any, Literal
 
-if TYPE_CHECKING:
-    import torch
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
-HEADER = struct.Struct(">IQ")
-MAX_JSON_BYTES = 64 << 20
+from kfoundry.schema import ErrorDetail, KernelShare, KernelStats, ProblemAnalysis, State
+from kfoundry.verify.facts import CallCheck, RuntimeFacts
+
+HEADER = struct.Struct(">I")
+#: Largest frame either side accepts: messages carry facts and handles, never tensor bytes.
+MAX_FRAME = 4 << 20
 
 
 class WireError(RuntimeError):
-    """The peer broke the framing (truncated, oversized or malformed frame)."""
+    """The peer broke the framing or sent a message that is not in the protocol."""
 
 
-def encode_tensors(tensors: list[Any]) -> tuple[list[dict[str, Any]], bytes]:
-    """Describe tensors and pack their bytes; non-tensors are described by type only."""
-    import torch
-
-    entries: list[dict[str, Any]] = []
-    chunks: list[bytes] = []
-    offset = 0
-    for value in tensors:
-        if not isinstance(value, torch.Tensor):
-            entries.append({"kind": "object", "type": type(value).__qualname__, "repr": repr(value)[:200]})
-            continue
-        plain = type(value) is torch.Tensor
-        flat = value.detach().to("cpu").contiguous().reshape(-1)
-        raw = flat.view(torch.uint8).numpy().tobytes() if flat.numel() else b""
-        entries.append(
-            {
-                "kind": "tensor",
-                "plain": plain,
-                "type": type(value).__qualname__,
-                "dtype": str(value.dtype).removeprefix("torch."),
-                "shape": list(value.shape),
-                "offset": offset,
-                "nbytes": len(raw),
-            }
-        )
-        chunks.append(raw)
-        offset += len(raw)
-    return entries, b"".join(chunks)
+class Wire(BaseModel):
+    model_config = ConfigDict(extra="forbid")
 
 
-def decode_tensor(entry: dict[str, Any], blob: bytes | memoryview) -> torch.Tensor:
-    """Rebuild one tensor from its entry; raises ``WireError`` on inconsistent sizes."""
-    import torch
+# -- values crossing by reference ------------------------------------------------------------
+class TensorRef(Wire):
+    """A tensor living in another process's memory: a CUDA IPC handle or a shared-memory file."""
 
-    dtype = getattr(torch, str(entry["dtype"]), None)
-    if not isinstance(dtype, torch.dtype):
-        raise WireError(f"unknown dtype {entry['dtype']!r}")
-    shape = [int(s) for s in entry["shape"]]
-    start, nbytes = int(entry["offset"]), int(entry["nbytes"])
-    numel = 1
-    for s in shape:
-        numel *= s
-    if numel * dtype.itemsize != nbytes or start < 0 or start + nbytes > len(blob):
-        raise WireError("tensor entry does not match its bytes")
-    if numel == 0:
-        return torch.empty(shape, dtype=dtype)
-    raw = bytearray(blob[start : start + nbytes])
-    return torch.frombuffer(raw, dtype=torch.uint8).view(dtype).reshape(shape)
+    kind: Literal["tensor"] = "tensor"
+    dtype: str
+    shape: list[int]
+    #: ``cuda``: torch's IPC sharing tuple (handles as hex); ``cpu``: a file under the job's exchange folder
+    storage: Literal["cuda", "file", "empty"]
+    cuda: dict[str, Any] | None = None
+    file: str | None = None
+    #: the tensor's class name as the producer saw it (plain tensors: ``Tensor``)
+    type_name: str = "Tensor"
+    plain: bool = True
 
 
-def pack(header: dict[str, Any], blob: bytes = b"") -> bytes:
-    body = json.dumps(header, separators=(",", ":"), allow_nan=True).encode()
-    return HEADER.pack(len(body), len(blob)) + body + blob
+class PlainValue(Wire):
+    """A JSON value (init arguments such as sizes, or a non-tensor output described by its repr)."""
+
+    kind: Literal["plain"] = "plain"
+    value: Any = None
+    type_name: str = ""
+    repr: str = ""
+
+
+Value = Annotated[TensorRef | PlainValue, Field(discriminator="kind")]
+
+
+class NamedRef(Wire):
+    name: str
+    tensor: TensorRef
+
+
+# -- parent -> worker -------------------------------------------------------------------------
+class CandidateJob(Wire):
+    kind: Literal["candidate_job"] = "candidate_job"
+    backend: str
+    candidate: str
+    device: str
+    precision: str
+    init_seed: int
+    init_args: list[Value]
+    parameters: list[NamedRef] = Field(default_factory=list)
+    exchange: str = ""
+    #: fill freed memory before every call (alternating values), so reads of stale memory show
+    poison: bool = True
+    #: the first N calls run with glibc's malloc perturbation: host memory is scrambled when allocated and
+    #: when freed, so an output read from memory an earlier computation freed shows as garbage
+    scrub_calls: int = 0
+    #: record the PyTorch ops of every call (``-1``) or of the first N calls
+    trace_calls: int = -1
+    #: import and build only; no calls follow
+    build_only: bool = False
+    #: calls from this index on run inside cudaProfilerStart/Stop (a worker started under Nsight Compute); -1: none
+    profiled_from: int = -1
+
+
+class ReferenceJob(Wire):
+    kind: Literal["reference_job"] = "reference_job"
+    problem: str
+    device: str
+    precision: str
+    init_seed: int
+    exchange: str = ""
+    atol: float | None = None
+    rtol: float | None = None
+    #: input sets kept on the device at once (calls rotate through them)
+    slots: int = 2
+
+
+class MakeInputs(Wire):
+    kind: Literal["make_inputs"] = "make_inputs"
+    call: int
+    seed: int
+    family: str = "standard"
+    slot: int = 0
+
+
+class Forward(Wire):
+    """One call of the candidate; every call, warm-up, trial or timed, looks exactly like this."""
+
+    kind: Literal["forward"] = "forward"
+    call: int
+    inputs: list[Value]
+
+
+class Judge(Wire):
+    """How the reference judges one call of the candidate."""
+
+    #: float64 oracle (and, under a relaxed policy, an honest run at the policy) for this call
+    oracle: bool = False
+    #: verification-trial extras: constant outputs, fingerprints for replay detection
+    trial: bool = False
+
+
+class Collect(Wire):
+    """The candidate (frozen now) returned these outputs for ``call``: judge them; time baselines; prepare the next."""
+
+    kind: Literal["collect"] = "collect"
+    call: int
+    outputs: list[Value]
+    judge: Judge = Field(default_factory=Judge)
+    time_baselines: bool = False
+    next: MakeInputs | None = None
+
+
+class PrepareBaselines(Wire):
+    kind: Literal["prepare_baselines"] = "prepare_baselines"
+    baselines: list[str]
+    warmup: int = 3
+
+
+class ProfileCall(Wire):
+    """One extra call under torch.profiler: per-kernel breakdown (candidate, or the reference's baseline)."""
+
+    kind: Literal["profile_call"] = "profile_call"
+    inputs: list[Value] = Field(default_factory=list)
+    allow_ops: list[str] = Field(default_factory=list)
+
+
+class Analyze(Wire):
+    kind: Literal["analyze"] = "analyze"
+
+
+class Stop(Wire):
+    kind: Literal["stop"] = "stop"
+
+
+class BuildReply(Wire):
+    kind: Literal["build_reply"] = "build_reply"
+    outcome: dict[str, Any]
+
+
+# -- worker -> parent -------------------------------------------------------------------------
+class Ready(Wire):
+    kind: Literal["ready"] = "ready"
+    pid: int
+
+
+class Stage(Wire):
+    kind: Literal["stage"] = "stage"
+    stage: str
+    detail: str = ""
+
+
+class BuildRequest(Wire):
+    """A worker asks the trusted side to run a toolchain (the request is the backend's own model, as a dict)."""
+
+    kind: Literal["build"] = "build"
+    op: str
+    request: dict[str, Any]
+
+
+class Prepared(Wire):
+    """The reference is built: what the candidate needs to build its model the same way."""
+
+    kind: Literal["prepared"] = "prepared"
+    init_args: list[Value]
+    parameters: list[NamedRef]
+
+
+class InputsReady(Wire):
+    kind: Literal["inputs_ready"] = "inputs_ready"
+    call: int
+    inputs: list[Value]
+
+
+class Loaded(Wire):
+    kind: Literal["loaded"] = "loaded"
+    kernels: list[KernelStats] = Field(default_factory=list)
+    seconds: float = 0.0
+
+
+class Returned(Wire):
+    """What the candidate's process says about one call: its outputs and its own timing (untrusted)."""
+
+    kind: Literal["returned"] = "returned"
+    call: int
+    outputs: list[Value]
+    elapsed_ms: float
+    facts: RuntimeFacts = Field(default_factory=RuntimeFacts)
+
+
+class Collected(Wire):
+    kind: Literal["collected"] = "collected"
+    call: int
+    check: CallCheck
+    baseline_ms: dict[str, float] = Field(default_factory=dict)
+    next: InputsReady | None = None
+
+
+class BaselinesReady(Wire):
+    kind: Literal["baselines_ready"] = "baselines_ready"
+    names: list[str]
+    warnings: list[str] = Field(default_factory=list)
+
+
+class Profiled(Wire):
+    kind: Literal["profiled"] = "profiled"
+    shares: list[KernelShare]
+    warnings: list[str] = Field(default_factory=list)
+
+
+class Analysis(Wire):
+    kind: Literal["analysis"] = "analysis"
+    analysis: ProblemAnalysis
+
+
+class Failed(Wire):
+    """The job ended early: a state for the verdict, the error, compiler diagnostics."""
+
+    kind: Literal["failed"] = "failed"
+    state: State
+    error: ErrorDetail
+    diagnostics: list[str] = Field(default_factory=list)
+
+
+class Done(Wire):
+    kind: Literal["done"] = "done"
+
+
+Message = Annotated[
+    CandidateJob | ReferenceJob | MakeInputs | Forward | Collect | PrepareBaselines | ProfileCall | Analyze | Stop | BuildReply
+    | Ready | Stage | BuildRequest | Prepared | InputsReady | Loaded | Returned | Collected | BaselinesReady | Profiled
+    | Analysis | Failed | Done,
+    Field(discriminator="kind"),
+]
+_MESSAGE: TypeAdapter[Any] = TypeAdapter(Message)
+
+def encode(message: Wire) -> bytes:
+    body = message.model_dump_json().encode()
+    if len(body) > MAX_FRAME:
+        raise WireError(f"a {type(message).__name__} message of {len(body)} bytes is over the {MAX_FRAME}-byte frame limit")
+    return HEADER.pack(len(body)) + body
+
+
+def decode(body: bytes) -> Wire:
+    """Parse one frame's body; anything not in the protocol is a ``WireError``."""
+    try:
+        return _MESSAGE.validate_json(body)
+    except ValidationError as exc:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        raise WireError(f"not a protocol message ({where}: {first.get('msg', 'invalid')})") from None
 
 
 class Channel:
@@ -84,8 +283,8 @@ class Channel:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
 
-    def send(self, header: dict[str, Any], blob: bytes = b"") -> None:
-        self.sock.sendall(pack(header, blob))
+    def send(self, message: Wire) -> None:
+        self.sock.sendall(encode(message))
 
     def _exactly(self, n: int) -> bytes:
         buf = bytearray()
@@ -96,19 +295,21 @@ class Channel:
             buf += chunk
         return bytes(buf)
 
-    def recv(self) -> tuple[dict[str, Any], bytes]:
-        json_len, blob_len = HEADER.unpack(self._exactly(HEADER.size))
-        if json_len > MAX_JSON_BYTES:
-            raise WireError("header too large")
-        header = json.loads(self._exactly(json_len))
-        blob = self._exactly(blob_len) if blob_len else b""
-        return header, blob
+    def recv(self) -> Wire:
+        (length,) = HEADER.unpack(self._exactly(HEADER.size))
+        if length > MAX_FRAME:
+            raise WireError(f"a {length}-byte frame is over the limit")
+        return decode(self._exactly(length))
 
     def request(self, header: dict[str, Any]) -> dict[str, Any]:
-        """Send a request and wait for the server's reply (used for builds)."""
-        self.send(header)
-        reply, _ = self.recv()
-        return reply
+        """A toolchain request (``{"op": "build_cpp", ...}``) answered by the trusted side; returns the outcome."""
+        payload = dict(header)
+        op = str(payload.pop("op", ""))
+        self.send(BuildRequest(op=op, request=payload))
+        reply = self.recv()
+        if not isinstance(reply, BuildReply):
+            raise WireError(f"expected a build reply, got {type(reply).__name__}")
+        return reply.outcome
 
 
 _worker_channel: Channel | None = None
@@ -120,5 +321,5 @@ def set_worker_channel(channel: Channel | None) -> None:
 
 
 def worker_channel() -> Channel | None:
-    """The channel to the server when running inside a worker, else ``None``."""
+    """The channel to the trusted side when running inside a worker, else ``None``."""
     return _worker_channel

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import secrets
 import time
 
 import anyio
 
 from kfoundry.artifacts import new_run
-from kfoundry.backends import get_backend, names
+from kfoundry.backends import get_backend
 from kfoundry.schema import CompileResult, State
-from kfoundry.server.jobs import Conversation, Ending
-from kfoundry.tools.runtime import Runtime, check_source, check_timeout, probe, resolve_backend
+from kfoundry.runner.session import Ending, Plan, Session, Side
+from kfoundry.tools.requests import CompileRequest
+from kfoundry.tools.runtime import Runtime, check_timeout, probe, resolve_backend
 from kfoundry.verify.guardrails import Guardrails, check
 
 DEFAULT_TIMEOUT_S = 120.0
@@ -35,11 +35,11 @@ async def _compile_only(rt: Runtime, name: str, candidate: str, timeout: float) 
     run.write("candidate.py", candidate)
     start = time.perf_counter()
     await rt.progress(0.2, f"compiling {name} sources (compile-only: no device on this host)")
-    kernels, diagnostics, ok = await anyio.to_thread.run_sync(lambda: backend.compile_only(candidate, timeout_s=timeout))  # type: ignore[attr-defined]
-    state = State.compiled if ok else State.compilation_failure
-    next_step = NEXT[state] if not ok else f"Built (compile-only). verify and profile need a host with a device for {name}."
+    outcome = await anyio.to_thread.run_sync(lambda: backend.compile_only(candidate, timeout_s=timeout))
+    state = State.compiled if outcome.ok else State.compilation_failure
+    next_step = NEXT[state] if not outcome.ok else f"Built (compile-only). verify and profile need a host with a device for {name}."
     result = CompileResult(
-        state=state, backend=name, diagnostics=diagnostics, kernels=kernels,
+        state=state, backend=name, diagnostics=outcome.diagnostics, kernels=outcome.kernels,
         duration_s=round(time.perf_counter() - start, 4), run_id=run.id, next_step=next_step,
     )
     run.write("result.json", result)
@@ -47,30 +47,34 @@ async def _compile_only(rt: Runtime, name: str, candidate: str, timeout: float) 
     return result
 
 
-async def compile_candidate(rt: Runtime, backend: str, candidate: str, timeout_s: float | None = None, reference: str | None = None) -> CompileResult:
-    check_source(candidate, "candidate", kind="a module defining class ModelNew")
-    if reference is not None:
-        check_source(reference, "reference", kind="a KernelBench problem: Model, get_inputs, get_init_inputs")
-    timeout = check_timeout(timeout_s, DEFAULT_TIMEOUT_S)
-    name = backend.strip().lower() if isinstance(backend, str) else backend
-    if isinstance(name, str) and name in names() and probe(name).compile_only and not probe(name).available:
+async def compile_candidate(rt: Runtime, request: CompileRequest) -> CompileResult:
+    timeout = check_timeout(request.timeout_s, DEFAULT_TIMEOUT_S)
+    name, candidate, reference = request.backend, request.candidate, request.reference
+    if probe(name).compile_only and not probe(name).available:
         return await _compile_only(rt, name, candidate, max(timeout, COMPILE_ONLY_MIN_TIMEOUT_S))
-    chosen = resolve_backend(backend)
+    chosen = resolve_backend(name)
     run = new_run("compile")
     run.write("candidate.py", candidate)
     start = time.perf_counter()
     diagnostics = [f"candidate.py: warning: {f.message}" for f in check(candidate, chosen, Guardrails())]
     async with rt.slot(chosen, exclusive=False) as device:
-        worker = await rt.pool.acquire(device)
+        # The candidate's worker never sees the problem: with a reference, a reference worker makes
+        # the inputs of the one launch that builds kernels compiled on first use.
+        cand_worker = await rt.pool.acquire(device)
+        ref_worker = await rt.pool.acquire(device) if reference is not None else None
         try:
             await rt.progress(0.2, "compiling")
-            job = {"role": "compile", "backend": chosen.name, "candidate": candidate, "problem": reference, "init_seed": secrets.randbits(31)}
-            conv = Conversation(worker, job)
-            report = await conv.run(timeout)
+            session = Session(backend=chosen.name, device=device, precision="strict", problem=reference, candidate=candidate,
+                              reference_worker=ref_worker, candidate_worker=cand_worker)
+            report = await session.run(Plan(trials=[], first_launch=reference is not None), timeout)
         finally:
-            await rt.pool.release(worker, run.path / "worker")
+            await rt.pool.release(cand_worker, run.path / "worker")
+            if ref_worker is not None:
+                await rt.pool.release(ref_worker, run.path / "reference-worker")
     if report.ending is Ending.done:
         state = State.compiled
+    elif report.side is Side.reference:
+        state = State.runtime_error
     elif report.ending is Ending.failed and report.state is not None:
         state = report.state
     else:

@@ -14,7 +14,7 @@ from kfoundry.artifacts import Run
 from kfoundry.backends.base import Backend
 from kfoundry.profilers.textparse import kernel_counters, parse_ncu_csv
 from kfoundry.schema import KernelCounters
-from kfoundry.server.jobs import Conversation, Ending
+from kfoundry.runner.session import Ending, Plan, Session
 from kfoundry.tools.runtime import Runtime
 
 SECTIONS = ("SpeedOfLight", "Occupancy", "MemoryWorkloadAnalysis", "LaunchStats")
@@ -50,10 +50,14 @@ async def collect(rt: Runtime, device: str, backend: Backend, reference: str, ca
         return [], "unavailable: ncu (Nsight Compute) is not installed or not on PATH"
     await rt.progress(0.85, "collecting hardware counters with Nsight Compute")
     worker = await rt.pool.acquire(device, wrapper=ncu_command(ncu))
+    ref_worker = await rt.pool.acquire(device)
     keep = run.path / "ncu-worker"
     try:
-        job = {"role": "counters", "backend": backend.name, "problem": reference, "candidate": candidate, "init_seed": secrets.randbits(31), "seeds": []}
-        report = await Conversation(worker, job).run(timeout_s)
+        # Three calls; the last runs inside the profiler range (the first two take JIT and autotuning).
+        session = Session(backend=backend.name, device=device, precision="strict", problem=reference, candidate=candidate,
+                          reference_worker=ref_worker, candidate_worker=worker, profiled_from=2)
+        plan = Plan(trials=[(secrets.randbits(31), "standard") for _ in range(3)])
+        report = await session.run(plan, timeout_s)
         if report.ending is Ending.done and worker.process is not None:
             # ncu writes its report when the profiled process exits
             with anyio.move_on_after(min(120.0, timeout_s)):
@@ -63,6 +67,7 @@ async def collect(rt: Runtime, device: str, backend: Backend, reference: str, ca
         stderr = worker.log_tail("stderr", 2000) + worker.log_tail("stdout", 2000)
     finally:
         await rt.pool.release(worker, keep)
+        await rt.pool.release(ref_worker, run.path / "ncu-reference-worker")
     if text:
         run.write("ncu.csv", text)
     if report.ending is not Ending.done:

@@ -1,31 +1,26 @@
-"""``profile``: verify, then time candidate, eager and torch.compile interleaved in one worker."""
+"""``profile``: verify, then time the candidate (its own worker) against eager and torch.compile (the reference worker), call by call."""
 
 from __future__ import annotations
 
-import secrets
 import time
-from typing import Any, Literal
 
 import anyio
 
 from kfoundry.artifacts import new_run
-from kfoundry.errors import BadRequest
 from kfoundry.profilers.roofline import cpu_peaks, gpu_peaks, roofline
 from kfoundry.profilers.timing import summarize
-from kfoundry.schema import Finding, KernelCounters, KernelShare, ProfileResult, Speedup, State, Timing
-from kfoundry.server.jobs import Report
+from kfoundry.runner.session import Ending, Report, TimingPlan
+from kfoundry.schema import ErrorDetail, Finding, KernelCounters, ProfileResult, Speedup, State, Timing
 from kfoundry.tools.counters import collect as collect_counters
-from kfoundry.tools.recheck import kernel_coverage, recheck_timed
-from kfoundry.tools.runtime import Runtime, check_source, check_timeout, resolve_backend
+from kfoundry.tools.requests import ProfileRequest
+from kfoundry.tools.runtime import Runtime, check_timeout, resolve_backend
 from kfoundry.tools.verify import NEXT as VERIFY_NEXT
-from kfoundry.tools.verify import parse_precision, parse_stress, run_check
+from kfoundry.tools.verify import run_check
 from kfoundry.verify import precision as numerics
-from kfoundry.verify.guardrails import Guardrails, effective
+from kfoundry.verify.guardrails import effective
+from kfoundry.verify.verdict import kernel_coverage, process_findings, timed_findings
 
-Baseline = Literal["eager", "compile"]
 DEFAULT_TIMEOUT_S = 600.0
-#: timed calls of the candidate whose outputs are rechecked (chosen at random per job)
-RECHECKED_CALLS = 3
 
 
 def _next_step(result: ProfileResult) -> str:
@@ -37,80 +32,53 @@ def _next_step(result: ProfileResult) -> str:
     )
 
 
-async def profile(
-    rt: Runtime,
-    backend: str,
-    reference: str,
-    candidate: str,
-    baselines: list[Baseline] | None = None,
-    hardware_counters: bool = False,
-    trials: int = 3,
-    warmup: int = 3,
-    reps: int = 20,
-    atol: float | None = None,
-    rtol: float | None = None,
-    guardrails: Guardrails | None = None,
-    timeout_s: float | None = None,
-    cuda_graph: bool = False,
-    precision: str = "strict",
-    stress: list[str] | None = None,
-) -> ProfileResult:
-    chosen = resolve_backend(backend)
-    check_source(reference, "reference", kind="a KernelBench problem: Model, get_inputs, get_init_inputs")
-    check_source(candidate, "candidate", kind="a module defining class ModelNew")
-    if not (1 <= reps <= 1000 and 0 <= warmup <= 100 and 1 <= trials <= 100):
-        raise BadRequest("reps must be 1..1000, warmup 0..100 and trials 1..100")
-    chosen_baselines = list(dict.fromkeys(baselines if baselines is not None else ["eager", "compile"]))
-    policy = parse_precision(precision)
-    families = parse_stress(stress)
-    rules = effective(guardrails, chosen.name)
+async def profile(rt: Runtime, request: ProfileRequest) -> ProfileResult:
+    chosen = resolve_backend(request.backend)
+    chosen_baselines = list(dict.fromkeys(request.baselines if request.baselines is not None else ["eager", "compile"]))
+    policy = numerics.policy(request.precision)
+    rules = effective(request.guardrails, chosen.name)
     run = new_run("profile")
     start = time.perf_counter()
-    set_count = max(2, min(reps, 8))
-    # Every timed call of the candidate gets inputs from its own seed; a secret sample of those
-    # calls is rechecked against the reference's outputs for the same seeds.
-    call_seeds = [secrets.randbits(31) for _ in range(reps)]
-    sample = sorted(secrets.SystemRandom().sample(range(reps), min(reps, RECHECKED_CALLS)))
-
-    def request() -> dict[str, Any]:
-        return {
-            "op": "profile", "warmup": warmup, "reps": reps, "baselines": chosen_baselines, "breakdown": True,
-            "seeds": [secrets.randbits(31) for _ in range(set_count)], "cuda_graph": cuda_graph,
-            "call_seeds": call_seeds, "sample": sample, "allow_ops": list(rules.allow_torch_ops),
-        }
-
+    timing = TimingPlan(warmup=request.warmup, reps=request.reps, baselines=chosen_baselines, breakdown=True,
+                        allow_ops=list(rules.allow_torch_ops), cuda_graph=request.cuda_graph)
     counters: list[KernelCounters] = []
     status = ["not requested"]
-    timeout = check_timeout(timeout_s, DEFAULT_TIMEOUT_S)
+    timeout = check_timeout(request.timeout_s, DEFAULT_TIMEOUT_S)
 
     async def after_timing(device: str, report: Report) -> None:
-        if hardware_counters:
-            found, status[0] = await collect_counters(rt, device, chosen, reference, candidate, timeout, run)
+        if request.hardware_counters:
+            found, status[0] = await collect_counters(rt, device, chosen, request.reference, request.candidate, timeout, run)
             counters.extend(found)
 
     checked = await run_check(
-        rt, run, chosen, reference, candidate, trials=trials, atol=atol, rtol=rtol,
-        timeout_s=timeout, guardrails=rules, profile_request=request, analyze=True, then=after_timing,
-        precision=policy, stress=families, recheck_seeds=[call_seeds[r] for r in sample],
+        rt, run, chosen, request.reference, request.candidate, trials=request.trials, atol=request.atol, rtol=request.rtol,
+        timeout_s=timeout, guardrails=rules, timing=timing, analyze=True, then=after_timing,
+        precision=policy, stress=list(request.stress or []),
     )
-    verified = checked.result
+    verified, report = checked.result, checked.report
     result = ProfileResult(
         state=verified.state, backend=chosen.name, device=verified.device, verify=verified, error=verified.error,
         findings=list(verified.findings), interpreted=verified.interpreted, duration_s=0.0, run_id=run.id, precision=policy.name,
     )
-    timing = checked.candidate.timing
-    if verified.state is State.correct and timing is None:
-        result.state = State.runtime_error if checked.candidate.error else State.timeout
-        result.error = checked.candidate.error
-    if timing is not None:
-        await _fill(result, timing, checked.reference.analysis, policy)
-        _check_clocks(result, checked.candidate)
-        result.timed_rechecks, found = recheck_timed(checked.reference, checked.candidate, atol, rtol, policy, rules)
-        result.findings += found
+    if verified.state is State.correct and (not report.timed or len(report.timed) < request.reps):
+        result.state = State.timeout if report.ending is Ending.timeout else State.runtime_error
+        if report.ending is Ending.protocol:
+            result.state = State.rejected
+            result.findings.append(Finding(code="protocol", message=report.error.message if report.error else "the candidate broke the protocol"))
+        result.error = report.error or ErrorDetail(type="TimingError", message="the timed calls did not complete")
+    if report.timed and len(report.timed) == request.reps:
+        samples = {"candidate": [c.returned.elapsed_ms for c in report.timed]}
+        for name in report.baselines:
+            samples[name] = [c.baseline_ms[name] for c in report.timed if name in c.baseline_ms]
+        await _fill(result, samples, report, policy)
+        _check_clocks(result, report)
+        result.findings += timed_findings([(i, c.check, c.returned.facts) for i, c in enumerate(report.timed)], rules)
+        result.findings += process_findings("timed calls", max(c.leftover_processes for c in report.timed), rules)
+        result.timed_rechecks = len(report.timed)
         result.own_kernel_share, found = kernel_coverage(result, rules)
         result.findings += found
         result.counters, result.counters_status = counters, status[0]
-        if cuda_graph and not result.device.startswith("cuda"):
+        if request.cuda_graph and not result.device.startswith("cuda"):
             result.warnings.append("cuda_graph ignored: CUDA-graph replay needs a GPU.")
     if any(f.blocking for f in result.findings) and result.state is State.correct:
         result.state = State.rejected
@@ -122,16 +90,15 @@ async def profile(
 
 
 def _check_clocks(result: ProfileResult, report: Report) -> None:
-    """The worker's timer must agree with the server's wall clock and with CUPTI's kernel times."""
-    timing = report.timing or {}
-    total_ms = sum(float(x) for samples in dict(timing.get("samples", {})).values() for x in samples)
-    if report.profile_sent_at is not None and report.timing_received_at is not None:
-        wall_ms = (report.timing_received_at - report.profile_sent_at) * 1e3
-        if total_ms > wall_ms * 1.02 + 1.0:
-            result.findings.append(Finding(
-                code="timer_integrity",
-                message=f"the worker reported {total_ms:.1f} ms of timed calls, but only {wall_ms:.1f} ms passed on the server's clock",
-            ))
+    """The candidate's own timer must agree with the parent's clock, call by call, and with CUPTI's kernel times."""
+    late = [c for c in report.timed if c.returned.elapsed_ms > c.wall_ms * 1.02 + 0.05]
+    if late:
+        worst = max(late, key=lambda c: c.returned.elapsed_ms - c.wall_ms)
+        result.findings.append(Finding(
+            code="timer_integrity",
+            message=f"{len(late)} timed call(s) reported more time than passed on the trusted side's clock "
+                    f"(e.g. {worst.returned.elapsed_ms:.3f} ms reported, {worst.wall_ms:.3f} ms between the request and the answer)",
+        ))
     cand = result.candidate
     if cand is not None and result.device.startswith("cuda") and result.breakdown:
         kernel_ms = sum(k.time_ms for k in result.breakdown)
@@ -142,8 +109,8 @@ def _check_clocks(result: ProfileResult, report: Report) -> None:
             ))
 
 
-async def _fill(result: ProfileResult, timing: dict[str, Any], analysis: Any, policy: numerics.Policy) -> None:
-    samples: dict[str, list[float]] = {k: [float(x) for x in v] for k, v in dict(timing.get("samples", {})).items()}
+async def _fill(result: ProfileResult, samples: dict[str, list[float]], report: Report, policy: numerics.Policy) -> None:
+    analysis = report.analysis
     summaries: dict[str, Timing] = {k: summarize(v) for k, v in samples.items() if v}
     result.candidate = summaries.get("candidate")
     result.eager = summaries.get("eager")
@@ -156,9 +123,9 @@ async def _fill(result: ProfileResult, timing: dict[str, Any], analysis: Any, po
                     baseline=baseline, precision=other or policy.name, median_ms=summary.median_ms,
                     speedup=round(summary.median_ms / result.candidate.median_ms, 4),
                 ))
-    result.breakdown = [KernelShare.model_validate(s) for s in timing.get("breakdown", [])][:64]
-    result.baseline_breakdown = [KernelShare.model_validate(s) for s in timing.get("baseline_breakdown", [])][:64]
-    result.warnings += [str(w)[:500] for w in timing.get("warnings", [])][:20]
+    result.breakdown = report.breakdown[:64]
+    result.baseline_breakdown = report.baseline_breakdown[:64]
+    result.warnings += [w[:500] for w in report.warnings][:20]
     cand = result.candidate
     if cand is None:
         return

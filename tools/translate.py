@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import secrets
 from typing import Any
 
 from kfoundry import prompts
 from kfoundry.artifacts import new_run
+from kfoundry.backends import get_backend
 from kfoundry.backends.base import Backend
-from kfoundry.backends import UnknownBackendError, get_backend
-from kfoundry.errors import BadRequest
 from kfoundry.schema import ErrorDetail, ProblemAnalysis, TranslateResult
-from kfoundry.server.jobs import Conversation, Ending
-from kfoundry.tools.runtime import Runtime, check_source, check_timeout, resolve_backend
+from kfoundry.runner.session import Ending, Plan, Session
+from kfoundry.tools.requests import TranslateRequest
+from kfoundry.tools.runtime import Runtime, check_timeout, resolve_backend
 
 DEFAULT_TIMEOUT_S = 120.0
 
@@ -37,35 +36,14 @@ def render_prompt(reference: str, target_backend: str, source_backend: str = "py
     )
 
 
-def check_translation_args(reference: str, target_backend: str, source_backend: str, source_code: str | None) -> None:
-    check_source(reference, "reference", kind="a KernelBench problem: Model, get_inputs, get_init_inputs")
-    if source_backend != "pytorch":
-        try:
-            get_backend(source_backend)
-        except UnknownBackendError as exc:
-            raise BadRequest(f"source_backend: {exc}; use 'pytorch' to start from the reference") from exc
-        if source_code is None:
-            raise BadRequest(f"source_code is required when source_backend is {source_backend!r}: send that backend's candidate module")
-        check_source(source_code, "source_code", kind=f"a {source_backend} candidate module")
-
-
-async def translate_reference(
-    rt: Runtime,
-    reference: str,
-    target_backend: str,
-    source_backend: str = "pytorch",
-    source_code: str | None = None,
-    timeout_s: float | None = None,
-    translation: str | None = None,
-) -> TranslateResult:
-    target = resolve_backend(target_backend)
-    source_backend = (source_backend or "pytorch").strip().lower()
-    check_translation_args(reference, target.name, source_backend, source_code)
+async def translate_reference(rt: Runtime, request: TranslateRequest, translation: str | None = None) -> TranslateResult:
+    target = resolve_backend(request.target_backend)
+    reference, source_backend, source_code = request.reference, request.source_backend, request.source_code
     run = new_run("translate")
     run.write("reference.py", reference)
     if source_code:
         run.write(f"source-{source_backend}.py", source_code)
-    analysis, failure = await _analyze(rt, reference, target, check_timeout(timeout_s, DEFAULT_TIMEOUT_S), run)
+    analysis, failure = await _analyze(rt, reference, target, check_timeout(request.timeout_s, DEFAULT_TIMEOUT_S), run)
     prompt = render_prompt(reference, target.name, source_backend, source_code, analysis)
     run.write("prompt.md", prompt)
     result = TranslateResult(
@@ -77,15 +55,16 @@ async def translate_reference(
 
 
 async def _analyze(rt: Runtime, reference: str, backend: Backend, timeout_s: float, run: Any) -> tuple[ProblemAnalysis | None, ErrorDetail | None]:
-    """Run the reference once in a worker (it is user code) under FLOP counting and op tracing."""
+    """Run the reference once in a reference worker (it is user code) under FLOP counting and op tracing."""
     await rt.progress(0.1, "analyzing the reference")
     async with rt.slot(backend, exclusive=False) as device:
         worker = await rt.pool.acquire(device)
         try:
-            job = {"role": "analyze", "problem": reference, "init_seed": secrets.randbits(31), "device": device, "seeds": []}
-            report = await Conversation(worker, job).run(timeout_s)
+            session = Session(backend=backend.name, device=device, precision="strict", problem=reference, candidate=None,
+                              reference_worker=worker, candidate_worker=None)
+            report = await session.run(Plan(trials=[], analyze=True), timeout_s)
         finally:
-            await rt.pool.release(worker, run.path / "worker")
+            await rt.pool.release(worker, run.path / "reference-worker")
     if report.ending is Ending.done and report.analysis is not None:
         return report.analysis, None
     return None, report.error or ErrorDetail(type="AnalysisError", message="the reference produced no analysis")

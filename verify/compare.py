@@ -40,8 +40,15 @@ def _value(t: torch.Tensor) -> float | str:
     return f if f == f and abs(f) != float("inf") else str(f)
 
 
+#: elements compared at once: bounds the float64 temporaries of a multi-GB output to ~1 GB
+CHUNK = 1 << 24
+
+
 def compare_tensor(expected: torch.Tensor, got: torch.Tensor, atol: float | None, rtol: float | None) -> MismatchDetail | None:
-    """None when ``got`` matches; otherwise what differs, with numbers an agent can act on."""
+    """None when ``got`` matches; otherwise what differs, with numbers an agent can act on.
+
+    Works chunk by chunk on the tensors' device, so a multi-GB output is compared in place.
+    """
     base = {"expected_shape": list(expected.shape), "got_shape": list(got.shape), "expected_dtype": str(expected.dtype).removeprefix("torch."), "got_dtype": str(got.dtype).removeprefix("torch.")}
     if expected.shape != got.shape:
         return MismatchDetail(reason="shape", message=f"shape {list(got.shape)} but the reference returns {list(expected.shape)}", **base)
@@ -50,42 +57,68 @@ def compare_tensor(expected: torch.Tensor, got: torch.Tensor, atol: float | None
     a, r = tolerance(expected.dtype, atol, rtol)
     if expected.numel() == 0:
         return None
-    if not expected.is_floating_point() and not expected.is_complex():
-        bad = expected != got
-        e64, g64 = expected.double(), got.double()
-    else:
-        e64, g64 = expected.double(), got.double()
-        e_nan, g_nan = torch.isnan(e64), torch.isnan(g64)
-        e_inf, g_inf = torch.isinf(e64), torch.isinf(g64)
-        nonfinite_bad = (e_nan != g_nan) | (e_inf != g_inf) | (e_inf & g_inf & (e64 != g64))
-        finite = ~(e_nan | e_inf) & ~(g_nan | g_inf)
-        close = (e64 - g64).abs() <= a + r * e64.abs()
-        bad = nonfinite_bad | (finite & ~close)
-    count = int(bad.sum())
+    if got.device != expected.device:
+        got = got.to(expected.device)
+    flat_e, flat_g = expected.reshape(-1), got.reshape(-1)
+    count = nonfinite_count = 0
+    max_abs, max_rel, bad_at = 0.0, None, []
+    for start in range(0, flat_e.numel(), CHUNK):
+        e64, g64 = flat_e[start:start + CHUNK].double(), flat_g[start:start + CHUNK].double()
+        finite_pair = torch.isfinite(e64) & torch.isfinite(g64)
+        if not expected.is_floating_point() and not expected.is_complex():
+            bad = e64 != g64
+        else:
+            e_nan, g_nan = torch.isnan(e64), torch.isnan(g64)
+            e_inf, g_inf = torch.isinf(e64), torch.isinf(g64)
+            nonfinite_bad = (e_nan != g_nan) | (e_inf != g_inf) | (e_inf & g_inf & (e64 != g64))
+            close = (e64 - g64).abs() <= a + r * e64.abs()
+            bad = nonfinite_bad | (finite_pair & ~close)
+        diff = torch.where(finite_pair, (e64 - g64).abs(), torch.zeros_like(e64))
+        max_abs = max(max_abs, float(diff.max()))
+        if bool(finite_pair.any()):
+            rel = float((diff / e64.abs().clamp_min(1e-12))[finite_pair].max())
+            max_rel = rel if max_rel is None else max(max_rel, rel)
+        chunk_bad = int(bad.sum())
+        if chunk_bad:
+            count += chunk_bad
+            nonfinite_count += int((bad & ~finite_pair).sum())
+            if len(bad_at) < MAX_SAMPLES:
+                bad_at += [start + int(i) for i in bad.nonzero().reshape(-1)[: MAX_SAMPLES - len(bad_at)]]
     if count == 0:
         return None
-    finite_pair = torch.isfinite(e64) & torch.isfinite(g64)
-    diff = torch.where(finite_pair, (e64 - g64).abs(), torch.zeros_like(e64))
-    rel = diff / e64.abs().clamp_min(1e-12)
-    flat_bad = bad.reshape(-1).nonzero().reshape(-1)
-    first = int(flat_bad[0])
     samples = [
-        Sample(index=_index(int(i), expected.shape), expected=_value(expected.reshape(-1)[i]), got=_value(got.reshape(-1)[i]))
-        for i in flat_bad[:MAX_SAMPLES]
+        Sample(index=_index(i, expected.shape), expected=_value(flat_e[i]), got=_value(flat_g[i]))
+        for i in bad_at
     ]
-    nonfinite_only = bool((bad & ~finite_pair).sum() == count)
+    nonfinite_only = nonfinite_count == count
     reason = "nonfinite" if nonfinite_only else "values"
     fraction = count / expected.numel()
     message = (
         f"{count} of {expected.numel()} values ({fraction:.2%}) differ beyond atol={a:g}, rtol={r:g}; "
-        f"max abs error {float(diff.max()):.3g}"
+        f"max abs error {max_abs:.3g}"
     )
     if nonfinite_only:
         message = f"{count} values have NaN/inf where the reference does not (or the reverse)"
     return MismatchDetail(
-        reason=reason, message=message, max_abs_error=float(diff.max()), max_rel_error=float(rel[finite_pair].max()) if bool(finite_pair.any()) else None,
-        bad_fraction=fraction, first_bad_index=_index(first, expected.shape), samples=samples, atol=a, rtol=r, **base,
+        reason=reason, message=message, max_abs_error=max_abs, max_rel_error=max_rel,
+        bad_fraction=fraction, first_bad_index=_index(bad_at[0], expected.shape), samples=samples, atol=a, rtol=r, **base,
     )
+
+
+def fingerprint(t: torch.Tensor) -> str:
+    """A hash of a tensor's bytes, computed on its device chunk by chunk (replays and late writes show as equal or changed)."""
+    flat = t.detach().contiguous().reshape(-1)
+    if flat.numel() == 0:
+        return f"{t.dtype}:{tuple(t.shape)}:empty"
+    raw = flat.view(torch.uint8)
+    words = raw.view(torch.int32) if raw.numel() % 4 == 0 else raw
+    plain = weighted = 0
+    weights = torch.arange(min(CHUNK, words.numel()), device=words.device, dtype=torch.int64) % 65521 + 1
+    for start in range(0, words.numel(), CHUNK):
+        chunk = words[start:start + CHUNK].to(torch.int64)
+        plain += int(chunk.sum())
+        weighted += int((chunk * weights[: chunk.numel()]).sum())
+    return f"{t.dtype}:{tuple(t.shape)}:{plain & (2**64 - 1):x}:{weighted & (2**64 - 1):x}"
 
 
 def compare_to_oracle(
@@ -136,7 +169,7 @@ class Oracle:
         return self.policy.relaxed and trial in self.oracle and trial in self.honest
 
 
-def _worst(checks: list[PrecisionCheck]) -> list[PrecisionCheck]:
+def worst_checks(checks: list[PrecisionCheck]) -> list[PrecisionCheck]:
     """Per output index, the trial with the largest error relative to the honest one."""
     worst: dict[int, PrecisionCheck] = {}
     for c in checks:
@@ -164,7 +197,7 @@ def judge(
     oracle = oracle or Oracle()
     checks: list[PrecisionCheck] = []
     verdict = _judge(expected, got, atol, rtol, oracle, checks)
-    verdict.checks = _worst(checks)
+    verdict.checks = worst_checks(checks)
     return verdict
 
 

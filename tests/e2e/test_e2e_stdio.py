@@ -42,7 +42,7 @@ def worker_pids(home: Path) -> list[int]:
     found = []
     for entry in Path("/proc").iterdir():
         try:
-            if entry.name.isdigit() and b"kfoundry.verify.worker" in (entry / "cmdline").read_bytes():
+            if entry.name.isdigit() and b"kfoundry.runner.entry" in (entry / "cmdline").read_bytes():
                 if marker in (entry / "environ").read_bytes().split(b"\0"):
                     found.append(int(entry.name))
         except OSError:

@@ -62,7 +62,7 @@ async def test_profile_reports_speedups_against_same_policy_and_strict_baselines
     assert speedups["strict"]["median_ms"] > speedups[policy]["median_ms"]
     assert speedups["strict"]["speedup"] > speedups[policy]["speedup"]
     assert data["roofline"]["peak_flops"] > 100e12  # priced at the policy's tensor-core peak, not fp32's
-    assert data["timed_rechecks"] == 3
+    assert data["timed_rechecks"] == 10  # every timed call is judged
     assert data["own_kernel_share"] is not None and data["own_kernel_share"] > 0.9
 
 

@@ -19,7 +19,7 @@ from kfoundry.server.app import build_server
 from candidates import CORRECT_CPP, REFERENCE
 
 Progress = Callable[[float, float | None, str | None], Awaitable[None]]
-WORKER_MODULE = b"kfoundry.verify.worker"
+WORKER_MODULE = b"kfoundry.runner.entry"
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,8 @@
-"""Entry point of a sandboxed worker process: ``python -m kfoundry.verify.worker``.
+"""Entry point of a sandboxed worker process: ``python -m kfoundry.runner.entry``.
 
-The process limits itself before anything else runs, warms torch (so a spare is
-ready the moment a job arrives), announces itself, serves exactly one job and exits.
+The process limits itself before anything else runs, warms torch (so a spare is ready the
+moment a job arrives), announces itself, serves exactly one job in the role the job names
+(reference or candidate) and exits.
 """
 
 from __future__ import annotations
@@ -41,9 +42,9 @@ def _warm(device: str) -> None:
         import triton  # noqa: F401 - importing early keeps it off the job's critical path
     except ImportError:
         pass
-    # The harness and the first use of a dispatch mode import a second or more of torch
+    # Both roles and the first use of a dispatch mode import a second or more of torch
     # internals; a spare pays that while it waits, not the job.
-    from kfoundry.verify import harness  # noqa: F401
+    from kfoundry.runner import candidate, reference  # noqa: F401
     from kfoundry.verify.compare import compare_tensor
     from kfoundry.verify.runtime_checks import OpTrace
 
@@ -73,23 +74,33 @@ def main() -> None:
         sock = socket.socket(fileno=args.fd)
     os.set_inheritable(sock.fileno(), False)
 
-    from kfoundry.runner.wire import Channel, set_worker_channel
+    from kfoundry.runner.wire import CandidateJob, Channel, Done, Failed, Ready, ReferenceJob, set_worker_channel
 
     channel = Channel(sock)
     _warm(args.device)
-    channel.send({"op": "ready", "pid": os.getpid()})
+    channel.send(Ready(pid=os.getpid()))
     try:
-        job, _ = channel.recv()
+        job = channel.recv()
     except EOFError:
         os._exit(0)
     set_worker_channel(channel)
 
-    from kfoundry.verify.harness import run_job
+    from kfoundry.runner import candidate, reference
+    from kfoundry.runner.loading import JobFailed
 
-    run_job(job, channel, args.dir)
+    try:
+        if isinstance(job, ReferenceJob):
+            reference.serve(job, channel, args.dir)
+        elif isinstance(job, CandidateJob):
+            candidate.serve(job, channel, args.dir)
+        else:
+            os._exit(3)
+        channel.send(Done())
+    except JobFailed as failed:
+        channel.send(Failed(state=failed.state, error=failed.error, diagnostics=failed.diagnostics))
     sys.stdout.flush()
     sys.stderr.flush()
-    # Skip interpreter teardown: candidate objects' finalizers must not run after the verdict data is sent.
+    # Skip interpreter teardown: user objects' finalizers must not run after the facts are sent.
     os._exit(0)
 
 

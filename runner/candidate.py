@@ -1,0 +1,213 @@
+"""The candidate worker: loads ``ModelNew``, runs ``forward`` on the inputs it is handed, hands outputs over.
+
+This process is hostile. It never sees the problem, its path or its text; it holds no
+secret (input seeds, which calls are compared, which are timed); it never times a
+baseline. Every call it receives looks the same: flush, timed ``forward``, outputs shared
+by reference, facts reported. After each call the trusted parent freezes the process
+until the reference worker has read the outputs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+# Bound before any candidate code can patch them: the timer, the flush, the event API.
+from kfoundry.profilers.timing import cache_flusher, time_call, track_streams
+from kfoundry.backends import get_backend
+from kfoundry.runner import exchange
+from kfoundry.runner.loading import JobFailed, as_list, copy_matching, failure, import_source
+from kfoundry.runner.wire import CandidateJob, Channel, Forward, Loaded, Profiled, ProfileCall, Returned, Stage, Stop, TensorRef, Wire
+from kfoundry.schema import ErrorDetail, State
+from kfoundry.verify import precision as numerics
+from kfoundry.verify import runtime_checks as rc
+from kfoundry.verify.facts import RuntimeFacts
+
+_clock = time.perf_counter
+CANDIDATE_FILE = "candidate.py"
+#: earlier outputs kept alive (so a reused buffer shows as an alias) while they fit this budget
+_KEEP_OUTPUT_BYTES = 1 << 30
+_POISONS = (float("nan"), -3.0e38)
+_M_PERTURB = -6
+
+
+class Candidate:
+    def __init__(self, job: CandidateJob, channel: Channel, workdir: Path) -> None:
+        self.job = job
+        self.channel = channel
+        self.workdir = workdir
+        self.device = job.device
+        self.exchange = Path(job.exchange) if job.exchange else workdir
+        self.backend = get_backend(job.backend)
+        self.policy = numerics.policy(job.precision)
+        self.model: torch.nn.Module | None = None
+        self.calls = 0
+        self.opened: dict[str, torch.Tensor] = {}
+        self.kept: list[Any] = []
+        self.flush: Any = None
+
+    def stage(self, name: str, detail: str = "") -> None:
+        self.channel.send(Stage(stage=name, detail=detail))
+
+    def run(self) -> None:
+        numerics.apply_flags(self.policy)
+        if self.device.startswith("cuda"):
+            track_streams()
+        self.backend.prepare_worker()
+        self.stage("compiling")
+        # Global state before any candidate code runs: compared after every call.
+        self.flags_before = rc.numerics_flags()
+        self.functions_before = rc.function_identities()
+        self.threads_before, self.children_before = rc.threads_and_children()
+        start = _clock()
+        try:
+            module = import_source(self.job.candidate, CANDIDATE_FILE, "candidate", self.workdir)
+        except BaseException as exc:  # noqa: BLE001 - any failure of candidate code is a reported outcome
+            raise failure(exc, "load candidate", candidate=True) from exc
+        cls = getattr(module, "ModelNew", None) or getattr(module, "NewModel", None)
+        if not isinstance(cls, type):
+            err = ErrorDetail(type="GenerationError", message="the candidate defines no class ModelNew (or NewModel)", stage="load candidate")
+            raise JobFailed(State.generation_failure, err)
+        seconds = _clock() - start
+        if not self.job.build_only:
+            self.model = self._build(cls)
+        self.channel.send(Loaded(kernels=list(self.backend.built_kernels())[:256], seconds=seconds))
+        if self.job.build_only:
+            return
+        self.flush = cache_flusher(self.device)
+        while True:
+            message = self.channel.recv()
+            if isinstance(message, Forward):
+                self.channel.send(self.forward(message))
+            elif isinstance(message, ProfileCall):
+                self.channel.send(self.profile(message))
+            elif isinstance(message, Stop):
+                # Kernels that compile on first launch (Triton on a GPU) exist only now.
+                self.channel.send(Loaded(kernels=list(self.backend.built_kernels())[:256], seconds=seconds))
+                return
+            else:
+                raise JobFailed(State.runtime_error, ErrorDetail(type="ProtocolError", message=f"unexpected {type(message).__name__}"))
+
+    def _build(self, cls: type) -> torch.nn.Module:
+        try:
+            init = [exchange.open_value(v, self.exchange) for v in self.job.init_args]
+            theirs = {p.name: exchange.open_tensor(p.tensor, self.exchange) for p in self.job.parameters}
+            torch.manual_seed(self.job.init_seed)
+            model = cls(*init)
+            copy_matching(theirs, model)
+            del theirs
+            return model.to(self.device)
+        except BaseException as exc:  # noqa: BLE001
+            raise failure(exc, "init candidate", candidate=True) from exc
+
+    def _open(self, value: Any) -> Any:
+        # The same input slot is mapped once: a call sees the same tensor objects (and addresses)
+        # as the last call that used that slot, with new values in them.
+        if isinstance(value, TensorRef):
+            key = value.model_dump_json()
+            tensor = self.opened.get(key)
+            if tensor is None:
+                tensor = self.opened[key] = exchange.open_tensor(value, self.exchange)
+            return tensor
+        return exchange.open_value(value, self.exchange)
+
+    def _traced(self) -> bool:
+        limit = self.job.trace_calls
+        return limit < 0 or self.calls < limit
+
+    def forward(self, message: Forward) -> Returned:
+        assert self.model is not None
+        model = self.model
+        inputs = [self._open(v) for v in message.inputs]
+        if self.job.poison:
+            size = max(rc.output_bytes(inputs), rc.output_bytes(self.kept), 1 << 16)
+            rc.poison(size, _POISONS[self.calls % 2], self.device)
+        traced = self._traced()
+        trace = rc.OpTrace()
+        _perturb(0xA5 if self.calls < self.job.scrub_calls else 0)
+
+        def call(args: Any) -> Any:
+            with trace if traced else contextlib.nullcontext():
+                return model(*args)
+
+        try:
+            with torch.no_grad(), self._profiler_range():
+                elapsed, out = time_call(call, inputs, self.flush, self.device)
+        except BaseException as exc:  # noqa: BLE001
+            raise failure(exc, f"call {self.calls + 1}", candidate=True) from exc
+        _perturb(0)
+        facts = self._facts(inputs, as_list(out), trace if traced else None)
+        outputs = as_list(out)
+        shared = [exchange.share(v, self.exchange, f"out-{i}") for i, v in enumerate(outputs)]
+        self.calls += 1
+        self.kept = outputs if rc.output_bytes(outputs) <= _KEEP_OUTPUT_BYTES else []
+        return Returned(call=message.call, outputs=shared, elapsed_ms=float(elapsed), facts=facts)
+
+    @contextlib.contextmanager
+    def _profiler_range(self) -> Any:
+        if self.job.profiled_from < 0 or self.calls < self.job.profiled_from:
+            yield
+            return
+        torch.cuda.profiler.start()
+        try:
+            yield
+        finally:
+            torch.cuda.synchronize()
+            torch.cuda.profiler.stop()
+
+    def _facts(self, inputs: list[Any], outputs: list[Any], trace: rc.OpTrace | None) -> RuntimeFacts:
+        threads, children = rc.threads_and_children()
+        input_spans = rc.spans(inputs)
+        earlier = rc.spans(self.kept)
+        aliases = []
+        for i, value in enumerate(outputs):
+            if isinstance(value, torch.Tensor):
+                if rc.overlaps(value, input_spans):
+                    aliases.append(f"output {i} shares memory with an input")
+                elif rc.overlaps(value, earlier):
+                    aliases.append(f"output {i} shares memory with an output of an earlier call")
+        flags = rc.numerics_flags()
+        functions = rc.function_identities()
+        return RuntimeFacts(
+            aliases=aliases,
+            new_threads=len(threads - self.threads_before),
+            new_children=len(children - self.children_before),
+            flags_changed={k: [str(self.flags_before.get(k)), str(v)] for k, v in flags.items() if self.flags_before.get(k) != v},
+            patched=sorted(k for k, v in functions.items() if self.functions_before.get(k) != v),
+            compute_ops=trace.compute_ops() if trace is not None else {},
+            traced=trace is not None,
+        )
+
+    def profile(self, message: ProfileCall) -> Profiled:
+        from kfoundry.profilers.breakdown import op_breakdown
+
+        assert self.model is not None
+        model = self.model
+        inputs = [self._open(v) for v in message.inputs]
+        allowed = {f"aten::{op}" for op in message.allow_ops}
+        try:
+            with torch.no_grad(), self.backend.instrument():
+                shares = op_breakdown(lambda: model(*inputs), is_own=self.backend.is_own_kernel, device=self.device, allowed=allowed.__contains__)
+        except Exception as exc:  # noqa: BLE001 - a failed breakdown leaves the timings valid
+            return Profiled(shares=[], warnings=[f"per-kernel breakdown failed: {type(exc).__name__}: {str(exc)[:300]}"])
+        return Profiled(shares=shares)
+
+
+def _perturb(byte: int) -> None:
+    """glibc's M_PERTURB: fill host allocations with ``byte`` and freed memory with its complement (0: off)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    libc.mallopt(_M_PERTURB, byte)
+
+
+def serve(job: Wire, channel: Channel, workdir: Path) -> None:
+    assert isinstance(job, CandidateJob)
+    Candidate(job, channel, workdir).run()
+

@@ -1,0 +1,184 @@
+"""Tensors by reference between the workers of one job.
+
+On a GPU a tensor crosses as torch's CUDA IPC sharing tuple: the consumer maps the
+producer's device memory, so nothing is copied through the host. On the CPU it crosses as
+a file in the job's exchange folder (``/dev/shm`` where there is one), mapped shared by both
+processes. Either way only a small ``TensorRef`` travels on the wire, and the consumer
+checks every size and name it is handed: the producer may be hostile.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kfoundry.runner.wire import PlainValue, TensorRef, Value
+
+_FILE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,80}\.bin$")
+_CUDA_FIELDS = ("size", "stride", "offset", "device", "handle", "size_bytes", "offset_bytes",
+                "ref_counter_handle", "ref_counter_offset", "event_handle", "event_sync_required")
+
+
+class ExchangeError(ValueError):
+    """A reference that does not describe a tensor this process can map."""
+
+
+def _dtype(name: str) -> torch.dtype:
+    dtype = getattr(torch, name, None)
+    if not isinstance(dtype, torch.dtype):
+        raise ExchangeError(f"unknown dtype {name!r}")
+    return dtype
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _hex(value: Any) -> Any:
+    return value.hex() if isinstance(value, bytes) else value
+
+
+def _unhex(value: Any) -> Any:
+    return bytes.fromhex(value) if isinstance(value, str) else value
+
+
+def share(value: Any, exchange: Path, name: str) -> Value:
+    """Describe ``value`` for another process: tensors by reference, anything else as a plain value."""
+    if not isinstance(value, torch.Tensor):
+        return plain(value)
+    tensor = value.detach()
+    type_name = type(value).__qualname__
+    is_plain = type(value) is torch.Tensor or type(value) is torch.nn.Parameter
+    tensor = tensor.as_subclass(torch.Tensor)
+    common = {"dtype": _dtype_name(tensor.dtype), "shape": list(tensor.shape), "type_name": type_name, "plain": is_plain}
+    if tensor.numel() == 0:
+        return TensorRef(storage="empty", **common)
+    if tensor.is_cuda:
+        return TensorRef(storage="cuda", cuda=_cuda_tuple(tensor), **common)
+    return TensorRef(storage="file", file=_write_file(tensor, exchange, name), **common)
+
+
+def plain(value: Any) -> PlainValue:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return PlainValue(value=value, type_name=type(value).__qualname__)
+    if isinstance(value, (list, tuple)) and all(v is None or isinstance(v, (bool, int, float, str)) for v in value):
+        return PlainValue(value=list(value), type_name=type(value).__qualname__)
+    return PlainValue(value=None, type_name=type(value).__qualname__, repr=repr(value)[:200])
+
+
+def _cuda_tuple(tensor: torch.Tensor) -> dict[str, Any]:
+    from torch.multiprocessing.reductions import reduce_tensor
+
+    if not tensor.is_contiguous():
+        tensor = tensor.contiguous()
+    try:
+        _, args = reduce_tensor(tensor)
+    except RuntimeError:
+        # Memory not from the caching allocator (a foreign allocation) cannot be exported; a copy can.
+        _, args = reduce_tensor(tensor.clone())
+    fields = dict(zip(_CUDA_FIELDS, (args[1], args[2], args[3], *args[6:10], *args[11:15]), strict=True))
+    fields["size"], fields["stride"] = list(fields["size"]), list(fields["stride"])
+    fields["device"] = int(fields["device"])
+    return {k: _hex(v) for k, v in fields.items()}
+
+
+def _write_file(tensor: torch.Tensor, exchange: Path, name: str) -> str:
+    file = f"{name}.bin"
+    if not _FILE_NAME.match(file):
+        raise ExchangeError(f"bad exchange file name {file!r}")
+    path = exchange / file
+    path.unlink(missing_ok=True)
+    nbytes = tensor.numel() * tensor.element_size()
+    mapped = torch.from_file(str(path), shared=True, size=nbytes, dtype=torch.uint8)
+    mapped.view(tensor.dtype).view(tensor.shape).copy_(tensor)
+    return file
+
+
+def open_value(value: Value, exchange: Path) -> Any:
+    """The value another process shared: a tensor mapped onto its memory, or the plain value."""
+    if isinstance(value, PlainValue):
+        return value.value
+    return open_tensor(value, exchange)
+
+
+def open_tensor(ref: TensorRef, exchange: Path) -> torch.Tensor:
+    dtype = _dtype(ref.dtype)
+    shape = [int(s) for s in ref.shape]
+    if any(s < 0 for s in shape) or len(shape) > 16:
+        raise ExchangeError(f"bad shape {shape}")
+    numel = math.prod(shape)
+    if ref.storage == "empty" or numel == 0:
+        if numel != 0:
+            raise ExchangeError("an empty reference with elements")
+        return torch.empty(shape, dtype=dtype)
+    if ref.storage == "cuda":
+        return _open_cuda(ref.cuda or {}, dtype, shape)
+    if ref.file is None or not _FILE_NAME.match(ref.file):
+        raise ExchangeError(f"bad exchange file name {ref.file!r}")
+    path = exchange / ref.file
+    nbytes = numel * dtype.itemsize
+    try:
+        size = os.stat(path).st_size
+    except OSError as exc:
+        raise ExchangeError(f"exchange file {ref.file} is missing") from exc
+    if size != nbytes:
+        raise ExchangeError(f"exchange file {ref.file} holds {size} bytes, the tensor needs {nbytes}")
+    return torch.from_file(str(path), shared=True, size=nbytes, dtype=torch.uint8).view(dtype).view(shape)
+
+
+def _open_cuda(fields: dict[str, Any], dtype: torch.dtype, shape: list[int]) -> torch.Tensor:
+    from torch.multiprocessing.reductions import rebuild_cuda_tensor
+
+    try:
+        size, stride = [int(s) for s in fields["size"]], [int(s) for s in fields["stride"]]
+        offset, size_bytes, offset_bytes = int(fields["offset"]), int(fields["size_bytes"]), int(fields["offset_bytes"])
+        counter = _unhex(fields["ref_counter_handle"])
+        if size != shape:
+            raise ExchangeError(f"the CUDA reference's shape {size} is not the declared {shape}")
+        # The view must lie inside the shared block, whatever strides the producer claims.
+        last = offset + sum((s - 1) * st for s, st in zip(size, stride, strict=True)) if size else offset
+        if offset < 0 or any(st < 0 for st in stride) or (last + 1) * dtype.itemsize > size_bytes:
+            raise ExchangeError("the CUDA reference points outside its shared block")
+        if not isinstance(counter, bytes) or not counter.startswith(b"/torch_"):
+            raise ExchangeError("bad reference-counter name")
+        return rebuild_cuda_tensor(
+            torch.Tensor, size, stride, offset, torch.UntypedStorage, dtype, torch.cuda.current_device(),
+            _unhex(fields["handle"]), size_bytes, offset_bytes, False, counter, int(fields["ref_counter_offset"]),
+            _unhex(fields["event_handle"]), bool(fields["event_sync_required"]),
+        )
+    except ExchangeError:
+        raise
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise ExchangeError(f"cannot map the CUDA reference: {type(exc).__name__}: {str(exc)[:200]}") from exc
+
+
+def exchange_root() -> Path:
+    """Where a job's exchange folders live: RAM-backed ``/dev/shm`` where it exists."""
+    shm = Path("/dev/shm")
+    base = shm if shm.is_dir() and os.access(shm, os.W_OK) else Path(os.environ.get("TMPDIR", "/tmp"))
+    root = base / f"kfoundry-x-{os.geteuid()}"
+    root.mkdir(mode=0o700, exist_ok=True)
+    return root
+
+
+def shared_empty(shape: list[int], dtype: torch.dtype, device: str, exchange: Path, name: str) -> tuple[torch.Tensor, TensorRef]:
+    """A tensor this process writes and another maps: device memory (IPC) or a file in the exchange folder."""
+    common = {"dtype": _dtype_name(dtype), "shape": list(shape)}
+    if math.prod(shape) == 0:
+        return torch.empty(shape, dtype=dtype, device=device), TensorRef(storage="empty", **common)
+    if device.startswith("cuda"):
+        tensor = torch.empty(shape, dtype=dtype, device=device)
+        return tensor, TensorRef(storage="cuda", cuda=_cuda_tuple(tensor), **common)
+    file = f"{name}.bin"
+    if not _FILE_NAME.match(file):
+        raise ExchangeError(f"bad exchange file name {file!r}")
+    path = exchange / file
+    path.unlink(missing_ok=True)
+    nbytes = math.prod(shape) * dtype.itemsize
+    tensor = torch.from_file(str(path), shared=True, size=nbytes, dtype=torch.uint8).view(dtype).view(shape)
+    return tensor, TensorRef(storage="file", file=file, **common)

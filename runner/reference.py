@@ -1,0 +1,391 @@
+"""The reference worker: runs trusted problem code only, never the candidate's.
+
+It imports the problem, builds ``Model``, makes every input set on the device from the
+seeds the parent sends (the candidate gets copies, by reference), runs the reference, the
+float64 oracle and the eager / torch.compile baselines (timed here, interleaved with the
+candidate's calls), and judges each candidate call on the device while the candidate is
+frozen. Only summaries go back to the parent.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import torch
+
+from kfoundry.profilers.timing import cache_flusher, time_call
+from kfoundry.runner import exchange
+from kfoundry.runner.loading import JobFailed, as_list, error_detail, failure, import_source, sync
+from kfoundry.runner.wire import (
+    Analysis,
+    Analyze,
+    BaselinesReady,
+    Channel,
+    Collect,
+    Collected,
+    InputsReady,
+    MakeInputs,
+    NamedRef,
+    PlainValue,
+    Prepared,
+    PrepareBaselines,
+    Profiled,
+    ProfileCall,
+    ReferenceJob,
+    Stage,
+    Stop,
+    TensorRef,
+    Value,
+    Wire,
+)
+from kfoundry.schema import ErrorDetail, Finding, State
+from kfoundry.verify import precision as numerics
+from kfoundry.verify.compare import Oracle, fingerprint, judge
+from kfoundry.verify.facts import CallCheck
+from kfoundry.verify.stress import stressed
+
+_clock = time.perf_counter
+REFERENCE_FILE = "reference.py"
+#: under the strict policy the float64 oracle only reports errors; above this output size it is skipped
+_ORACLE_MAX_BYTES = 1 << 30
+
+
+def _nbytes(values: list[Any]) -> int:
+    return sum(v.numel() * v.element_size() for v in values if isinstance(v, torch.Tensor))
+
+
+def _label(baseline: str, p: numerics.Policy, declared: numerics.Policy) -> str:
+    """``eager``/``compile`` under the declared policy; ``eager_strict``/``compile_strict`` beside a relaxed one."""
+    return baseline if p == declared else f"{baseline}_{p.name}"
+
+
+def _under(policy: numerics.Policy, fn: Any, device: str) -> Any:
+    """``fn`` run with ``policy``'s flags, and under autocast to its type when it rounds."""
+    dtype = policy.round_dtype()
+
+    def call(args: Any) -> Any:
+        with numerics.numerics(policy):
+            if dtype is None:
+                return fn(*args)
+            with torch.autocast(device_type="cuda" if device.startswith("cuda") else "cpu", dtype=dtype):
+                return fn(*args)
+
+    return call
+
+
+def _is_constant(t: torch.Tensor) -> bool:
+    if t.numel() < 2:
+        return False
+    flat = t.reshape(-1)
+    return bool((flat == flat[0]).all()) or (t.is_floating_point() and bool(torch.isnan(flat).all()))
+
+
+def _same_bytes(a: torch.Tensor, b: torch.Tensor) -> bool:
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    return bool(torch.equal(a.contiguous().reshape(-1).view(torch.uint8), b.contiguous().reshape(-1).view(torch.uint8)))
+
+
+def _finite(values: list[Any]) -> bool:
+    return all(not isinstance(v, torch.Tensor) or not v.is_floating_point() or bool(torch.isfinite(v).all()) for v in values)
+
+
+class Reference:
+    def __init__(self, job: ReferenceJob, channel: Channel, workdir: Path) -> None:
+        self.job = job
+        self.channel = channel
+        self.workdir = workdir
+        self.device = job.device
+        self.exchange = Path(job.exchange) if job.exchange else workdir
+        self.policy = numerics.policy(job.precision)
+        self.problem: ModuleType | None = None
+        self.model: torch.nn.Module | None = None
+        self.shared_parameters: list[torch.Tensor] = []
+        #: slot -> the shared tensors (or None for a non-tensor input) and their references
+        self.slots: dict[int, list[tuple[torch.Tensor | None, Value]]] = {}
+        #: call -> (the reference's own copy of the inputs, slot, family)
+        self.pending: dict[int, tuple[list[Any], int, str]] = {}
+        self.contenders: dict[str, Any] = {}
+        self.expected_from = ""
+        self.flush: Any = None
+        self._oracle: torch.nn.Module | None = None
+        self._honest: torch.nn.Module | None = None
+        self.oracle_error = ""
+
+    def stage(self, name: str, detail: str = "") -> None:
+        self.channel.send(Stage(stage=name, detail=detail))
+
+    # -- loading --------------------------------------------------------------------------
+    def run(self) -> None:
+        # The reference's own outputs are strict; baselines and honest runs switch flags per call.
+        numerics.apply_flags(numerics.STRICT)
+        self.problem = self._load()
+        self.model = self._build(self.problem)
+        self.channel.send(self._prepared())
+        handlers = {
+            MakeInputs: lambda m: self.inputs_ready(m),
+            Collect: lambda m: self.collect(m),
+            PrepareBaselines: lambda m: self.prepare_baselines(m),
+            ProfileCall: lambda m: self.profile(m),
+            Analyze: lambda m: self.analyze(),
+        }
+        while True:
+            message = self.channel.recv()
+            if isinstance(message, Stop):
+                return
+            handler = handlers.get(type(message))
+            if handler is None:
+                raise JobFailed(State.runtime_error, ErrorDetail(type="ProtocolError", message=f"unexpected {type(message).__name__}"))
+            self.channel.send(handler(message))
+
+    def _load(self) -> ModuleType:
+        self.stage("loading the reference")
+        try:
+            problem = import_source(self.job.problem, REFERENCE_FILE, "reference", self.workdir)
+        except BaseException as exc:  # noqa: BLE001 - any failure of problem code is a reported outcome
+            raise failure(exc, "load reference", candidate=False) from exc
+        missing = [n for n in ("Model", "get_inputs", "get_init_inputs") if not hasattr(problem, n)]
+        if missing:
+            err = ErrorDetail(type="ProblemError", message=f"reference defines no {', '.join(missing)}", stage="load reference")
+            raise JobFailed(State.runtime_error, err)
+        return problem
+
+    def _build(self, problem: ModuleType) -> torch.nn.Module:
+        seed = self.job.init_seed
+        try:
+            torch.manual_seed(seed)
+            self.init_args = list(problem.get_init_inputs())
+            torch.manual_seed(seed)
+            return problem.Model(*self.init_args).to(self.device).eval()
+        except BaseException as exc:  # noqa: BLE001
+            raise failure(exc, "init reference", candidate=False) from exc
+
+    def _prepared(self) -> Prepared:
+        assert self.model is not None
+        init = [exchange.share(v, self.exchange, f"init-{i}") for i, v in enumerate(self.init_args)]
+        bad = [v.type_name for v in init if isinstance(v, PlainValue) and v.repr]
+        if bad:
+            err = ErrorDetail(type="ProblemError", message=f"get_init_inputs() returns values that cannot be handed to the candidate: {', '.join(bad)}",
+                              stage="init reference")
+            raise JobFailed(State.runtime_error, err)
+        parameters = []
+        for n, (name, tensor) in enumerate(self.model.state_dict().items()):
+            # Copies: the candidate may write into what it maps; the reference's own weights stay private.
+            twin = tensor.detach().clone()
+            self.shared_parameters.append(twin)
+            ref = exchange.share(twin, self.exchange, f"param-{n}")
+            assert isinstance(ref, TensorRef)
+            parameters.append(NamedRef(name=name, tensor=ref))
+        return Prepared(init_args=init, parameters=parameters)
+
+    # -- inputs ---------------------------------------------------------------------------
+    def make_inputs(self, seed: int, family: str) -> list[Any]:
+        """``get_inputs()`` under ``seed``, created on the device (a ``torch.rand`` there never touches the host)."""
+        assert self.problem is not None
+        torch.manual_seed(seed)
+        try:
+            with torch.device(self.device):
+                values = list(self.problem.get_inputs())
+        except BaseException as exc:  # noqa: BLE001
+            raise JobFailed(State.runtime_error, error_detail(exc, "get_inputs")) from exc
+        values = [v.to(self.device) if isinstance(v, torch.Tensor) else v for v in values]
+        return stressed(values, family, seed)
+
+    def inputs_ready(self, message: MakeInputs) -> InputsReady:
+        own = self.make_inputs(message.seed, message.family)
+        refs = self._fill_slot(message.slot, own)
+        self.pending[message.call] = (own, message.slot, message.family)
+        return InputsReady(call=message.call, inputs=refs)
+
+    def _fill_slot(self, slot: int, values: list[Any]) -> list[Value]:
+        held = self.slots.get(slot)
+        fits = held is not None and len(held) == len(values) and all(
+            (t is None and not isinstance(v, torch.Tensor)) or (t is not None and isinstance(v, torch.Tensor) and t.shape == v.shape and t.dtype == v.dtype)
+            for (t, _), v in zip(held, values, strict=True)
+        )
+        if not fits:
+            held = []
+            for i, v in enumerate(values):
+                if isinstance(v, torch.Tensor):
+                    held.append(exchange.shared_empty(list(v.shape), v.dtype, self.device, self.exchange, f"in-{slot}-{i}"))
+                else:
+                    held.append((None, exchange.plain(v)))
+            self.slots[slot] = held
+        refs: list[Value] = []
+        assert held is not None
+        for (tensor, ref), v in zip(held, values, strict=True):
+            if tensor is not None:
+                tensor.copy_(v)
+                refs.append(ref)
+            else:
+                refs.append(exchange.plain(v))
+        sync(self.device)
+        return refs
+
+    # -- judging a call -------------------------------------------------------------------
+    def collect(self, message: Collect) -> Collected:
+        assert self.model is not None
+        if message.call not in self.pending:
+            raise JobFailed(State.runtime_error, ErrorDetail(type="ProtocolError", message=f"no inputs were made for call {message.call}"))
+        own, slot, family = self.pending.pop(message.call)
+        try:
+            got = [self._output(v) for v in message.outputs]
+        except exchange.ExchangeError as exc:
+            check = CallCheck(call=message.call, family=family, state=State.rejected,
+                              findings=[Finding(code="output_type", message=f"the candidate's outputs could not be read: {exc}")])
+            return Collected(call=message.call, check=check, next=self._next(message))
+        before = [fingerprint(t) if t is not None else "" for t, _, _ in got]
+        # Before the reference runs: a problem whose own forward writes its inputs must not look like the candidate's doing.
+        mutated = any(t is not None and isinstance(v, torch.Tensor) and not _same_bytes(t, v) for (t, _), v in zip(self.slots.get(slot, []), own, strict=False))
+        baseline_ms, expected = self._time_baselines(own, message.call) if message.time_baselines else ({}, None)
+        if expected is None:
+            with torch.no_grad():
+                expected = as_list(self.model(*own))
+            sync(self.device)
+        check = self._judge(message, got, expected, own, family)
+        check.input_mutated = mutated
+        after = [fingerprint(t) if t is not None else "" for t, _, _ in got]
+        check.late_write = [i for i, (b, a) in enumerate(zip(before, after, strict=True)) if b != a]
+        if message.judge.trial:
+            check.fingerprints = before
+            check.expected_fingerprints = [fingerprint(e) if isinstance(e, torch.Tensor) else repr(e)[:80] for e in expected]
+        del got, expected, own
+        return Collected(call=message.call, check=check, baseline_ms=baseline_ms, next=self._next(message))
+
+    def _next(self, message: Collect) -> InputsReady | None:
+        return self.inputs_ready(message.next) if message.next is not None else None
+
+    def _output(self, value: Value) -> tuple[torch.Tensor | None, bool, str]:
+        if isinstance(value, PlainValue):
+            return None, False, value.type_name or "object"
+        tensor = exchange.open_tensor(value, self.exchange)
+        if tensor.device.type != torch.device(self.device).type:
+            tensor = tensor.to(self.device)
+        return tensor, value.plain, value.type_name
+
+    def _judge(self, message: Collect, got: list[tuple[torch.Tensor | None, bool, str]], expected: list[Any],
+               own: list[Any], family: str) -> CallCheck:
+        oracle = Oracle(policy=self.policy)
+        if message.judge.oracle:
+            self._oracle_runs(own, expected, oracle)
+        verdict = judge([[e if isinstance(e, torch.Tensor) else None for e in expected]], [got], self.job.atol, self.job.rtol, oracle)
+        check = CallCheck(
+            call=message.call, family=family, state=verdict.state, mismatch=verdict.mismatch, findings=verdict.findings,
+            precision_checks=verdict.checks, reference_nonfinite=not _finite(expected),
+            oracle_error=self.oracle_error if message.judge.oracle else "",
+            output_dtype=str(expected[0].dtype).removeprefix("torch.") if expected and isinstance(expected[0], torch.Tensor) else None,
+        )
+        if message.judge.trial:
+            for i, ((g, _, _), e) in enumerate(zip(got, expected, strict=False)):
+                if isinstance(e, torch.Tensor) and g is not None and g.shape == e.shape and _is_constant(g) and not _is_constant(e):
+                    check.constant_output = i
+                    break
+        return check
+
+    def _oracle_runs(self, own: list[Any], expected: list[Any], oracle: Oracle) -> None:
+        """The float64 oracle's outputs for ``own`` and, under a relaxed policy, an honest run at that precision."""
+        assert self.model is not None
+        if self.oracle_error:
+            return
+        if not self.policy.relaxed and _nbytes(expected) > _ORACLE_MAX_BYTES:
+            self.oracle_error = f"skipped: the outputs are over {_ORACLE_MAX_BYTES >> 30} GiB (strict judges by the tolerances)"
+            return
+        try:
+            if self._oracle is None:
+                self._oracle = numerics.oracle_model(self.model)
+            with torch.no_grad():
+                oracle.oracle[0] = as_list(self._oracle(*numerics.oracle_inputs(own)))
+                if self.policy.relaxed:
+                    if self._honest is None:
+                        self._honest = numerics.rounded_model(self.model, self.policy)
+                    with numerics.numerics(self.policy):
+                        oracle.honest[0] = as_list(self._honest(*numerics.rounded_inputs(own, self.policy)))
+            sync(self.device)
+        except Exception as exc:  # noqa: BLE001 - ops without float64 kernels leave the oracle out, reported
+            self.oracle_error = f"{type(exc).__name__}: {str(exc)[:300]}"
+            oracle.oracle.clear()
+            oracle.honest.clear()
+
+    # -- baselines ------------------------------------------------------------------------
+    def prepare_baselines(self, message: PrepareBaselines) -> BaselinesReady:
+        assert self.model is not None
+        model = self.model
+        policies = [self.policy] + ([numerics.STRICT] if self.policy.relaxed else [])
+        warnings: list[str] = []
+        self.contenders = {}
+        if "eager" in message.baselines:
+            for p in policies:
+                self.contenders[_label("eager", p, self.policy)] = _under(p, model, self.device)
+            self.expected_from = _label("eager", numerics.STRICT, self.policy)
+        if "compile" in message.baselines:
+            self.stage("timing", "compiling the torch.compile baseline")
+            try:
+                compiled = torch.compile(model)
+                for p in policies:
+                    self.contenders[_label("compile", p, self.policy)] = _under(p, compiled, self.device)
+            except Exception as exc:  # noqa: BLE001 - a missing inductor toolchain only drops this baseline
+                warnings.append(f"torch.compile baseline unavailable: {type(exc).__name__}: {str(exc)[:300]}")
+        warm = self.make_inputs(self.job.init_seed, "standard")
+        for name in list(self.contenders):
+            try:
+                with torch.no_grad():
+                    for _ in range(max(1, message.warmup)):
+                        self.contenders[name](warm)
+                sync(self.device)
+            except Exception as exc:  # noqa: BLE001
+                del self.contenders[name]
+                warnings.append(f"{name} baseline failed to run: {type(exc).__name__}: {str(exc)[:300]}")
+        self.flush = cache_flusher(self.device)
+        return BaselinesReady(names=list(self.contenders), warnings=warnings)
+
+    def _time_baselines(self, own: list[Any], call: int) -> tuple[dict[str, float], list[Any] | None]:
+        names = list(self.contenders)
+        if not names:
+            return {}, None
+        timings: dict[str, float] = {}
+        expected = None
+        with torch.no_grad():
+            for k in range(len(names)):
+                name = names[(call + k) % len(names)]
+                ms, out = time_call(self.contenders[name], own, self.flush, self.device)
+                timings[name] = float(ms)
+                if name == self.expected_from:
+                    expected = as_list(out)
+                del out
+        return timings, expected
+
+    # -- profiling and analysis -----------------------------------------------------------
+    def profile(self, message: ProfileCall) -> Profiled:
+        """Per-kernel breakdown of the eager baseline, under the policy its timing ran under."""
+        from kfoundry.profilers.breakdown import op_breakdown
+
+        assert self.model is not None
+        call = _under(self.policy, self.model, self.device)
+        inputs = self.make_inputs(self.job.init_seed, "standard")
+        try:
+            with torch.no_grad():
+                shares = op_breakdown(lambda: call(inputs), is_own=lambda name: False, device=self.device)
+        except Exception as exc:  # noqa: BLE001
+            return Profiled(shares=[], warnings=[f"baseline breakdown failed: {type(exc).__name__}: {str(exc)[:300]}"])
+        return Profiled(shares=shares)
+
+    def analyze(self) -> Analysis:
+        from kfoundry.profilers.roofline import analyze_problem
+
+        assert self.model is not None
+        self.stage("analyzing")
+        try:
+            analysis = analyze_problem(self.model, self.make_inputs(self.job.init_seed, "standard"))
+        except JobFailed:
+            raise
+        except BaseException as exc:  # noqa: BLE001
+            raise JobFailed(State.runtime_error, error_detail(exc, "analysis")) from exc
+        return Analysis(analysis=analysis)
+
+
+def serve(job: Wire, channel: Channel, workdir: Path) -> None:
+    assert isinstance(job, ReferenceJob)
+    Reference(job, channel, workdir).run()

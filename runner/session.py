@@ -1,0 +1,435 @@
+"""One job, driven from the trusted side over the typed wire: a reference worker and a candidate worker.
+
+The parent holds every secret: the seeds of each call's inputs and what each call is
+for (verification trial, warm-up or timed). It asks the reference worker for inputs
+(made on the device, handed to the candidate by reference), asks the candidate for one
+``forward``, freezes the candidate's processes, and asks the reference worker to judge the
+outputs in place (and, while timing, to time the baselines on the same inputs). Everything
+either worker says is untrusted data; the verdict is made by the caller from these facts.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import shutil
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio
+
+from kfoundry.backends import get_backend
+from kfoundry.backends.base import BuildRequest as ToolchainRequest
+from kfoundry.runner import exchange
+from kfoundry.runner.process import Worker, WorkerGone
+from kfoundry.runner.wire import (
+    Analysis,
+    Analyze,
+    BaselinesReady,
+    BuildReply,
+    BuildRequest,
+    CandidateJob,
+    Collect,
+    Collected,
+    Done,
+    Failed,
+    Forward,
+    InputsReady,
+    Judge,
+    Loaded,
+    MakeInputs,
+    Prepared,
+    PrepareBaselines,
+    Profiled,
+    ProfileCall,
+    ReferenceJob,
+    Returned,
+    Stage,
+    Stop,
+    Wire,
+    WireError,
+)
+from kfoundry.schema import ErrorDetail, KernelShare, KernelStats, ProblemAnalysis, State
+from kfoundry.verify.facts import CallCheck, RuntimeFacts
+
+logger = logging.getLogger(__name__)
+
+ProgressFn = Callable[[str], Awaitable[None]]
+M = TypeVar("M", bound=Wire)
+#: input sets kept on the device at once: rotation keeps a call from finding the last call's inputs in cache
+MAX_SLOTS = 3
+
+
+class Ending(str, Enum):
+    done = "done"
+    failed = "failed"
+    crashed = "crashed"
+    timeout = "timeout"
+    protocol = "protocol"
+
+
+class Side(str, Enum):
+    reference = "reference"
+    candidate = "candidate"
+
+
+@dataclass
+class Call:
+    """One forward of the candidate, as both sides and the parent's clock saw it."""
+
+    call: int
+    seed: int
+    family: str
+    returned: Returned
+    check: CallCheck
+    baseline_ms: dict[str, float]
+    #: the parent's clock from sending ``Forward`` to receiving ``Returned``
+    wall_ms: float
+    #: processes of the candidate's worker besides itself, when it was frozen
+    leftover_processes: int = 0
+
+
+@dataclass
+class TimingPlan:
+    warmup: int
+    reps: int
+    baselines: list[str]
+    breakdown: bool = True
+    allow_ops: list[str] = field(default_factory=list)
+    #: time by CUDA-graph replay (each contender captured once per input slot)
+    cuda_graph: bool = False
+
+
+@dataclass
+class Plan:
+    """What the parent will ask for; the workers only ever see one step at a time."""
+
+    trials: list[tuple[int, str]]
+    #: trials judged against the float64 oracle (relaxed policies: all; strict: the first)
+    oracle_trials: int = 1
+    timing: TimingPlan | None = None
+    analyze: bool = False
+    #: one unjudged call after loading (compile: kernels that build on first launch)
+    first_launch: bool = False
+    #: ask for the verdict of the trials before timing: returns True to go on
+    proceed: Callable[[list[Call]], Awaitable[bool]] | None = None
+    #: called once the device is quiet enough to time (e.g. warm spares finished starting)
+    before_timing: Callable[[], Awaitable[None]] | None = None
+
+
+@dataclass
+class Report:
+    """What one job produced; facts only."""
+
+    ending: Ending = Ending.done
+    side: Side | None = None
+    state: State | None = None
+    error: ErrorDetail | None = None
+    diagnostics: list[str] = field(default_factory=list)
+    kernels: list[KernelStats] = field(default_factory=list)
+    builds: list[Any] = field(default_factory=list)
+    trials: list[Call] = field(default_factory=list)
+    warmups: list[Call] = field(default_factory=list)
+    timed: list[Call] = field(default_factory=list)
+    baselines: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    breakdown: list[KernelShare] = field(default_factory=list)
+    baseline_breakdown: list[KernelShare] = field(default_factory=list)
+    analysis: ProblemAnalysis | None = None
+    stdout_bytes: int = 0
+    #: the parent's clock over the timed phase, and the sum of the candidate's own timings in it
+    timing_wall_ms: float | None = None
+
+
+class Ended(Exception):
+    """A worker ended the job early (failure, crash, protocol breach); the report says how."""
+
+
+class Session:
+    """Drives one job over a reference and a candidate worker (either may be absent)."""
+
+    def __init__(self, *, backend: str, device: str, precision: str, problem: str | None, candidate: str | None,
+                 reference_worker: Worker | None, candidate_worker: Worker | None, progress: ProgressFn | None = None,
+                 atol: float | None = None, rtol: float | None = None, poison: bool = True, trace_calls: int = -1, scrub_calls: int = 0,
+                 profiled_from: int = -1) -> None:
+        self.backend = backend
+        self.device = device
+        self.precision = precision
+        self.problem = problem
+        self.candidate = candidate
+        self.ref = reference_worker
+        self.cand = candidate_worker
+        self.progress = progress
+        self.atol, self.rtol = atol, rtol
+        self.poison = poison
+        self.trace_calls = trace_calls
+        self.scrub_calls = scrub_calls
+        self.profiled_from = profiled_from
+        self.report = Report()
+        self.init_seed = secrets.randbits(31)
+        self.exchange = exchange.exchange_root() / f"job-{secrets.token_hex(8)}"
+        self.waiting: Side = Side.reference
+        self.stage = "start"
+        self.prepared: Prepared | None = None
+        self.calls = 0
+        self.slots = 1
+
+    # -- the conversation -----------------------------------------------------------------
+    async def _say(self, side: Side, message: Wire) -> None:
+        worker = self.ref if side is Side.reference else self.cand
+        assert worker is not None
+        self.waiting = side
+        await worker.send(message)
+
+    async def _expect(self, side: Side, kind: type[M]) -> M:
+        """The next message of ``kind`` from ``side``, serving stages and build requests on the way."""
+        worker = self.ref if side is Side.reference else self.cand
+        assert worker is not None
+        self.waiting = side
+        while True:
+            message = await worker.recv()
+            if isinstance(message, kind):
+                return message
+            if isinstance(message, Stage):
+                self.stage = (message.detail or message.stage)[:100]
+                if self.progress is not None:
+                    await self.progress(self.stage)
+            elif isinstance(message, BuildRequest) and side is Side.candidate:
+                await worker.send(await self._build(message))
+            elif isinstance(message, Failed):
+                self.report.ending, self.report.side = Ending.failed, side
+                self.report.state, self.report.error = message.state, message.error
+                self.report.diagnostics = [d[:2000] for d in message.diagnostics][:100]
+                raise Ended
+            else:
+                raise WireError(f"the {side.value} worker sent {type(message).__name__} where {kind.__name__} was due")
+
+    async def _build(self, request: BuildRequest) -> BuildReply:
+        """A toolchain run the candidate's worker asked for, done here (it never runs a compiler itself)."""
+        if self.progress is not None:
+            await self.progress(f"building ({request.op})")
+        candidate = self.candidate or ""
+        message = {"op": request.op, **request.request}
+        outcome = await anyio.to_thread.run_sync(lambda: get_backend(self.backend).build(ToolchainRequest(message=message, candidate=candidate)))
+        self.report.builds.append(outcome)
+        return BuildReply(outcome=outcome.model_dump())
+
+    # -- running --------------------------------------------------------------------------
+    async def run(self, plan: Plan, timeout_s: float) -> Report:
+        self.exchange.mkdir(mode=0o700, parents=True)
+        try:
+            with anyio.fail_after(timeout_s):
+                await self._unwrapped(plan)
+        except TimeoutError:
+            self.report.ending, self.report.side = Ending.timeout, self.waiting
+            self.report.error = ErrorDetail(type="Timeout", message=f"the job did not finish within {timeout_s:g} s and was killed", stage=self.stage)
+            await self._kill_all()
+        except WorkerGone:
+            side = self.waiting
+            worker = self.ref if side is Side.reference else self.cand
+            assert worker is not None
+            await worker.kill()
+            status = await worker.exit_status()
+            self.report.ending, self.report.side = Ending.crashed, side
+            self.report.error = ErrorDetail(
+                type="ProcessDied", message=f"the {side.value} worker process died ({status}) during {self.stage}",
+                stage=self.stage, stderr_tail=worker.log_tail("stderr", 2000),
+            )
+            await self._kill_all()
+        except WireError as exc:
+            self.report.ending, self.report.side = Ending.protocol, self.waiting
+            self.report.error = ErrorDetail(type="ProtocolError", message=f"the {self.waiting.value} worker broke the protocol: {exc}", stage=self.stage)
+            await self._kill_all()
+        except Ended:
+            await self._kill_all()
+        finally:
+            if self.cand is not None:
+                self.report.stdout_bytes = self.cand.log_size("stdout")
+            shutil.rmtree(self.exchange, ignore_errors=True)
+        return self.report
+
+    async def _unwrapped(self, plan: Plan) -> None:
+        """``_run``, with an error from a task of its task group raised as itself rather than in a group."""
+        try:
+            await self._run(plan)
+        except BaseExceptionGroup as group:
+            leaves = [e for e in _leaves(group) if not isinstance(e, anyio.get_cancelled_exc_class())]
+            if leaves:
+                raise leaves[0] from None
+            raise
+
+    async def _kill_all(self) -> None:
+        for worker in (self.cand, self.ref):
+            if worker is not None:
+                await worker.kill()
+
+    async def _run(self, plan: Plan) -> None:
+        if self.ref is not None:
+            assert self.problem is not None
+            await self._say(Side.reference, ReferenceJob(
+                problem=self.problem, device=self.ref.local_device, precision=self.precision, init_seed=self.init_seed,
+                exchange=str(self.exchange), atol=self.atol, rtol=self.rtol, slots=MAX_SLOTS,
+            ))
+            self.prepared = await self._expect(Side.reference, Prepared)
+        first: InputsReady | None = None
+        if self.cand is not None:
+            # The reference makes the first inputs (and its analysis) while the candidate builds.
+            async with anyio.create_task_group() as tg:
+                if self.ref is not None and (plan.trials or plan.analyze or plan.first_launch):
+                    async def reference_side() -> None:
+                        nonlocal first
+                        if plan.analyze:
+                            await self._analyze()
+                        if plan.trials or plan.first_launch:
+                            seed, family = plan.trials[0] if plan.trials and not plan.first_launch else (self.init_seed, "standard")
+                            first = await self._make(0, seed, family)
+
+                    tg.start_soon(reference_side)
+                await self._load(build_only=self.ref is None)
+        elif plan.analyze:
+            await self._analyze()
+        if self.cand is not None and self.ref is not None and plan.first_launch:
+            await self.first_launch(first)
+            first = None
+        if self.cand is not None and self.ref is not None:
+            await self._trials(plan, first)
+            proceed = plan.timing is not None and (plan.proceed is None or await plan.proceed(self.report.trials))
+            if proceed and plan.timing is not None:
+                await self._time(plan, plan.timing)
+        await self._stop()
+
+    async def _analyze(self) -> None:
+        await self._say(Side.reference, Analyze())
+        self.report.analysis = (await self._expect(Side.reference, Analysis)).analysis
+
+    async def _load(self, build_only: bool) -> None:
+        assert self.cand is not None and self.candidate is not None
+        prepared = self.prepared
+        await self._say(Side.candidate, CandidateJob(
+            backend=self.backend, candidate=self.candidate, device=self.cand.local_device, precision=self.precision,
+            init_seed=self.init_seed, init_args=prepared.init_args if prepared else [],
+            parameters=prepared.parameters if prepared else [], exchange=str(self.exchange), poison=self.poison,
+            trace_calls=self.trace_calls, scrub_calls=self.scrub_calls, build_only=build_only, profiled_from=self.profiled_from,
+        ))
+        loaded = await self._expect(Side.candidate, Loaded)
+        self.report.kernels = loaded.kernels[:256]
+
+    async def _make(self, call: int, seed: int, family: str) -> InputsReady:
+        await self._say(Side.reference, MakeInputs(call=call, seed=seed, family=family, slot=call % self.slots))
+        return await self._expect(Side.reference, InputsReady)
+
+    async def _call(self, ready: InputsReady, seed: int, family: str, judge: Judge, time_baselines: bool,
+                    following: tuple[int, str] | None) -> tuple[Call, InputsReady | None]:
+        """One forward of the candidate, judged by the reference while the candidate is frozen."""
+        assert self.cand is not None
+        start = anyio.current_time()
+        await self._say(Side.candidate, Forward(call=ready.call, inputs=ready.inputs))
+        returned = await self._expect(Side.candidate, Returned)
+        wall_ms = (anyio.current_time() - start) * 1e3
+        if returned.call != ready.call:
+            raise WireError(f"the candidate answered call {returned.call} for call {ready.call}")
+        await self.cand.freeze()
+        try:
+            leftover = len(self.cand.freezer._members()) - 1
+            next_call = self.calls + 1
+            after = MakeInputs(call=next_call, seed=following[0], family=following[1], slot=next_call % self.slots) if following else None
+            await self._say(Side.reference, Collect(call=ready.call, outputs=returned.outputs, judge=judge, time_baselines=time_baselines, next=after))
+            collected = await self._expect(Side.reference, Collected)
+        finally:
+            self.cand.thaw()
+        self.calls += 1
+        record = Call(ready.call, seed, family, returned, collected.check, collected.baseline_ms, wall_ms, max(0, leftover))
+        return record, collected.next
+
+    async def _trials(self, plan: Plan, ready: InputsReady | None) -> None:
+        for index, (seed, family) in enumerate(plan.trials):
+            if ready is None:
+                ready = await self._make(self.calls, seed, family)
+            following = plan.trials[index + 1] if index + 1 < len(plan.trials) else None
+            judge = Judge(oracle=index < plan.oracle_trials, trial=True)
+            record, ready = await self._call(ready, seed, family, judge, False, following)
+            self.report.trials.append(record)
+
+    async def _time(self, plan: Plan, timing: TimingPlan) -> None:
+        assert self.ref is not None and self.cand is not None
+        await self._say(Side.reference, PrepareBaselines(baselines=timing.baselines, warmup=timing.warmup))
+        ready_baselines = await self._expect(Side.reference, BaselinesReady)
+        self.report.baselines = ready_baselines.names
+        self.report.warnings += ready_baselines.warnings
+        if plan.before_timing is not None:
+            await plan.before_timing()
+        if self.progress is not None:
+            await self.progress(f"timing: {timing.reps} calls of the candidate, interleaved with {', '.join(ready_baselines.names) or 'no baselines'}")
+        # Fresh inputs for every call, from seeds only this process knows; warm-ups look the same.
+        seeds = [secrets.randbits(31) for _ in range(timing.warmup + timing.reps)]
+        self.slots = MAX_SLOTS
+        ready = await self._make(self.calls, seeds[0], "standard")
+        start = anyio.current_time()
+        for n, seed in enumerate(seeds):
+            following = (seeds[n + 1], "standard") if n + 1 < len(seeds) else None
+            timed = n >= timing.warmup
+            record, next_ready = await self._call(ready, seed, "standard", Judge(), timed, following)
+            (self.report.timed if timed else self.report.warmups).append(record)
+            if n + 1 == timing.warmup:
+                start = anyio.current_time()
+            if next_ready is not None:
+                ready = next_ready
+        self.report.timing_wall_ms = (anyio.current_time() - start) * 1e3
+        if timing.breakdown:
+            if self.progress is not None:
+                await self.progress("per-kernel breakdown")
+            extra = await self._make(self.calls, secrets.randbits(31), "standard")
+            await self._say(Side.candidate, ProfileCall(inputs=extra.inputs, allow_ops=timing.allow_ops))
+            profiled = await self._expect(Side.candidate, Profiled)
+            self.report.breakdown, self.report.warnings = profiled.shares[:64], self.report.warnings + profiled.warnings
+            await self._say(Side.reference, ProfileCall())
+            baseline = await self._expect(Side.reference, Profiled)
+            self.report.baseline_breakdown, self.report.warnings = baseline.shares[:64], self.report.warnings + baseline.warnings
+
+    async def first_launch(self, ready: InputsReady | None) -> None:
+        """One call on real inputs, unjudged: kernels that build on first launch (Triton on a GPU) build now."""
+        if ready is None:
+            ready = await self._make(0, self.init_seed, "standard")
+        await self._say(Side.candidate, Forward(call=ready.call, inputs=ready.inputs))
+        await self._expect(Side.candidate, Returned)
+        self.calls += 1
+
+    async def _stop(self) -> None:
+        if self.cand is not None:
+            if self.ref is not None:  # a build-only candidate ends by itself after reporting what it built
+                await self._say(Side.candidate, Stop())
+            if not await self._done_or_loaded(Side.candidate):
+                await self._expect(Side.candidate, Done)
+        if self.ref is not None:
+            await self._say(Side.reference, Stop())
+            await self._expect(Side.reference, Done)
+
+    async def _done_or_loaded(self, side: Side) -> bool:
+        """After Stop the candidate reports its kernels (now built) before Done; True when Done came straight away."""
+        worker = self.cand
+        assert worker is not None
+        while True:
+            message = await worker.recv()
+            if isinstance(message, Done):
+                return True
+            if isinstance(message, Loaded):
+                self.report.kernels = message.kernels[:256] or self.report.kernels
+                return False
+            if isinstance(message, Stage):
+                continue
+            if isinstance(message, Failed):
+                self.report.ending, self.report.side = Ending.failed, side
+                self.report.state, self.report.error = message.state, message.error
+                raise Ended
+            raise WireError(f"the candidate worker sent {type(message).__name__} after stop")
+
+
+
+def _leaves(group: BaseExceptionGroup) -> list[BaseException]:
+    found: list[BaseException] = []
+    for exc in group.exceptions:
+        found += _leaves(exc) if isinstance(exc, BaseExceptionGroup) else [exc]
+    return found

@@ -1,0 +1,201 @@
+"""The trusted verdict: from the reference worker's checks and the candidate's runtime facts to a state.
+
+Nothing here sees a tensor. The reference worker compared every call on the device and
+sent a ``CallCheck``; the candidate's process reported ``RuntimeFacts`` (informative, and
+only ever able to make a verdict stricter). This module weighs them under the guardrails'
+severities and the precision policy.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from kfoundry.schema import Finding, MismatchDetail, PrecisionCheck, ProfileResult, State, StressOutcome
+from kfoundry.verify.compare import worst_checks
+from kfoundry.verify.facts import CallCheck, RuntimeFacts
+from kfoundry.verify.guardrails import Guardrails
+from kfoundry.verify.stress import STANDARD
+
+
+@dataclass
+class Trial:
+    """One verification call: its position among the trials, and what both sides said about it."""
+
+    index: int
+    family: str
+    check: CallCheck
+    facts: RuntimeFacts
+
+
+@dataclass
+class Decision:
+    state: State
+    passed: int
+    mismatch: MismatchDetail | None = None
+    findings: list[Finding] = field(default_factory=list)
+    checks: list[PrecisionCheck] = field(default_factory=list)
+    stress: list[StressOutcome] = field(default_factory=list)
+
+
+def runtime_findings(label: str, facts: RuntimeFacts, rules: Guardrails) -> list[Finding]:
+    """The candidate process's facts about one call as findings (severity per the guardrails)."""
+    found: list[Finding | None] = []
+    for alias in facts.aliases[:4]:
+        found.append(rules.finding("output_alias", f"{label}: {alias[:200]} (outputs must be fresh tensors)"))
+    if facts.new_threads > 0:
+        found.append(rules.finding("thread_leak", f"{label}: {facts.new_threads} Python thread(s) still running after forward returned"))
+    if facts.new_children > 0:
+        found.append(rules.finding("process_leak", f"{label}: {facts.new_children} child process(es) alive after forward returned"))
+    if facts.flags_changed:
+        text = ", ".join(f"{k}: {v[0]} -> {v[1]}" if len(v) == 2 else k for k, v in list(facts.flags_changed.items())[:8])
+        found.append(rules.finding("numerics_flags", f"{label}: global numerics flags changed ({text})"))
+    if facts.patched:
+        found.append(rules.finding("monkeypatch_runtime", f"{label}: the candidate replaced {', '.join(facts.patched[:8])}"))
+    ops = {k: v for k, v in facts.compute_ops.items() if k not in rules.allow_torch_ops}
+    if ops:
+        names = ", ".join(f"aten::{k} x{v}" for k, v in sorted(ops.items())[:10])
+        found.append(rules.finding("torch_compute", f"{label}: forward computes with PyTorch ops ({names}); the result must come from the candidate's own kernel (allow ops with guardrails.allow_torch_ops)"))
+    return [f for f in found if f is not None]
+
+
+def call_findings(label: str, check: CallCheck, rules: Guardrails) -> list[Finding]:
+    """What the trusted side itself saw about one call: mutated inputs, work that outlived the call."""
+    found: list[Finding | None] = []
+    if check.input_mutated:
+        found.append(Finding(code="input_mutation", message=f"{label}: the candidate modified its input tensors in place"))
+    if check.late_write:
+        outputs = ", ".join(str(i) for i in check.late_write[:4])
+        found.append(rules.finding("late_work", f"{label}: output {outputs} changed after forward returned, while the candidate was stopped: "
+                                   "work left running past the call (a side stream, thread or process) is neither billed nor allowed"))
+    return [f for f in found if f is not None]
+
+
+def process_findings(label: str, leftover: int, rules: Guardrails) -> list[Finding]:
+    """Processes of the candidate's worker other than itself, seen by the trusted side when it froze it."""
+    if leftover <= 0:
+        return []
+    finding = rules.finding("process_leak", f"{label}: {leftover} process(es) started by the candidate were alive when forward returned")
+    return [finding] if finding is not None else []
+
+
+def _stress_outcomes(trials: list[Trial]) -> tuple[list[StressOutcome], set[str]]:
+    """Stress families whose reference outputs stay finite are checked; the others are dropped."""
+    standard_finite = all(not t.check.reference_nonfinite for t in trials if t.family == STANDARD)
+    outcomes: list[StressOutcome] = []
+    dropped: set[str] = set()
+    for family in dict.fromkeys(t.family for t in trials if t.family != STANDARD):
+        if standard_finite and any(t.check.reference_nonfinite for t in trials if t.family == family):
+            dropped.add(family)
+            outcomes.append(StressOutcome(family=family, status="dropped", reason="the reference's outputs go non-finite on these inputs"))
+        else:
+            outcomes.append(StressOutcome(family=family, status="checked"))
+    return outcomes, dropped
+
+
+def _output_findings(trials: list[Trial], rules: Guardrails) -> list[Finding]:
+    """Constant outputs where the reference varies; outputs replayed from the previous trial."""
+    for t in trials:
+        if t.check.constant_output is not None:
+            finding = rules.finding("constant_output", f"trial {t.index}: output {t.check.constant_output} is constant but the reference's is not")
+            return [finding] if finding is not None else []
+    for prev, cur in zip(trials, trials[1:], strict=False):
+        for i, (g1, g0) in enumerate(zip(cur.check.fingerprints, prev.check.fingerprints, strict=False)):
+            e1 = cur.check.expected_fingerprints[i] if i < len(cur.check.expected_fingerprints) else ""
+            e0 = prev.check.expected_fingerprints[i] if i < len(prev.check.expected_fingerprints) else ""
+            if g1 and g1 == g0 and e1 != e0:
+                finding = rules.finding("replay", f"trial {cur.index}: output {i} is byte-identical to the previous trial's although the inputs and the reference's outputs changed (cached or replayed output)")
+                return [finding] if finding is not None else []
+    return []
+
+
+def _unique(findings: list[Finding]) -> list[Finding]:
+    seen: set[str] = set()
+    out: list[Finding] = []
+    for f in findings:
+        if f.code in seen and f.blocking:
+            continue
+        seen.add(f.code)
+        out.append(f)
+    return out
+
+
+def decide(trials: list[Trial], rules: Guardrails, *, wanted: int, leftover_processes: int = 0) -> Decision:
+    """The verdict of the verification trials (all of which returned; failures to return are decided by the caller)."""
+    if not trials:
+        return Decision(State.runtime_error, 0)
+    findings: list[Finding] = []
+    coverage: list[Finding] = []
+    for t in trials:
+        trusted = call_findings(f"trial {t.index}", t.check, rules)
+        if any(f.code == "input_mutation" for f in trusted):
+            return Decision(State.rejected, 0, None, trusted[:1])
+        findings += trusted
+        for finding in runtime_findings(f"trial {t.index}", t.facts, rules):
+            (coverage if finding.code == "torch_compute" else findings).append(finding)
+    findings += process_findings("forward", leftover_processes, rules)
+    coverage = coverage[:1]  # the first trial's is enough
+    findings += _output_findings(trials, rules)
+    stress, dropped = _stress_outcomes(trials)
+    kept = [t for t in trials if t.family not in dropped]
+    checks = worst_checks([c.model_copy(update={"trial": t.index}) for t in kept for c in t.check.precision_checks])
+    decided = {"checks": checks, "stress": stress}
+    passed = 0
+    failed: Trial | None = None
+    for t in kept:
+        if t.check.state is not State.correct:
+            failed = t
+            break
+        if t.family == STANDARD:
+            passed += 1
+    passed = min(passed, wanted)
+    mismatch = None
+    if failed is not None:
+        findings += failed.check.findings
+        mismatch = failed.check.mismatch
+        if mismatch is not None:
+            mismatch = mismatch.model_copy(update={"trial": failed.index, "input_family": failed.family})
+    if (failed is not None and failed.check.state is State.rejected) or any(f.blocking for f in findings):
+        return Decision(State.rejected, 0, mismatch, _unique(findings + coverage), **decided)
+    if failed is None and any(f.blocking for f in coverage):
+        return Decision(State.rejected, 0, None, _unique(findings + coverage), **decided)
+    # A wrong result stays a mismatch; coverage findings ride along as warnings.
+    soft = [f.model_copy(update={"blocking": False}) for f in coverage]
+    state = State.correct if failed is None else State.mismatch
+    return Decision(state, passed, mismatch, findings + soft, **decided)
+
+
+def timed_findings(calls: list[tuple[int, CallCheck, RuntimeFacts]], rules: Guardrails) -> list[Finding]:
+    """Every timed call was judged too: a wrong output, mutated input or late work while timed is an integrity finding."""
+    found: list[Finding] = []
+    for rep, check, facts in calls:
+        label = f"timed call {rep + 1}"
+        if check.state is not State.correct:
+            why = check.mismatch.message if check.mismatch is not None else "its outputs are not plain tensors"
+            finding = rules.finding(
+                "timed_output",
+                f"{label}: the output differs from the reference's for that call's inputs ({why[:300]}); "
+                "work done while timed must produce the real result (no caching, replay or skipped calls)",
+            )
+            if finding is not None:
+                found.append(finding)
+        found += call_findings(label, check, rules)
+        found += [f for f in runtime_findings(label, facts, rules) if f.code != "torch_compute" or facts.traced]
+        if any(f.blocking for f in found):
+            break
+    return _unique(found)
+
+
+def kernel_coverage(result: ProfileResult, rules: Guardrails) -> tuple[float | None, list[Finding]]:
+    """GPU: the share of device time in this backend's kernels (or allowed library ones) must reach the floor."""
+    if not result.device.startswith("cuda") or not result.breakdown or result.interpreted:
+        return None, []
+    share = round(sum(k.share for k in result.breakdown if k.own or k.allowed), 4)
+    if share >= rules.min_own_kernel_share:
+        return share, []
+    library = ", ".join(k.name[:60] for k in result.breakdown if not (k.own or k.allowed))[:300]
+    finding = rules.finding(
+        "kernel_coverage",
+        f"only {share:.0%} of the device time is in this backend's own kernels (at least {rules.min_own_kernel_share:.0%} required); "
+        f"the rest runs in library kernels ({library}). Allow specific ops with guardrails.allow_torch_ops",
+    )
+    return share, [finding] if finding is not None else []
