@@ -43,3 +43,8 @@ def get_backend(name: str) -> Backend:
 
 def names() -> list[str]:
     return sorted(REGISTRY)
+
+
+def all_backends() -> list[Backend]:
+    """Every registered backend, in name order (their modules import no toolchain, so this is cheap)."""
+    return [get_backend(name) for name in names()]

@@ -16,17 +16,22 @@ candidates run unchanged; their functions are wrapped so profiles can see them.
 
 from __future__ import annotations
 
+import ast
 import ctypes
 import re
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
 
-from kfoundry.backends.gxx import BuildOutcome, build, compiler_version
-from kfoundry.schema import Diagnostic, KernelStats, ToolchainInfo
+from pydantic import BaseModel, Field, ValidationError
+
+from kfoundry.backends import embedded
+from kfoundry.backends.base import BuildRequest, BuildUnsupported, CompileOnlyOutcome, Resolve, Severity, SourceHit
+from kfoundry.backends.gxx import BuildOutcome, FlagError, build, compiler_version
+from kfoundry.schema import Bottleneck, Diagnostic, KernelStats, ToolchainInfo
 from kfoundry.runner.wire import worker_channel
 
 _EXPORT = re.compile(
@@ -48,6 +53,9 @@ _POINTEE: dict[str, tuple[str, ...]] = {
     "uint16_t": ("float16", "bfloat16", "int16"), "int8_t": ("int8",), "uint8_t": ("uint8", "bool"),
     "bool": ("bool",), "char": ("int8", "uint8"), "void": (),
 }
+
+#: the wire op a worker's load_cpp sends to ask the server for a build
+BUILD_OP = "build_cpp"
 
 _built: list[KernelStats] = []
 _instrumented = False
@@ -173,7 +181,8 @@ def load_cpp(source: str, extra_cflags: list[str] | None = None) -> CppLibrary:
     """
     channel = worker_channel()
     if channel is not None:
-        outcome = BuildOutcome.model_validate(channel.request({"op": "build_cpp", "source": source, "flags": list(extra_cflags or [])}))
+        request = {"op": BUILD_OP, "source": source, "flags": list(extra_cflags or [])}
+        outcome = BuildOutcome.model_validate(channel.request(request))
     else:
         outcome = build(source, extra_cflags)
     if not outcome.ok:
@@ -216,6 +225,23 @@ def _wrap_load_inline(original: Callable[..., Any]) -> Callable[..., Any]:
     return load_inline
 
 
+class _BuildMessage(BaseModel):
+    """A worker's ``build_cpp`` request."""
+
+    source: str = ""
+    flags: list[str] = Field(default_factory=list)
+
+
+def _builds_kernel(call: ast.Call, parts: list[str]) -> bool:
+    return parts[-1] in ("load_cpp", "load_inline")
+
+
+def _located(candidate: str, source: str) -> tuple[int, str]:
+    """(line offset, file label) for g++ messages: candidate.py lines when the candidate holds the source verbatim."""
+    at = candidate.find(source) if source else -1
+    return (candidate[:at].count("\n"), "candidate.py") if at >= 0 else (0, "kernel.cpp")
+
+
 class CppBackend:
     name: ClassVar[str] = "cpp"
     required_patterns: ClassVar[tuple[str, ...]] = (r"\bload_cpp\s*\(|\bload_inline\s*\(",)
@@ -227,6 +253,7 @@ class CppBackend:
         "scalars. Allocate outputs in Python with torch.empty and let the kernel fill them. Builds use "
         "g++ -O3 -march=native -fopenmp and are cached by content hash; no torch headers are needed."
     )
+    rule_defaults: ClassVar[Mapping[str, Severity]] = {}
 
     def probe(self) -> ToolchainInfo:
         gxx = shutil.which("g++")
@@ -236,6 +263,46 @@ class CppBackend:
 
     def worker_env(self, device: str) -> dict[str, str]:
         return {}
+
+    def cache_env(self, shared: Path) -> dict[str, str]:
+        # load_cpp builds are cached by the server; load_inline candidates use torch's extension cache.
+        return {"TORCH_EXTENSIONS_DIR": str(shared / "torch_extensions")}
+
+    def marker_hits(self, tree: ast.Module, resolve: Resolve) -> list[SourceHit]:
+        return embedded.marker_hits(tree, resolve, _builds_kernel)
+
+    def precision_dtype(self, name: str) -> str | None:
+        return None  # the kernel is C++ text, not Python: see precision_hits
+
+    def precision_hits(self, tree: ast.Module, resolve: Resolve) -> list[SourceHit]:
+        return embedded.kernel_precision(tree, resolve, _builds_kernel)
+
+    def source_hint(self, source: str, regime: Bottleneck) -> str | None:
+        if "omp" not in source and "parallel_for" not in source:
+            return "Parallelise the outer loop with `#pragma omp parallel for` (built with -fopenmp), as it runs on one core"
+        return None
+
+    def build(self, request: BuildRequest) -> BuildOutcome | BuildUnsupported:
+        """g++ build of a worker's ``load_cpp`` source, its messages located in candidate.py when the source is there."""
+        refused = request.refusal(self.name, BUILD_OP)
+        if refused is not None:
+            return refused
+        try:
+            message = _BuildMessage.model_validate(request.message)
+        except ValidationError as exc:
+            text = f"build_cpp needs 'source' (text) and 'flags' (a list of strings): {exc.errors()[0]['msg']}"
+            return BuildOutcome(ok=False, key="", diagnostics=[Diagnostic(file="kernel.cpp", message=text)], log=text)
+        offset, label = _located(request.candidate, message.source)
+        try:
+            return build(message.source, message.flags, line_offset=offset, file_label=label, user=request.user, group=request.group)
+        except FlagError as exc:
+            return BuildOutcome(ok=False, key="", diagnostics=[Diagnostic(file=label, message=str(exc))], log=str(exc))
+
+    def compile_only(self, candidate: str, *, timeout_s: float) -> CompileOnlyOutcome:
+        return CompileOnlyOutcome.because(self.name, "it runs wherever g++ does, so call `compile`, which builds and loads it")
+
+    def warm(self, device: str) -> None:
+        """Nothing to preload: g++ runs on the trusted side and the library loads with ctypes."""
 
     def prepare_worker(self) -> None:
         """Wrap ``load_inline`` so KernelBench-style candidates are profiled and reported too."""

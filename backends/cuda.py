@@ -19,7 +19,7 @@ Builds: NVRTC (``cuda.bindings`` when installed, else ``libnvrtc`` through ctype
 child process, so a hostile source can neither crash nor read through the trusted server; the
 image is cached by content hash, target architecture and NVRTC version under
 ``settings().cache_dir / "cuda"``. Inside a worker the build is requested from the server
-(``{"op": "build_cuda", ...}``, answered by ``build_cuda_request``); elsewhere it runs in-process.
+(``{"op": "build_cuda", ...}``, answered by ``CudaBackend.build``); elsewhere it runs in-process.
 Kernels are loaded with the driver API (``cuModuleLoadData``/``cuLaunchKernel``) on torch's
 current stream, and report registers, local (spill) and shared memory from ``cuFuncGetAttribute``.
 
@@ -40,21 +40,25 @@ NVRTC), ``kfoundry.backends.cuda_headers`` (standard-header stand-ins) and
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import re
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar
 
-from kfoundry.backends import cuda_kernels, nvcc
+from kfoundry.backends import cuda_kernels, embedded, nvcc
+from kfoundry.backends.base import BuildRequest, BuildUnsupported, CompileOnlyOutcome, Resolve, Severity, SourceHit
 from kfoundry.backends.cuda_build import (  # noqa: F401 - re-exported
+    BUILD_OP,
     BUILD_TIMEOUT_S,
     DEFAULT_ARCH,
     MAX_SOURCE_BYTES,
     BuildError,
     CudaBuildOutcome,
+    answer_build,
     build_cuda,
     build_cuda_request,
     check_arch,
@@ -71,7 +75,7 @@ from kfoundry.backends.nvrtc import (  # noqa: F401 - re-exported
     nvrtc_facts,
 )
 
-from kfoundry.schema import KernelStats, ToolchainInfo
+from kfoundry.schema import Bottleneck, KernelStats, ToolchainInfo
 
 REASON_COMPILE_ONLY = "no CUDA device: compile works (nvcc found, compile-only to cubin for sm_90), verify/profile need a GPU"
 REASON_NOTHING = "no CUDA device and no nvcc"
@@ -161,6 +165,11 @@ def _extension_exists(name: str, build_directory: Any) -> bool:
         return False
 
 
+def _builds_kernel(call: ast.Call, parts: list[str]) -> bool:
+    last = parts[-1]
+    return last == "load_cuda" or (last == "load_inline" and any(k.arg == "cuda_sources" for k in call.keywords))
+
+
 def _base_name(event: str) -> str:
     short = nvcc.short_name(event.strip())
     return re.sub(r"<.*>$", "", short).split("::")[-1]
@@ -194,6 +203,7 @@ class CudaBackend:
         "against the tail, and accumulate reductions in fp32. KernelBench-style load_inline(cuda_sources=..., "
         "functions=[...]) also works but builds take tens of seconds."
     )
+    rule_defaults: ClassVar[Mapping[str, Severity]] = {}
 
     def probe(self) -> ToolchainInfo:
         import torch
@@ -224,6 +234,34 @@ class CudaBackend:
     def worker_env(self, device: str) -> dict[str, str]:
         return {}
 
+    def cache_env(self, shared: Path) -> dict[str, str]:
+        # load_cuda images are cached by the server; load_inline candidates use torch's extension cache.
+        return {"TORCH_EXTENSIONS_DIR": str(shared / "torch_extensions")}
+
+    def marker_hits(self, tree: ast.Module, resolve: Resolve) -> list[SourceHit]:
+        return embedded.marker_hits(tree, resolve, _builds_kernel)
+
+    def precision_dtype(self, name: str) -> str | None:
+        return None  # the kernel is CUDA C++ text, not Python: see precision_hits
+
+    def precision_hits(self, tree: ast.Module, resolve: Resolve) -> list[SourceHit]:
+        return embedded.kernel_precision(tree, resolve, _builds_kernel)
+
+    def source_hint(self, source: str, regime: Bottleneck) -> str | None:
+        if regime is Bottleneck.compute and not re.search(r"wmma|mma\.sync|mma_sync|cute::", source):
+            return "Use tensor cores (WMMA or mma.sync) on shared-memory tiles instead of scalar FMAs"
+        return None
+
+    def build(self, request: BuildRequest) -> CudaBuildOutcome | BuildUnsupported:
+        """NVRTC build of a worker's ``load_cuda`` source, its messages located in candidate.py when the source is there."""
+        refused = request.refusal(self.name, BUILD_OP)
+        if refused is not None:
+            return refused
+        return answer_build(request.message, request.candidate, user=request.user, group=request.group)
+
+    def warm(self, device: str) -> None:
+        """Nothing to preload: NVRTC runs on the trusted side and the driver API loads on the first launch."""
+
     def prepare_worker(self) -> None:
         """Wrap ``load_inline`` so KernelBench-style candidates are cached by content, timed and profiled."""
         from torch.utils import cpp_extension
@@ -250,7 +288,8 @@ class CudaBackend:
         yield from cuda_kernels._built
 
     def compile_only(
-        self, candidate: str, *, arch: str = DEFAULT_ARCH, timeout_s: float = 300.0, user: int | None = None, group: int | None = None
-    ) -> tuple[list[KernelStats], list[str], bool]:
-        """Check ``candidate`` without a GPU and without running it: (kernels, 'file:line: severity: message' lines, ok)."""
-        return compile_only(candidate, arch=arch, timeout_s=timeout_s, user=user, group=group)
+        self, candidate: str, *, timeout_s: float = 300.0, arch: str = DEFAULT_ARCH, user: int | None = None, group: int | None = None
+    ) -> CompileOnlyOutcome:
+        """Check ``candidate`` with nvcc, without a GPU and without running it."""
+        kernels, diagnostics, ok = compile_only(candidate, arch=arch, timeout_s=timeout_s, user=user, group=group)
+        return CompileOnlyOutcome(ok=ok, kernels=kernels, diagnostics=diagnostics)

@@ -5,7 +5,8 @@ process (``_child_main``, run as ``python -c "from kfoundry.backends.cuda_build 
 _child_main()"``, as ``user``/``group`` when given), so a hostile source can neither crash nor read
 through the trusted server; the image is cached by content hash, target architecture and NVRTC
 version under ``settings().cache_dir / "cuda"``. Inside a worker ``load_cuda`` requests the build
-from the server (``{"op": "build_cuda", ...}``, answered by ``build_cuda_request``).
+from the server (``{"op": "build_cuda", ...}``, answered by ``CudaBackend.build`` through ``answer_build``;
+``build_cuda_request`` gives the same answer as JSON).
 """
 
 from __future__ import annotations
@@ -40,13 +41,16 @@ from kfoundry.backends.nvrtc import (
     _nvrtc,
     nvrtc_facts,
 )
-from pydantic import BaseModel, Field
+from pydantic import Field
 
+from kfoundry.backends.base import TrustedBuild
 from kfoundry.config import settings
 from kfoundry.schema import Diagnostic
 
 MAX_SOURCE_BYTES = 1 << 20
 BUILD_TIMEOUT_S = 120.0
+#: the wire op a worker's load_cuda sends to ask the server for this build
+BUILD_OP = "build_cuda"
 DEFAULT_ARCH = nvcc.DEFAULT_ARCH
 _ARCH = re.compile(r"^(sm|compute)_(\d{2,3})([af]?)$")
 
@@ -59,19 +63,15 @@ class BuildError(RuntimeError):
         self.diagnostics = diagnostics
 
 
-class CudaBuildOutcome(BaseModel):
-    ok: bool
-    key: str
+class CudaBuildOutcome(TrustedBuild):
+    """An NVRTC build of a cubin (or PTX) image."""
+
     image: str = Field(default="", description="Path of the cubin (or PTX) when ok.")
     image_kind: str = Field(default="cubin", description="'cubin', or 'ptx' when NVRTC does not know the device's architecture.")
     lowered: dict[str, str] = Field(default_factory=dict, description="Kernel name -> symbol in the image.")
     ptxas: list[dict[str, Any]] = Field(default_factory=list, description="Per-kernel ptxas -v facts (mangled name, registers, spills, smem).")
     arch: str = ""
     toolchain: str = ""
-    cached: bool = False
-    seconds: float = 0.0
-    diagnostics: list[Diagnostic] = Field(default_factory=list)
-    log: str = ""
     options: list[str] = Field(default_factory=list)
 
 
@@ -301,24 +301,28 @@ def _child_main() -> None:
     print(json.dumps({"ok": ok, "log": log, "lowered": lowered, "status": "ok" if ok else "compiled-with-error", "binding": api.kind}))
 
 
-def build_cuda_request(header: dict[str, Any], candidate: str | None = None, *, user: int | None = None, group: int | None = None) -> dict[str, Any]:
+def answer_build(header: dict[str, Any], candidate: str | None = None, *, user: int | None = None, group: int | None = None) -> CudaBuildOutcome:
     """Server-side answer to a worker's ``{"op": "build_cuda", ...}``; never raises for bad input.
 
     ``header``: ``source`` (CUDA C++), ``options`` (NVRTC options from the allowed set), ``arch``
     (``sm_90`` ...), ``name`` (a label). ``candidate`` is the job's candidate text, used to point
-    messages at candidate.py lines. Returns ``CudaBuildOutcome.model_dump(mode="json")``.
+    messages at candidate.py lines.
     """
     source = header.get("source")
     name = re.sub(r"\W", "_", str(header.get("name") or "kernel"))[:64] or "kernel"
     if not isinstance(source, str) or not source.strip():
         msg = "build_cuda needs the CUDA source text as 'source'"
-        return CudaBuildOutcome(ok=False, key="", diagnostics=[Diagnostic(file=f"{name}.cu", message=msg)], log=msg).model_dump(mode="json")
+        return CudaBuildOutcome(ok=False, key="", diagnostics=[Diagnostic(file=f"{name}.cu", message=msg)], log=msg)
     options = [str(o) for o in header.get("options") or []][:64]
     arch = str(header.get("arch") or DEFAULT_ARCH)
     line = locate_source(candidate, source) if candidate else None
     label = nvcc.CANDIDATE_FILE if line is not None else PROGRAM
     try:
-        outcome = build_cuda(source, options, arch=arch, line=line, file_label=label, user=user, group=group)
+        return build_cuda(source, options, arch=arch, line=line, file_label=label, user=user, group=group)
     except FlagError as exc:
-        outcome = CudaBuildOutcome(ok=False, key="", arch=arch, diagnostics=[Diagnostic(file=label, line=line, message=str(exc))], log=str(exc))
-    return outcome.model_dump(mode="json")
+        return CudaBuildOutcome(ok=False, key="", arch=arch, diagnostics=[Diagnostic(file=label, line=line, message=str(exc))], log=str(exc))
+
+
+def build_cuda_request(header: dict[str, Any], candidate: str | None = None, *, user: int | None = None, group: int | None = None) -> dict[str, Any]:
+    """``answer_build`` as the JSON the worker is sent (``CudaBuildOutcome.model_dump(mode="json")``)."""
+    return answer_build(header, candidate, user=user, group=group).model_dump(mode="json")

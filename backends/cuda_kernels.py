@@ -27,6 +27,7 @@ from typing import Any
 
 from kfoundry.backends import nvcc
 from kfoundry.backends.cuda_build import (
+    BUILD_OP,
     DEFAULT_ARCH,
     BuildError,
     CudaBuildOutcome,
@@ -330,7 +331,7 @@ def load_cuda(source: str, name: str | None = None, options: list[str] | None = 
     target = arch or _device_arch()
     channel = worker_channel()
     if channel is not None:
-        reply = channel.request({"op": "build_cuda", "source": source, "name": label, "options": opts, "arch": target})
+        reply = channel.request({"op": BUILD_OP, "source": source, "name": label, "options": opts, "arch": target})
         outcome = CudaBuildOutcome.model_validate(reply)
     else:
         line, file_label = _caller_location(source)

@@ -17,8 +17,9 @@ import time
 from functools import cache
 from pathlib import Path
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
+from kfoundry.backends.base import TrustedBuild
 from kfoundry.config import settings
 from kfoundry.schema import Diagnostic
 
@@ -28,14 +29,10 @@ _DIAG = re.compile(r"^(?P<file>[^:\n]+):(?P<line>\d+):(?:(?P<col>\d+):)?\s*(?P<s
 _FLAG_OK = re.compile(r"^-(O[0-3s]|march=[\w-]+|mtune=[\w-]+|f[\w-]+|std=[\w+]+|D\w+(=[\w.]*)?|W[\w-]*|ffast-math|l(m|pthread|gomp))$")
 
 
-class BuildOutcome(BaseModel):
-    ok: bool
+class BuildOutcome(TrustedBuild):
+    """A g++ build of a plain-C-ABI shared library."""
+
     library: str = Field(default="", description="Path of the shared library when ok.")
-    key: str
-    cached: bool = False
-    seconds: float = 0.0
-    diagnostics: list[Diagnostic] = Field(default_factory=list)
-    log: str = ""
     command: str = ""
 
 

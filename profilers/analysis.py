@@ -12,6 +12,7 @@ import re
 
 from pydantic import BaseModel, Field
 
+from kfoundry.backends import REGISTRY, get_backend
 from kfoundry.profilers.breakdown import shares
 from kfoundry.profilers.textparse import kernel_counters, looks_own, parse_ncu_csv, parse_profiler_table
 from kfoundry.schema import Bottleneck, KernelShare, ProfileResult, State
@@ -101,6 +102,12 @@ class _Rules:
         self.kernel_ms = sum(k.time_ms for k in profile.breakdown)
         self.launches = sum(k.calls for k in profile.breakdown)
         self.regime = self._regime()
+
+    def _source_hint(self) -> str | None:
+        """The candidate's backend's suggestion from what its source lacks (none for pasted text)."""
+        if not self.source or self.regime is None or self.p.backend not in REGISTRY:
+            return None
+        return get_backend(self.p.backend).source_hint(self.source, self.regime)
 
     def run(self, title: str) -> Diagnosis:
         self._collect_evidence()
@@ -282,7 +289,7 @@ class _Rules:
                 f"Stop tuning this kernel's schedule: it runs at {frac:.0%} of speed of light, so only {lever} can "
                 "make it much faster."
             )
-        hint = _source_hint(self.source, self.p.backend, self.regime)
+        hint = self._source_hint()
         if self.regime is Bottleneck.memory:
             rate = (
                 f"it moves {_bytes(r.bytes)} at {achieved[0] / 1e9:.1f} GB/s, "
@@ -366,27 +373,6 @@ class _Rules:
             lines.append(f"counters {_short(k.name)}: " + ", ".join(f"{n} {v:.1f}" for n, v in shown.items() if v is not None))
         lines += [f"warning: {w}" for w in p.warnings[:5]]
         return "\n".join(lines)
-
-
-def _source_hint(source: str, backend: str, regime: Bottleneck) -> str | None:
-    """A source-level change suggested by what the candidate's code lacks."""
-    if not source:
-        return None
-    if backend == "cpp" and "omp" not in source and "parallel_for" not in source:
-        return (
-            "Parallelise the outer loop with `#pragma omp parallel for` (built with -fopenmp), as it runs on one core"
-        )
-    if backend == "triton":
-        blocks = [int(n) for n in re.findall(r"BLOCK\w*\s*[:=]\s*(\d+)", source)]
-        if regime is Bottleneck.memory and blocks and max(blocks) < 256:
-            return (
-                f"Raise the Triton BLOCK size from {max(blocks)} to 1024 so each program streams enough data per launch"
-            )
-        if regime is Bottleneck.compute and "tl.dot" not in source:
-            return "Compute the products with tl.dot on BLOCK_M x BLOCK_N x BLOCK_K tiles so they run on tensor cores"
-    if backend == "cuda" and regime is Bottleneck.compute and not re.search(r"wmma|mma\.sync|mma_sync|cute::", source):
-        return "Use tensor cores (WMMA or mma.sync) on shared-memory tiles instead of scalar FMAs"
-    return None
 
 
 def _ms(ms: float) -> str:

@@ -5,7 +5,7 @@
 
     reference                           the problem's KernelBench source (Model, get_inputs, get_init_inputs)
     backend, marker, notes              target backend name, its Backend.marker and Backend.notes
-    oneshot_reference, oneshot_solution a worked pair for that backend: ``oneshot(backend)``
+    oneshot_reference, oneshot_solution a worked pair for that backend: ``oneshot(backend)`` (from Backend.oneshot)
 
 and accept the optional variables in ``OPTIONAL`` (device, atol/rtol, guardrails, extra, and
 per-template extras such as the failure fields of ``fix``). Structured values may be the
@@ -19,12 +19,15 @@ import re
 from enum import Enum
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, Undefined
 from pydantic import BaseModel
 
 from kfoundry.schema import ErrorDetail, Finding, MismatchDetail, ProblemAnalysis
+
+if TYPE_CHECKING:
+    from kfoundry.backends.base import Backend
 
 _HERE = Path(__file__).resolve().parent
 _TEMPLATE_DIR = _HERE / "templates"
@@ -176,21 +179,27 @@ def oneshot_backends() -> list[str]:
     return sorted(p.stem for p in _ONESHOT_DIR.glob("*.py"))
 
 
-@cache
-def oneshot(backend: str) -> tuple[str, str]:
+def oneshot(backend: str | Backend) -> tuple[str, str]:
     """The one-shot example for ``backend`` as (reference source, solution source).
 
-    The example file is parsed, never imported: its solution may need a toolchain this
-    process does not have.
+    A backend object names its own example file (``Backend.oneshot``); a name is looked up
+    among the bundled ones. The file is parsed, never imported: its solution may need a
+    toolchain this process does not have.
 
     Raises:
         KeyError: there is no one-shot example for ``backend``.
         ValueError: the example file lacks a REFERENCE or SOLUTION string constant.
     """
+    if not isinstance(backend, str):
+        return _oneshot_file(backend.oneshot)
     known = oneshot_backends()
     if backend not in known:
         raise KeyError(f"no one-shot example for backend {backend!r}; examples exist for: {', '.join(known)}")
-    path = _ONESHOT_DIR / f"{backend}.py"
+    return _oneshot_file(_ONESHOT_DIR / f"{backend}.py")
+
+
+@cache
+def _oneshot_file(path: Path) -> tuple[str, str]:
     found: dict[str, str] = {}
     for node in ast.parse(path.read_text(encoding="utf-8"), filename=str(path)).body:
         if (

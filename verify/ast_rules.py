@@ -5,9 +5,11 @@ backend, by a config file or by tool arguments (``Guardrails.rules``). A rule lo
 the parsed module, never at comments or strings, so a marker in a comment does not
 count and a banned name inside a string does not trip anything.
 
-The ``precision_downcast`` rule is the exception: it also searches the kernel source
-that cpp/cuda candidates carry in string literals (``precision_rules``). Its hits, and the
-TF32 ones of ``precision_flags``, carry a ``kind`` that the declared precision policy may allow.
+Two rules come from the backends, which alone know their own spellings: ``backend_marker``
+(the candidate's backend says whether its kernel is really built and used,
+``Backend.marker_hits``) and ``precision_downcast`` (``precision_rules``, with every backend's
+precision spellings, including kernel source carried in string literals). Precision hits,
+and the TF32 ones of ``precision_flags``, carry a ``kind`` that the declared precision policy may allow.
 
 Static rules are tripwires, not proof; the worker's runtime checks back them up.
 """
@@ -15,13 +17,11 @@ Static rules are tripwires, not proof; the worker's runtime checks back them up.
 from __future__ import annotations
 
 import ast
-from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Literal
 
+from kfoundry.backends import all_backends, get_backend
+from kfoundry.backends.base import Backend, Severity
 from kfoundry.verify import precision_rules
-
-Severity = Literal["block", "warn", "off"]
 
 
 @dataclass(frozen=True)
@@ -55,9 +55,6 @@ RULES: dict[str, Rule] = {r.id: r for r in (
     Rule("output_cache", "block", "no caches keyed by data_ptr() or id() (output caching across calls)"),
 )}
 
-#: rules whose defaults differ per backend (none yet besides the marker's meaning)
-BACKEND_DEFAULTS: dict[str, dict[str, Severity]] = {}
-
 _CONCURRENCY_MODULES = {"threading", "_thread", "multiprocessing", "subprocess", "concurrent", "asyncio", "pty", "sched"}
 _OS_PROCESS = {"system", "popen", "spawnl", "spawnle", "spawnlp", "spawnlpe", "spawnv", "spawnve", "spawnvp", "spawnvpe",
                "execl", "execle", "execlp", "execlpe", "execv", "execve", "execvp", "execvpe", "posix_spawn", "posix_spawnp"}
@@ -73,6 +70,7 @@ _PRECISION_ATTRS = {"allow_tf32", "allow_fp16_reduced_precision_reduction", "all
 _PRECISION_CALLS = {"set_float32_matmul_precision", "set_default_dtype", "set_default_tensor_type", "set_flush_denormal",
                     "use_deterministic_algorithms", "set_default_device", "set_autocast_enabled", "set_autocast_dtype",
                     "set_autocast_gpu_dtype"}
+# triton (and its usual alias tl) is protected whatever the backend: torch.compile baselines run Triton kernels.
 _PATCH_ROOTS = {"torch", "time", "triton", "tl", "sys", "builtins", "kfoundry", "os", "numpy", "np", "gc", "F", "nn",
                 "math", "ctypes", "reference", "functools", "importlib", "inspect", "timeit"}
 _INTROSPECTION = {("gc", "get_objects"), ("gc", "get_referrers"), ("gc", "get_referents"), ("sys", "_getframe"),
@@ -105,14 +103,10 @@ def _dotted(node: ast.AST) -> list[str]:
 
 
 class _Scan(ast.NodeVisitor):
-    def __init__(self, backend: str) -> None:
-        self.backend = backend
+    def __init__(self) -> None:
         self.hits: list[Hit] = []
         self.aliases: dict[str, str] = {}  # local name -> module it stands for ("th" -> "torch")
         self.defined_classes: set[str] = set()
-        self.jit_functions: dict[str, int] = {}
-        self.loaded_names: set[str] = set()
-        self.marker_calls: list[tuple[int, str | None]] = []  # (line, bound name)
         self.key_names: set[str] = set()
 
     def hit(self, rule: str, node: ast.AST, message: str, kind: str = "") -> None:
@@ -165,19 +159,6 @@ class _Scan(ast.NodeVisitor):
                 self.hit("reference_use", node, f"class {node.name} subclasses Model (the reference)")
         self.generic_visit(node)
 
-    def visit_FunctionDef(self, node: ast.FunctionDef | ast.AsyncFunctionDef) -> None:
-        for dec in node.decorator_list:
-            parts = self.root(dec)
-            if len(parts) >= 2 and parts[0] == "triton" and parts[-1] in ("jit", "autotune", "heuristics"):
-                self.jit_functions[node.name] = node.lineno
-        self.generic_visit(node)
-
-    visit_AsyncFunctionDef = visit_FunctionDef  # type: ignore[assignment]
-
-    def visit_Name(self, node: ast.Name) -> None:
-        if isinstance(node.ctx, ast.Load):
-            self.loaded_names.add(node.id)
-
     # -- statements ----------------------------------------------------------
     def _assigned(self, target: ast.AST, node: ast.AST) -> None:
         if isinstance(target, (ast.Tuple, ast.List)):
@@ -202,15 +183,6 @@ class _Scan(ast.NodeVisitor):
             for target in node.targets:
                 if isinstance(target, ast.Name):
                     self.key_names.add(target.id)
-        if isinstance(node.value, ast.Call):
-            name = self.root(node.value.func)
-            if name and self._is_marker_call(node.value, name):
-                bound = node.targets[0].id if isinstance(node.targets[0], ast.Name) else None
-                if isinstance(node.targets[0], ast.Attribute):
-                    bound = "<attr>"
-                self.marker_calls.append((node.lineno, bound))
-                self.generic_visit(node)
-                return
         self.generic_visit(node)
 
     def visit_AugAssign(self, node: ast.AugAssign) -> None:
@@ -236,14 +208,6 @@ class _Scan(ast.NodeVisitor):
         if parts[0] in _TORCH_ROOTS:
             return True
         return len(parts) >= 2 and parts[-1] in _COMPUTE_METHODS
-
-    def _is_marker_call(self, call: ast.Call, parts: list[str]) -> bool:
-        last = parts[-1]
-        if self.backend == "cpp":
-            return last in ("load_cpp", "load_inline")
-        if self.backend == "cuda":
-            return last == "load_cuda" or (last == "load_inline" and any(k.arg == "cuda_sources" for k in call.keywords))
-        return False
 
     def _has_identity_call(self, node: ast.AST) -> bool:
         for sub in ast.walk(node):
@@ -300,23 +264,35 @@ class _Scan(ast.NodeVisitor):
                 self._module(node, str(node.args[0].value))
             if last in ("get", "setdefault", "pop", "__contains__") and len(parts) >= 2 and node.args and self._is_key(node.args[0]):
                 self.hit("output_cache", node, f"{name}() keyed by data_ptr()/id() (output cache)")
-            if self._is_marker_call(node, parts) and not any(line == node.lineno for line, _ in self.marker_calls):
-                self.marker_calls.append((node.lineno, "<expr>"))
         self.generic_visit(node)
 
 
-def scan(source: str, backend: str) -> list[Hit] | None:
-    """Every rule hit in ``source`` (None when it does not parse: the worker reports the syntax error)."""
+def scan(source: str, backend: Backend | str) -> list[Hit] | None:
+    """Every rule hit in ``source`` for a candidate of ``backend`` (an instance or its registered name).
+
+    None when the source does not parse: the worker reports the syntax error.
+
+    Raises:
+        UnknownBackendError: ``backend`` is a name nobody registered.
+    """
+    own = get_backend(backend) if isinstance(backend, str) else backend
     try:
         tree = ast.parse(source)
     except (SyntaxError, ValueError):
         return None
-    s = _Scan(backend)
+    s = _Scan()
     s.visit(tree)
     hits = list(s.hits)
-    hits.extend(_marker(s, backend))
-    hits.extend(Hit("precision_downcast", u.line, u.message, u.kind) for u in precision_rules.uses(tree, backend, s.root))
+    # Resolving names needs every import seen, so the backends' scans run after the visit.
+    hits.extend(Hit("backend_marker", h.line, h.message) for h in own.marker_hits(tree, s.root))
+    hits.extend(Hit("precision_downcast", u.line, u.message, u.kind) for u in precision_rules.uses(tree, s.root, _spellers(own)))
     return hits
+
+
+def _spellers(own: Backend) -> list[Backend]:
+    """Backends whose precision spellings apply: every registered one, plus ``own`` when it is not registered (a test double)."""
+    registered = all_backends()
+    return registered if any(b.name == own.name for b in registered) else [*registered, own]
 
 
 def _flag_kind(flag: str, value: ast.AST | None) -> str:
@@ -329,21 +305,3 @@ def _flag_kind(flag: str, value: ast.AST | None) -> str:
     if flag == "fp32_precision" and setting == "tf32":
         return "tf32"
     return ""
-
-
-def _marker(s: _Scan, backend: str) -> Iterator[Hit]:
-    if backend in ("cpp", "cuda"):
-        if not s.marker_calls:
-            yield Hit("backend_marker", 0, "no call builds a kernel")
-            return
-        named = [b for _, b in s.marker_calls if b not in (None, "<attr>", "<expr>")]
-        if named and len(named) == len(s.marker_calls) and not any(b in s.loaded_names for b in named):
-            line = s.marker_calls[0][0]
-            yield Hit("backend_marker", line, f"the kernel library built at line {line} ({', '.join(named)}) is never used")
-    elif backend == "triton":
-        if not s.jit_functions:
-            yield Hit("backend_marker", 0, "no function is decorated with @triton.jit")
-            return
-        if not any(name in s.loaded_names for name in s.jit_functions):
-            name, line = next(iter(s.jit_functions.items()))
-            yield Hit("backend_marker", line, f"the @triton.jit kernel {name} is defined but never launched")

@@ -1,9 +1,9 @@
 """Static rules over candidate source: AST rules with per-rule severity, plus required/banned regexes.
 
 Configuration, lowest precedence first: the rule defaults (``ast_rules.RULES``), the
-backend's defaults, the JSON file named by ``KFOUNDRY_GUARDRAILS`` (same fields as
-``Guardrails``, plus an optional ``"backends": {"cpp": {...}}`` section), then the
-tool arguments. ``rules`` also sets the severity of the worker's runtime checks
+backend's defaults (``Backend.rule_defaults``), the JSON file named by ``KFOUNDRY_GUARDRAILS``
+(same fields as ``Guardrails``, plus an optional ``"backends": {"cpp": {...}}`` section), then
+the tool arguments. ``rules`` also sets the severity of the worker's runtime checks
 (e.g. ``{"torch_compute": "warn"}`` to allow library calls beside the kernel).
 
 ``check`` also takes the run's precision policy (``verify.precision``; strict when not
@@ -16,9 +16,10 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
-from kfoundry.backends.base import Backend
+from kfoundry.backends import REGISTRY, get_backend
+from kfoundry.backends.base import Backend, Severity
 from kfoundry.verify import ast_rules
 from kfoundry.verify.precision_rules import KIND_NAMES
 from pydantic import BaseModel, Field, field_validator
@@ -28,7 +29,6 @@ from kfoundry.schema import Finding
 if TYPE_CHECKING:
     from kfoundry.verify.precision import Policy
 
-Severity = Literal["block", "warn", "off"]
 CONFIG_ENV = "KFOUNDRY_GUARDRAILS"
 
 #: runtime checks reported by the worker, with their default severity
@@ -88,8 +88,9 @@ class Guardrails(BaseModel):
     def severity(self, rule: str, backend: str | None = None) -> Severity:
         if rule in self.rules:
             return self.rules[rule]
-        if backend and rule in ast_rules.BACKEND_DEFAULTS.get(backend, {}):
-            return ast_rules.BACKEND_DEFAULTS[backend][rule]
+        own = get_backend(backend).rule_defaults if backend in REGISTRY else {}
+        if rule in own:
+            return own[rule]
         if rule == "backend_marker" and not self.backend_marker:
             return "off"
         if rule in ast_rules.RULES:
@@ -171,7 +172,7 @@ def check(source: str, backend: Backend, rules: Guardrails, precision: Policy | 
 
     declared = policy(precision)
     findings: list[Finding] = []
-    hits = ast_rules.scan(source, backend.name)
+    hits = ast_rules.scan(source, backend)
     if hits is None:
         # Does not parse: the worker reports the syntax error; only the regex marker can be checked here.
         if rules.backend_marker and not any(re.search(p, source) for p in backend.required_patterns):

@@ -178,10 +178,11 @@ def test_a_load_cuda_option_naming_a_path_fails_compile_only_as_it_would_fail_th
 
 @needs_nvcc
 def test_the_backend_exposes_compile_only_with_the_same_result() -> None:
-    kernels, diagnostics, ok = CudaBackend().compile_only(_example_source("elementwise"))
+    outcome = CudaBackend().compile_only(_example_source("elementwise"), timeout_s=300.0)
 
-    assert ok, diagnostics
-    assert [k.name for k in kernels] == ["swish_scale"]
+    assert outcome.ok, outcome.diagnostics
+    assert [k.name for k in outcome.kernels] == ["swish_scale"]
+    assert outcome.unsupported == ""
 
 
 def test_compile_only_without_nvcc_says_so(monkeypatch: pytest.MonkeyPatch) -> None:

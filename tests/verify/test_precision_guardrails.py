@@ -271,6 +271,23 @@ def test_kernel_strings_are_only_searched_for_the_cpp_and_cuda_backends() -> Non
     assert _downcasts(source, "triton") == []
 
 
+def test_kernel_strings_are_searched_whenever_the_candidate_builds_a_cpp_or_cuda_kernel_whatever_its_backend() -> None:
+    source = _triton('c = tl.dot(a, b, input_precision="ieee")').replace(
+        "import triton\n", 'import triton\nfrom kfoundry.backends.cpp import load_cpp\n_lib = load_cpp(r"""void f(__half* y) {}""")\n')
+
+    [found] = _downcasts(source, "triton")
+
+    assert "__half" in found.message and f"candidate.py:{_line_of(source, '__half')}:" in found.message
+
+
+def test_triton_precision_rules_apply_to_a_triton_kernel_inside_a_cpp_candidate() -> None:
+    source = _cpp(extra="import triton\nimport triton.language as tl\n\n\n@triton.jit\ndef _k(a, b):\n    return tl.dot(a, b)\n")
+
+    [found] = _downcasts(source, "cpp")
+
+    assert 'input_precision="ieee"' in found.message and f"candidate.py:{_line_of(source, 'tl.dot')}:" in found.message
+
+
 # -- policies -------------------------------------------------------------------------------------
 
 
