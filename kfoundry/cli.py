@@ -1,6 +1,7 @@
 """``kfoundry``: serve the MCP tools, run the demo, or call any tool from the shell.
 
-The tool subcommands call the same functions the MCP tools call, with a local worker pool.
+The tool subcommands call the same functions the MCP tools call, with a local worker pool; their
+options are the fields of the tools' request models (``kfoundry.tools.requests``).
 """
 
 from __future__ import annotations
@@ -9,20 +10,41 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from pathlib import Path
-from typing import Any
+from types import UnionType
+from typing import Annotated, Any, Literal, TypeVar, Union, get_args, get_origin
 
 import anyio
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
-from kfoundry.errors import KfoundryError
+from kfoundry.errors import BadRequest, KfoundryError
+from kfoundry.tools.requests import AnalyzeRequest, CompileRequest, ProfileRequest, TranslateRequest, VerifyRequest, explain
+
+M = TypeVar("M", bound=BaseModel)
+
+
+#: options that name a file to read ('-' for stdin) rather than carrying the source text
+FILE_FIELDS = {"reference", "candidate", "source_code"}
+#: fields only an MCP client can send: sampling asks the client's own model, images are its screenshots
+MCP_ONLY = {"sample", "images"}
+#: tool subcommand -> (help, the request model its options come from)
+TOOL_COMMANDS: dict[str, tuple[str, type[BaseModel]]] = {
+    "compile": ("build a candidate", CompileRequest),
+    "verify": ("check a candidate against a reference", VerifyRequest),
+    "profile": ("verify then time a candidate against eager and torch.compile", ProfileRequest),
+    "analyze": ("analyze a profile run or raw profiler text", AnalyzeRequest),
+    "translate": ("render a generation prompt and analyze a reference", TranslateRequest),
+}
 
 
 def _read(path: str | None) -> str | None:
     if path is None:
         return None
-    return sys.stdin.read() if path == "-" else Path(path).read_text()
+    try:
+        return sys.stdin.read() if path == "-" else Path(path).read_text()
+    except OSError as exc:
+        raise BadRequest(f"cannot read {path}: {exc.strerror or exc}") from exc
 
 
 def _emit(result: BaseModel, as_json: bool) -> int:
@@ -36,6 +58,70 @@ def _emit(result: BaseModel, as_json: bool) -> int:
     state = getattr(result, "state", None)
     ok = state is None or getattr(state, "value", state) in ("compiled", "correct")
     return 0 if ok else 2
+
+
+def _plain(annotation: Any) -> tuple[Any, bool]:
+    """The annotation without Optional/Annotated, and whether it is a list (of that)."""
+    while True:
+        if get_origin(annotation) is Annotated:
+            annotation = get_args(annotation)[0]
+        elif get_origin(annotation) in (Union, UnionType):
+            annotation = next(a for a in get_args(annotation) if a is not type(None))
+        elif get_origin(annotation) is list:
+            return _plain(get_args(annotation)[0])[0], True
+        else:
+            return annotation, False
+
+
+def _is_model(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+
+
+def add_request_options(parser: argparse.ArgumentParser, request: type[BaseModel], skip: Collection[str] = ()) -> None:
+    """One option per field of ``request``: its name, choices, whether it is required, and its description.
+
+    Defaults stay with the model: an option left out is not passed, so the model's default applies.
+    """
+    for name, field in request.model_fields.items():
+        if name in MCP_ONLY or name in skip:
+            continue
+        kind, many = _plain(field.annotation)
+        options: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS, "help": field.description or ""}
+        if kind is bool:
+            options["action"] = "store_true"
+        else:
+            options["required"] = field.is_required()
+            if get_origin(kind) is Literal:
+                options["choices"] = get_args(kind)
+            elif kind in (int, float):
+                options["type"] = kind
+            if many:
+                options["nargs"] = "*"
+            if name in FILE_FIELDS:
+                options.update(metavar="FILE", help=options["help"] + " A file to read ('-' for stdin).")
+            elif _is_model(kind):
+                options.update(metavar="JSON_FILE", help=options["help"] + " A JSON file ('-' for stdin).")
+        if not field.is_required() and field.default not in (None, False):
+            options["help"] += f" Default: {field.default}."
+        parser.add_argument("--" + name.replace("_", "-"), **options)
+
+
+def parse_request(args: argparse.Namespace, request: type[M]) -> M:
+    """The validated request from the options given; files are read and JSON files parsed first."""
+    values: dict[str, Any] = {}
+    for name, field in request.model_fields.items():
+        if name not in vars(args):
+            continue
+        value = getattr(args, name)
+        if name in FILE_FIELDS:
+            value = _read(value)
+        elif _is_model(_plain(field.annotation)[0]):
+            try:
+                value = json.loads(_read(value) or "")
+            except ValueError as exc:
+                raise BadRequest(f"--{name.replace('_', '-')}: {value} is not JSON: {exc}") from exc
+        values[name] = value
+    return request.model_validate(values)
 
 
 async def _with_runtime(call: Callable[[Any], Awaitable[BaseModel]]) -> BaseModel:
@@ -57,20 +143,19 @@ def _tool_command(args: argparse.Namespace) -> int:
     cmd = args.command
     if cmd == "backends":
         return _emit(list_backends(), args.json)
+    model = TOOL_COMMANDS[cmd][1]
     if cmd == "analyze":
-        text = args.run_id or _read(args.text)
-        result = anyio.run(analyze_profile, text or "", _read(args.candidate), None)
-        return _emit(result, args.json)
-    runners: dict[str, Callable[[Any], Awaitable[BaseModel]]] = {
-        "compile": lambda rt: compile_candidate(rt, args.backend, _read(args.candidate) or "", args.timeout_s, _read(args.reference)),
-        "verify": lambda rt: verify(rt, args.backend, _read(args.reference) or "", _read(args.candidate) or "", args.trials, args.atol, args.rtol, None, args.timeout_s, args.precision, args.stress),
-        "profile": lambda rt: profile(
-            rt, args.backend, _read(args.reference) or "", _read(args.candidate) or "", args.baselines, args.hardware_counters,
-            args.trials, args.warmup, args.reps, args.atol, args.rtol, None, args.timeout_s, args.cuda_graph, args.precision, args.stress,
-        ),
-        "translate": lambda rt: translate_reference(rt, _read(args.reference) or "", args.target_backend, args.source_backend, _read(args.source_code), args.timeout_s),
+        args.profile = args.run_id or _read(args.text)
+    try:
+        request = parse_request(args, model)
+    except ValidationError as exc:
+        raise BadRequest(explain(exc, model)) from exc
+    if cmd == "analyze":
+        return _emit(anyio.run(analyze_profile, request), args.json)
+    tools: dict[str, Callable[[Any, Any], Awaitable[BaseModel]]] = {
+        "compile": compile_candidate, "verify": verify, "profile": profile, "translate": translate_reference,
     }
-    return _emit(anyio.run(_with_runtime, runners[cmd]), args.json)
+    return _emit(anyio.run(_with_runtime, lambda rt: tools[cmd](rt, request)), args.json)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -94,46 +179,14 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("backends", help="list backends and their availability").add_argument("--json", action="store_true")
 
-    def common(p: argparse.ArgumentParser, reference: bool = True) -> None:
-        p.add_argument("--backend", required=True)
-        p.add_argument("--candidate", required=True, help="candidate module file ('-' for stdin)")
-        if reference:
-            p.add_argument("--reference", required=True, help="KernelBench problem file")
-            p.add_argument("--trials", type=int, default=5)
-            p.add_argument("--atol", type=float, default=None)
-            p.add_argument("--rtol", type=float, default=None)
-            p.add_argument("--precision", choices=["strict", "tf32", "bf16", "fp16"], default="strict", help="numerics policy (default strict)")
-            p.add_argument("--stress", nargs="*", choices=["signed", "large", "tiny"], default=None, help="extra trials on stress input families")
-        p.add_argument("--timeout-s", type=float, default=None)
-        p.add_argument("--json", action="store_true")
-
-    compile_parser = sub.add_parser("compile", help="build a candidate")
-    common(compile_parser, reference=False)
-    compile_parser.add_argument("--reference", default=None, help="launch kernels once on this problem's inputs (Triton JIT stats on a GPU)")
-    common(sub.add_parser("verify", help="check a candidate against a reference"))
-    prof = sub.add_parser("profile", help="verify then time a candidate against eager and torch.compile")
-    common(prof)
-    prof.set_defaults(trials=3)
-    prof.add_argument("--baselines", nargs="*", choices=["eager", "compile"], default=None)
-    prof.add_argument("--hardware-counters", action="store_true")
-    prof.add_argument("--cuda-graph", action="store_true")
-    prof.add_argument("--warmup", type=int, default=3)
-    prof.add_argument("--reps", type=int, default=20)
-
-    analyze = sub.add_parser("analyze", help="analyze a profile run or raw profiler text")
-    src = analyze.add_mutually_exclusive_group(required=True)
-    src.add_argument("--run-id")
-    src.add_argument("--text", help="file with profiler text ('-' for stdin)")
-    analyze.add_argument("--candidate", default=None)
-    analyze.add_argument("--json", action="store_true")
-
-    tr = sub.add_parser("translate", help="render a generation prompt and analyze a reference")
-    tr.add_argument("--reference", required=True)
-    tr.add_argument("--target-backend", required=True)
-    tr.add_argument("--source-backend", default="pytorch")
-    tr.add_argument("--source-code", default=None)
-    tr.add_argument("--timeout-s", type=float, default=None)
-    tr.add_argument("--json", action="store_true")
+    for command, (help_text, model) in TOOL_COMMANDS.items():
+        tool = sub.add_parser(command, help=help_text)
+        if command == "analyze":
+            source = tool.add_mutually_exclusive_group(required=True)
+            source.add_argument("--run-id", help="a run_id returned by `profile`")
+            source.add_argument("--text", metavar="FILE", help="file with profiler text ('-' for stdin)")
+        add_request_options(tool, model, skip={"profile"} if command == "analyze" else ())
+        tool.add_argument("--json", action="store_true", help="print the whole result as JSON")
 
     from kfoundry.clients.cli import add_optimize_parser
 

@@ -1,18 +1,24 @@
-"""The MCP server: registers the tools, resources and prompts on an ``MCPServer``."""
+"""The MCP server: registers the tools, resources and prompts on an ``MCPServer``.
+
+Each tool's arguments are the fields of its request model (``tools/requests.py``): the tool
+functions take the validated model, and the signature MCPServer reads is derived from it.
+"""
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
-from collections.abc import AsyncIterator
+import typing
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 from mcp.server.auth.provider import TokenVerifier
 from mcp.server.mcpserver import Context, MCPServer, Resolve, Sample
-from mcp.server.mcpserver.exceptions import ResourceError, ToolError
-from mcp.types import CreateMessageResult, SamplingMessage, TextContent, ToolAnnotations
-from pydantic import Field
+from mcp.server.mcpserver.exceptions import ResourceError, ToolError, UnexpectedToolError
+from mcp.types import CallToolResult, CreateMessageResult, InputRequiredResult, SamplingMessage, TextContent, ToolAnnotations
+from pydantic import BaseModel, ValidationError
 
 from kfoundry import __version__
 from kfoundry import examples as problem_library
@@ -25,32 +31,85 @@ from kfoundry.runner.pool import WorkerPool, gpu_count
 from kfoundry.tools.analyze import analyze_profile as analyze_tool
 from kfoundry.tools.backends import list_backends
 from kfoundry.tools.compile import compile_candidate
-from kfoundry.tools.profile import Baseline
 from kfoundry.tools.profile import profile as profile_tool
+from kfoundry.tools.requests import AnalyzeRequest, CompileRequest, ProfileRequest, TranslateRequest, VerifyRequest, explain
 from kfoundry.tools.runtime import Runtime
-from kfoundry.tools.translate import check_translation_args, render_prompt
+from kfoundry.tools.translate import render_prompt
 from kfoundry.tools.translate import translate_reference as translate_tool
 from kfoundry.tools.verify import verify as verify_tool
-from kfoundry.verify.guardrails import Guardrails
 
 logger = logging.getLogger(__name__)
 
-Backend = Annotated[str, Field(description="Kernel backend: 'cpp' or 'triton' (call `backends` for what this host offers).")]
-Reference = Annotated[str, Field(description="KernelBench problem source: class Model(nn.Module), get_inputs(), get_init_inputs().")]
-Candidate = Annotated[str, Field(description="Full Python module source defining class ModelNew (or NewModel) with Model's __init__ signature.")]
-Timeout = Annotated[float | None, Field(default=None, gt=0, le=3600, description="Kill the job after this many seconds (state 'timeout').")]
-Precision = Annotated[
-    Literal["strict", "tf32", "bf16", "fp16"],
-    Field(description="Numerics policy. 'strict' (default): the problem's dtypes, no TF32, no downcasts, atol/rtol decide. "
-                      "'tf32', 'bf16', 'fp16': the candidate may compute at that precision (accumulating in fp32); it is judged "
-                      "against a float64 oracle within 2x the error of an honest run at that precision, and timed against "
-                      "baselines given the same freedom and against strict ones."),
-]
-Stress = Annotated[
-    list[Literal["signed", "large", "tiny"]] | None,
-    Field(description="Extra trials on stress inputs: 'signed' (random signs), 'large' (x 2^16), 'tiny' (x 2^-20). A family "
-                      "is dropped, and said so, when the reference itself goes non-finite on it."),
-]
+RequestTool = Callable[..., Awaitable[Any]]
+
+
+def _flattened(fn: RequestTool) -> tuple[type[BaseModel], RequestTool]:
+    """``fn(request, ...)`` as a function whose parameters are the request model's fields, then ``fn``'s others.
+
+    MCPServer builds a tool's input schema from its function's signature, so every field
+    becomes a top-level argument with the model's type, default, bounds and description.
+    """
+    hints = typing.get_type_hints(fn, include_extras=True)
+    first, *rest = inspect.signature(fn).parameters.values()
+    request: type[BaseModel] = hints[first.name]
+    fields = [
+        inspect.Parameter(
+            name, inspect.Parameter.KEYWORD_ONLY, annotation=Annotated[field.annotation, field],
+            default=inspect.Parameter.empty if field.is_required() else field.get_default(call_default_factory=True),
+        )
+        for name, field in request.model_fields.items()
+    ]
+    others = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY, annotation=hints[p.name]) for p in rest]
+
+    async def tool(**arguments: Any) -> Any:
+        values = {name: arguments.pop(name) for name in request.model_fields}
+        return await fn(request.model_validate(values), **arguments)
+
+    tool.__name__, tool.__qualname__, tool.__doc__ = fn.__name__, fn.__qualname__, fn.__doc__
+    tool.__signature__ = inspect.Signature([*fields, *others], return_annotation=hints["return"])  # type: ignore[attr-defined]
+    tool.__annotations__ = {p.name: p.annotation for p in [*fields, *others]} | {"return": hints["return"]}
+    return request, tool
+
+
+class KfoundryServer(MCPServer):
+    """An ``MCPServer`` whose tools take request models, and whose tool errors tell the caller what to send.
+
+    Arguments that fail validation come back as one line per field: what it allows, what was
+    sent, what it takes (pydantic's own text names internal models and links to its docs). A
+    ``KfoundryError`` is an anticipated failure, so its message reaches the client; the SDK
+    withholds the text of any other exception.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._requests: dict[str, type[BaseModel]] = {}
+
+    def request_tool(self, name: str, **options: Any) -> Callable[[RequestTool], RequestTool]:
+        """Register ``fn(request: SomeRequest, ...)`` as tool ``name`` (``options`` as for ``tool()``)."""
+
+        def register(fn: RequestTool) -> RequestTool:
+            request, tool = _flattened(fn)
+            self._requests[name] = request
+            self.add_tool(tool, name=name, **options)
+            return fn
+
+        return register
+
+    async def call_tool(
+        self, name: str, arguments: dict[str, Any], context: Context[Any, Any] | None = None
+    ) -> CallToolResult | InputRequiredResult:
+        try:
+            return await super().call_tool(name, arguments, context)
+        except ToolError as exc:
+            cause, request = exc.__cause__, self._requests.get(name)
+            if isinstance(cause, KfoundryError):
+                raise ToolError(f"Error executing tool {name}: {cause}") from cause
+            # Rejected by the SDK's check of the arguments, or by the request model's checks across fields.
+            if isinstance(cause, ValidationError) and (
+                not isinstance(exc, UnexpectedToolError) or (request is not None and cause.title == request.__name__)
+            ):
+                raise ToolError(f"Error executing tool {name}: {explain(cause, request)}") from cause
+            raise
 
 
 def _progress(ctx: Context) -> Any:
@@ -71,9 +130,9 @@ def _ask_client_model(
     if not sample or caps is None or caps.sampling is None:
         return None
     try:
-        check_translation_args(reference, target_backend, source_backend, source_code)
-        prompt = render_prompt(reference, target_backend.strip().lower(), source_backend, source_code)
-    except (KfoundryError, KeyError):
+        request = TranslateRequest(reference=reference, target_backend=target_backend, source_backend=source_backend, source_code=source_code)
+        prompt = render_prompt(request.reference, request.target_backend, request.source_backend, request.source_code)
+    except (ValidationError, KfoundryError, KeyError):
         return None
     return Sample([SamplingMessage(role="user", content=TextContent(type="text", text=prompt))], max_tokens=8192)
 
@@ -97,7 +156,7 @@ class Live:
     runtime: Runtime | None = None
 
 
-def build_server(token_verifier: TokenVerifier | None = None, live: Live | None = None) -> MCPServer:
+def build_server(token_verifier: TokenVerifier | None = None, live: Live | None = None) -> KfoundryServer:
     """The MCP server; with ``token_verifier`` its HTTP transport requires bearer tokens."""
     holder = live or Live()
 
@@ -114,94 +173,30 @@ def build_server(token_verifier: TokenVerifier | None = None, live: Live | None 
                 holder.runtime = None
 
     auth = {"token_verifier": token_verifier, "auth": auth_settings()} if token_verifier is not None else {}
-    mcp = MCPServer("kernel-foundry", version=__version__, instructions=INSTRUCTIONS, lifespan=lifespan, **auth)
+    mcp = KfoundryServer("kernel-foundry", version=__version__, instructions=INSTRUCTIONS, lifespan=lifespan, **auth)
     heavy = ToolAnnotations(read_only_hint=True, open_world_hint=False, idempotent_hint=False)
 
-    @mcp.tool(name="compile", description=DESCRIPTIONS["compile"], annotations=heavy)
-    async def compile_(
-        backend: Backend,
-        candidate: Candidate,
-        ctx: Context,
-        reference: Annotated[str | None, Field(description="Optional problem source: kernels that compile on first launch (Triton on a GPU) are launched once on its inputs so their registers/spills/shared memory can be reported.")] = None,
-        timeout_s: Timeout = None,
-    ) -> CompileResult:
-        try:
-            return await compile_candidate(_runtime(ctx), backend, candidate, timeout_s, reference)
-        except KfoundryError as exc:
-            raise ToolError(str(exc)) from exc
+    @mcp.request_tool(name="compile", description=DESCRIPTIONS["compile"], annotations=heavy)
+    async def compile_(request: CompileRequest, ctx: Context) -> CompileResult:
+        return await compile_candidate(_runtime(ctx), request)
 
-    @mcp.tool(name="verify", description=DESCRIPTIONS["verify"], annotations=heavy)
-    async def verify(
-        backend: Backend,
-        reference: Reference,
-        candidate: Candidate,
-        ctx: Context,
-        trials: Annotated[int, Field(ge=1, le=100, description="Trials with fresh secret-seeded inputs.")] = 5,
-        atol: Annotated[float | None, Field(ge=0, description="Absolute tolerance (default: 1e-4 fp32, 1e-2 fp16/bf16).")] = None,
-        rtol: Annotated[float | None, Field(ge=0, description="Relative tolerance (default: as atol).")] = None,
-        guardrails: Annotated[Guardrails | None, Field(description="Extra required/banned regex rules.")] = None,
-        timeout_s: Timeout = None,
-        precision: Precision = "strict",
-        stress: Stress = None,
-    ) -> VerifyResult:
-        try:
-            return await verify_tool(_runtime(ctx), backend, reference, candidate, trials, atol, rtol, guardrails, timeout_s, precision, stress)
-        except KfoundryError as exc:
-            raise ToolError(str(exc)) from exc
+    @mcp.request_tool(name="verify", description=DESCRIPTIONS["verify"], annotations=heavy)
+    async def verify(request: VerifyRequest, ctx: Context) -> VerifyResult:
+        return await verify_tool(_runtime(ctx), request)
 
-    @mcp.tool(name="profile", description=DESCRIPTIONS["profile"], annotations=heavy)
-    async def profile(
-        backend: Backend,
-        reference: Reference,
-        candidate: Candidate,
-        ctx: Context,
-        baselines: Annotated[list[Baseline] | None, Field(description="Baselines to time: 'eager', 'compile' (default both).")] = None,
-        hardware_counters: Annotated[bool, Field(description="Collect Nsight Compute counters (NVIDIA GPUs only).")] = False,
-        reps: Annotated[int, Field(ge=1, le=1000, description="Timed repetitions per contender.")] = 20,
-        warmup: Annotated[int, Field(ge=0, le=100, description="Untimed warm-up calls per contender.")] = 3,
-        trials: Annotated[int, Field(ge=1, le=100, description="Correctness trials run before timing.")] = 3,
-        atol: Annotated[float | None, Field(ge=0)] = None,
-        rtol: Annotated[float | None, Field(ge=0)] = None,
-        guardrails: Guardrails | None = None,
-        cuda_graph: Annotated[bool, Field(description="Time by CUDA-graph replay (for launch-bound kernels; GPU only).")] = False,
-        timeout_s: Timeout = None,
-        precision: Precision = "strict",
-        stress: Stress = None,
-    ) -> ProfileResult:
-        try:
-            return await profile_tool(
-                _runtime(ctx), backend, reference, candidate, baselines, hardware_counters, trials, warmup, reps, atol, rtol,
-                guardrails, timeout_s, cuda_graph, precision, stress,
-            )
-        except KfoundryError as exc:
-            raise ToolError(str(exc)) from exc
+    @mcp.request_tool(name="profile", description=DESCRIPTIONS["profile"], annotations=heavy)
+    async def profile(request: ProfileRequest, ctx: Context) -> ProfileResult:
+        return await profile_tool(_runtime(ctx), request)
 
-    @mcp.tool(name="analyze_profile", description=DESCRIPTIONS["analyze_profile"], annotations=ToolAnnotations(read_only_hint=True))
-    async def analyze_profile(
-        profile: Annotated[str, Field(description="A run_id returned by `profile`, or raw profiler text (torch.profiler table, Nsight Compute CSV).")],
-        candidate: Annotated[str | None, Field(description="The candidate source, for source-level advice.")] = None,
-        images: Annotated[list[str] | None, Field(description="Optional screenshots (base64 PNG) of profiler views; recorded with the run.")] = None,
-    ) -> AnalysisResult:
-        try:
-            return await analyze_tool(profile, candidate, images)
-        except KfoundryError as exc:
-            raise ToolError(str(exc)) from exc
+    @mcp.request_tool(name="analyze_profile", description=DESCRIPTIONS["analyze_profile"], annotations=ToolAnnotations(read_only_hint=True))
+    async def analyze_profile(request: AnalyzeRequest) -> AnalysisResult:
+        return await analyze_tool(request)
 
-    @mcp.tool(name="translate_reference", description=DESCRIPTIONS["translate_reference"], annotations=heavy)
+    @mcp.request_tool(name="translate_reference", description=DESCRIPTIONS["translate_reference"], annotations=heavy)
     async def translate_reference(
-        reference: Reference,
-        target_backend: Annotated[str, Field(description="Backend to write the kernel for: 'cpp' or 'triton'.")],
-        ctx: Context,
-        source_backend: Annotated[str, Field(description="'pytorch' (translate the reference) or a backend whose kernel is given in source_code.")] = "pytorch",
-        source_code: Annotated[str | None, Field(description="An existing candidate for source_backend to translate from.")] = None,
-        sample: Annotated[bool, Field(description="Also ask your own model (MCP sampling) to write the candidate; ignored when the client cannot sample.")] = False,
-        timeout_s: Timeout = None,
-        drafted: Annotated[CreateMessageResult | None, Resolve(_ask_client_model)] = None,
+        request: TranslateRequest, ctx: Context, drafted: Annotated[CreateMessageResult | None, Resolve(_ask_client_model)] = None
     ) -> TranslateResult:
-        try:
-            return await translate_tool(_runtime(ctx), reference, target_backend, source_backend, source_code, timeout_s, _sampled_text(drafted))
-        except KfoundryError as exc:
-            raise ToolError(str(exc)) from exc
+        return await translate_tool(_runtime(ctx), request, translation=_sampled_text(drafted))
 
     @mcp.tool(name="backends", description=DESCRIPTIONS["backends"], annotations=ToolAnnotations(read_only_hint=True, idempotent_hint=True))
     async def backends(ctx: Context) -> BackendsResult:

@@ -3,26 +3,24 @@
 from __future__ import annotations
 
 import base64
-import binascii
 
 from kfoundry.artifacts import RUN_ID, new_run, open_run
 from kfoundry.errors import BadRequest
 from kfoundry.profilers.analysis import diagnose, diagnose_text
 from kfoundry.schema import AnalysisResult, ProfileResult
-from kfoundry.tools.runtime import check_source
-
-MAX_IMAGES = 8
+from kfoundry.tools.requests import AnalyzeRequest
 
 
-async def analyze_profile(profile: str, candidate: str | None = None, images: list[str] | None = None) -> AnalysisResult:
-    if not isinstance(profile, str) or not profile.strip():
-        raise BadRequest("profile is empty; send the run_id a `profile` call returned, or raw profiler text")
-    check_source(profile, "profile", kind="a run_id or profiler text")
-    if candidate is not None:
-        check_source(candidate, "candidate", kind="the candidate module source")
+async def analyze_profile(request: AnalyzeRequest) -> AnalysisResult:
+    """Diagnose a finished profile run (by run_id) or raw profiler text.
+
+    Raises:
+        BadRequest: ``request.profile`` looks like a run id but names no finished profile run.
+    """
+    candidate = request.candidate
     run = new_run("analyze")
     profile_run_id = None
-    text = profile.strip()
+    text = request.profile.strip()
     if RUN_ID.match(text):
         source_run = open_run(text)
         result_path = source_run.path / "result.json"
@@ -36,11 +34,8 @@ async def analyze_profile(profile: str, candidate: str | None = None, images: li
     else:
         run.write("profile.txt", text)
         diagnosis = diagnose_text(text)
-    for i, image in enumerate((images or [])[:MAX_IMAGES]):
-        try:
-            run.write(f"image-{i}.png", base64.b64decode(image, validate=True))
-        except (binascii.Error, ValueError) as exc:
-            raise BadRequest(f"images[{i}] is not base64 data: {exc}") from exc
+    for i, image in enumerate(request.images or []):
+        run.write(f"image-{i}.png", base64.b64decode(image, validate=True))
     result = AnalysisResult(
         bottleneck=diagnosis.bottleneck, digest=diagnosis.digest, recommendation=diagnosis.recommendation,
         evidence=diagnosis.evidence, source="rules", profile_run_id=profile_run_id, run_id=run.id,
