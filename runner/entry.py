@@ -38,10 +38,10 @@ def _warm(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.init()
         torch.zeros(1, device=device)
-    try:
-        import triton  # noqa: F401 - importing early keeps it off the job's critical path
-    except ImportError:
-        pass
+    from kfoundry.backends import all_backends
+
+    for backend in all_backends():
+        backend.warm(device)  # imports (triton, ...) a job would otherwise pay for
     # Both roles and the first use of a dispatch mode import a second or more of torch
     # internals; a spare pays that while it waits, not the job.
     from kfoundry.runner import candidate, reference  # noqa: F401
@@ -86,7 +86,8 @@ def main() -> None:
     set_worker_channel(channel)
 
     from kfoundry.runner import candidate, reference
-    from kfoundry.runner.loading import JobFailed
+    from kfoundry.runner.loading import JobFailed, error_detail
+    from kfoundry.schema import State
 
     try:
         if isinstance(job, ReferenceJob):
@@ -98,6 +99,10 @@ def main() -> None:
         channel.send(Done())
     except JobFailed as failed:
         channel.send(Failed(state=failed.state, error=failed.error, diagnostics=failed.diagnostics))
+    except (EOFError, ConnectionError):
+        os._exit(0)  # the parent hung up: nobody to tell
+    except Exception as exc:  # noqa: BLE001 - out of memory in a comparison, a tensor that cannot be shared: a typed failure
+        channel.send(Failed(state=State.runtime_error, error=error_detail(exc, f"{type(job).__name__.removesuffix('Job').lower()} worker")))
     sys.stdout.flush()
     sys.stderr.flush()
     # Skip interpreter teardown: user objects' finalizers must not run after the facts are sent.

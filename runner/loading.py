@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import linecache
 import sys
 import traceback
 from pathlib import Path
@@ -62,6 +63,19 @@ def import_source(source: str, filename: str, module_name: str, workdir: Path) -
     module = importlib.util.module_from_spec(spec)
     sys.modules[module_name] = module
     spec.loader.exec_module(module)
+    return module
+
+
+def import_text(source: str, filename: str, module_name: str) -> ModuleType:
+    """Import source without writing it anywhere: nothing another process could find is left on disk.
+
+    Tracebacks still show its lines (they are registered with ``linecache``).
+    """
+    module = ModuleType(module_name)
+    module.__file__ = filename
+    linecache.cache[filename] = (len(source), None, source.splitlines(keepends=True), filename)
+    sys.modules[module_name] = module
+    exec(compile(source, filename, "exec"), module.__dict__)  # noqa: S102 - the problem is the user's own trusted-role code
     return module
 
 

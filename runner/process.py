@@ -16,7 +16,7 @@ import anyio
 from anyio.abc import Process, SocketStream, TaskGroup
 from anyio.streams.buffered import BufferedByteReceiveStream
 
-from kfoundry.backends import REGISTRY, get_backend
+from kfoundry.backends import all_backends
 from kfoundry.config import settings
 from kfoundry.runner.sandbox import Containment, Freezer, make_workdir, remove_workdir, thread_count, worker_env
 from kfoundry.runner.wire import HEADER, MAX_FRAME, Ready, Wire, WireError, decode, encode
@@ -34,12 +34,12 @@ class WorkerGone(RuntimeError):
 
 
 def _backend_env(device: str) -> dict[str, str]:
+    """What every backend needs in a worker's environment: its own variables and its compiler caches."""
     env: dict[str, str] = {}
-    for name in REGISTRY:
-        try:
-            env.update(get_backend(name).worker_env(device))
-        except ImportError:
-            continue
+    shared = settings().shared_cache_dir
+    for backend in all_backends():
+        env.update(backend.cache_env(shared))
+        env.update(backend.worker_env(device))
     return env
 
 

@@ -16,9 +16,9 @@ from typing import Any
 
 import torch
 
-from kfoundry.profilers.timing import cache_flusher, time_call
+from kfoundry.profilers.timing import cache_flusher, graphed, time_call
 from kfoundry.runner import exchange
-from kfoundry.runner.loading import JobFailed, as_list, error_detail, failure, import_source, sync
+from kfoundry.runner.loading import JobFailed, as_list, error_detail, failure, import_text, sync
 from kfoundry.runner.wire import (
     Analysis,
     Analyze,
@@ -43,7 +43,7 @@ from kfoundry.runner.wire import (
 )
 from kfoundry.schema import ErrorDetail, Finding, State
 from kfoundry.verify import precision as numerics
-from kfoundry.verify.compare import Oracle, fingerprint, judge
+from kfoundry.verify.compare import Oracle, all_finite, fingerprint, is_constant, judge
 from kfoundry.verify.facts import CallCheck
 from kfoundry.verify.stress import stressed
 
@@ -76,13 +76,6 @@ def _under(policy: numerics.Policy, fn: Any, device: str) -> Any:
     return call
 
 
-def _is_constant(t: torch.Tensor) -> bool:
-    if t.numel() < 2:
-        return False
-    flat = t.reshape(-1)
-    return bool((flat == flat[0]).all()) or (t.is_floating_point() and bool(torch.isnan(flat).all()))
-
-
 def _same_bytes(a: torch.Tensor, b: torch.Tensor) -> bool:
     if a.shape != b.shape or a.dtype != b.dtype:
         return False
@@ -90,7 +83,7 @@ def _same_bytes(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 
 def _finite(values: list[Any]) -> bool:
-    return all(not isinstance(v, torch.Tensor) or not v.is_floating_point() or bool(torch.isfinite(v).all()) for v in values)
+    return all(not isinstance(v, torch.Tensor) or all_finite(v) for v in values)
 
 
 class Reference:
@@ -109,6 +102,8 @@ class Reference:
         #: call -> (the reference's own copy of the inputs, slot, family)
         self.pending: dict[int, tuple[list[Any], int, str]] = {}
         self.contenders: dict[str, Any] = {}
+        #: CUDA-graph mode: the static inputs every captured contender reads (each call's values are copied in)
+        self.static_inputs: list[Any] | None = None
         self.expected_from = ""
         self.flush: Any = None
         self._oracle: torch.nn.Module | None = None
@@ -144,7 +139,7 @@ class Reference:
     def _load(self) -> ModuleType:
         self.stage("loading the reference")
         try:
-            problem = import_source(self.job.problem, REFERENCE_FILE, "reference", self.workdir)
+            problem = import_text(self.job.problem, REFERENCE_FILE, "reference")
         except BaseException as exc:  # noqa: BLE001 - any failure of problem code is a reported outcome
             raise failure(exc, "load reference", candidate=False) from exc
         missing = [n for n in ("Model", "get_inputs", "get_init_inputs") if not hasattr(problem, n)]
@@ -280,7 +275,7 @@ class Reference:
         )
         if message.judge.trial:
             for i, ((g, _, _), e) in enumerate(zip(got, expected, strict=False)):
-                if isinstance(e, torch.Tensor) and g is not None and g.shape == e.shape and _is_constant(g) and not _is_constant(e):
+                if isinstance(e, torch.Tensor) and g is not None and g.shape == e.shape and is_constant(g) and not is_constant(e):
                     check.constant_output = i
                     break
         return check
@@ -338,6 +333,14 @@ class Reference:
             except Exception as exc:  # noqa: BLE001
                 del self.contenders[name]
                 warnings.append(f"{name} baseline failed to run: {type(exc).__name__}: {str(exc)[:300]}")
+        if message.cuda_graph and self.device.startswith("cuda") and self.contenders:
+            self.stage("timing", "capturing CUDA graphs")
+            try:
+                self.contenders = {name: graphed(fn, warm) for name, fn in self.contenders.items()}
+                self.static_inputs = warm
+                warnings.append("CUDA-graph replay: each contender replays one captured call on static input buffers (L2 is still flushed before every call).")
+            except Exception as exc:  # noqa: BLE001 - capture fails for host syncs or dynamic shapes; time eagerly instead
+                warnings.append(f"CUDA-graph capture of the baselines failed, they are timed without graphs: {type(exc).__name__}: {str(exc)[:300]}")
         self.flush = cache_flusher(self.device)
         return BaselinesReady(names=list(self.contenders), warnings=warnings)
 
@@ -347,13 +350,18 @@ class Reference:
             return {}, None
         timings: dict[str, float] = {}
         expected = None
+        if self.static_inputs is not None:
+            for dst, src in zip(self.static_inputs, own, strict=False):
+                if isinstance(dst, torch.Tensor) and isinstance(src, torch.Tensor):
+                    dst.copy_(src)
+            own = self.static_inputs
         with torch.no_grad():
             for k in range(len(names)):
                 name = names[(call + k) % len(names)]
                 ms, out = time_call(self.contenders[name], own, self.flush, self.device)
                 timings[name] = float(ms)
                 if name == self.expected_from:
-                    expected = as_list(out)
+                    expected = [v.clone() if isinstance(v, torch.Tensor) and self.static_inputs is not None else v for v in as_list(out)]
                 del out
         return timings, expected
 

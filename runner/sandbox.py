@@ -304,9 +304,8 @@ def worker_env(workdir: Path, extra: dict[str, str]) -> dict[str, str]:
             "PYTHONDONTWRITEBYTECODE": "1",
             "PYTHONUNBUFFERED": "1",
             "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
-            "TRITON_CACHE_DIR": str(shared / "triton"),
+            # The torch.compile baseline's cache (the reference worker's); backends add their own caches.
             "TORCHINDUCTOR_CACHE_DIR": str(shared / "inductor"),
-            "TORCH_EXTENSIONS_DIR": str(shared / "torch_extensions"),
             "KFOUNDRY_HOME": str(settings().home),
         }
     )

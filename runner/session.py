@@ -23,6 +23,7 @@ import anyio
 
 from kfoundry.backends import get_backend
 from kfoundry.backends.base import BuildRequest as ToolchainRequest
+from kfoundry.backends.base import TrustedBuild
 from kfoundry.runner import exchange
 from kfoundry.runner.process import Worker, WorkerGone
 from kfoundry.runner.wire import (
@@ -130,7 +131,7 @@ class Report:
     error: ErrorDetail | None = None
     diagnostics: list[str] = field(default_factory=list)
     kernels: list[KernelStats] = field(default_factory=list)
-    builds: list[Any] = field(default_factory=list)
+    builds: list[TrustedBuild] = field(default_factory=list)
     trials: list[Call] = field(default_factory=list)
     warmups: list[Call] = field(default_factory=list)
     timed: list[Call] = field(default_factory=list)
@@ -154,7 +155,7 @@ class Session:
     def __init__(self, *, backend: str, device: str, precision: str, problem: str | None, candidate: str | None,
                  reference_worker: Worker | None, candidate_worker: Worker | None, progress: ProgressFn | None = None,
                  atol: float | None = None, rtol: float | None = None, poison: bool = True, trace_calls: int = -1, scrub_calls: int = 0,
-                 profiled_from: int = -1) -> None:
+                 profiled_from: int = -1, cuda_graph: bool = False) -> None:
         self.backend = backend
         self.device = device
         self.precision = precision
@@ -168,6 +169,7 @@ class Session:
         self.trace_calls = trace_calls
         self.scrub_calls = scrub_calls
         self.profiled_from = profiled_from
+        self.cuda_graph = cuda_graph
         self.report = Report()
         self.init_seed = secrets.randbits(31)
         self.exchange = exchange.exchange_root() / f"job-{secrets.token_hex(8)}"
@@ -215,7 +217,7 @@ class Session:
         message = {"op": request.op, **request.request}
         outcome = await anyio.to_thread.run_sync(lambda: get_backend(self.backend).build(ToolchainRequest(message=message, candidate=candidate)))
         self.report.builds.append(outcome)
-        return BuildReply(outcome=outcome.model_dump())
+        return BuildReply(outcome=outcome.model_dump(mode="json"))
 
     # -- running --------------------------------------------------------------------------
     async def run(self, plan: Plan, timeout_s: float) -> Report:
@@ -231,8 +233,8 @@ class Session:
             side = self.waiting
             worker = self.ref if side is Side.reference else self.cand
             assert worker is not None
+            status = await worker.exit_status(wait_s=2.0)
             await worker.kill()
-            status = await worker.exit_status()
             self.report.ending, self.report.side = Ending.crashed, side
             self.report.error = ErrorDetail(
                 type="ProcessDied", message=f"the {side.value} worker process died ({status}) during {self.stage}",
@@ -312,7 +314,7 @@ class Session:
             backend=self.backend, candidate=self.candidate, device=self.cand.local_device, precision=self.precision,
             init_seed=self.init_seed, init_args=prepared.init_args if prepared else [],
             parameters=prepared.parameters if prepared else [], exchange=str(self.exchange), poison=self.poison,
-            trace_calls=self.trace_calls, scrub_calls=self.scrub_calls, build_only=build_only, profiled_from=self.profiled_from,
+            trace_calls=self.trace_calls, scrub_calls=self.scrub_calls, build_only=build_only, profiled_from=self.profiled_from, cuda_graph=self.cuda_graph,
         ))
         loaded = await self._expect(Side.candidate, Loaded)
         self.report.kernels = loaded.kernels[:256]
@@ -325,6 +327,7 @@ class Session:
                     following: tuple[int, str] | None) -> tuple[Call, InputsReady | None]:
         """One forward of the candidate, judged by the reference while the candidate is frozen."""
         assert self.cand is not None
+        self.stage = f"call {ready.call + 1}"
         start = anyio.current_time()
         await self._say(Side.candidate, Forward(call=ready.call, inputs=ready.inputs))
         returned = await self._expect(Side.candidate, Returned)
@@ -336,6 +339,7 @@ class Session:
             leftover = len(self.cand.freezer._members()) - 1
             next_call = self.calls + 1
             after = MakeInputs(call=next_call, seed=following[0], family=following[1], slot=next_call % self.slots) if following else None
+            self.stage = f"judging call {ready.call + 1}"
             await self._say(Side.reference, Collect(call=ready.call, outputs=returned.outputs, judge=judge, time_baselines=time_baselines, next=after))
             collected = await self._expect(Side.reference, Collected)
         finally:
@@ -355,7 +359,7 @@ class Session:
 
     async def _time(self, plan: Plan, timing: TimingPlan) -> None:
         assert self.ref is not None and self.cand is not None
-        await self._say(Side.reference, PrepareBaselines(baselines=timing.baselines, warmup=timing.warmup))
+        await self._say(Side.reference, PrepareBaselines(baselines=timing.baselines, warmup=timing.warmup, cuda_graph=timing.cuda_graph))
         ready_baselines = await self._expect(Side.reference, BaselinesReady)
         self.report.baselines = ready_baselines.names
         self.report.warnings += ready_baselines.warnings

@@ -84,6 +84,8 @@ class CandidateJob(Wire):
     trace_calls: int = -1
     #: import and build only; no calls follow
     build_only: bool = False
+    #: capture ``forward`` as a CUDA graph once per input slot and replay it on every call
+    cuda_graph: bool = False
     #: calls from this index on run inside cudaProfilerStart/Stop (a worker started under Nsight Compute); -1: none
     profiled_from: int = -1
 
@@ -141,6 +143,7 @@ class PrepareBaselines(Wire):
     kind: Literal["prepare_baselines"] = "prepare_baselines"
     baselines: list[str]
     warmup: int = 3
+    cuda_graph: bool = False
 
 
 class ProfileCall(Wire):

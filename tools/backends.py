@@ -15,7 +15,8 @@ def list_backends(pool: WorkerPool | None = None) -> BackendsResult:
         import torch
 
         devices += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
-    available = {i.name: i for i in infos if i.available}
-    gpu_native = [i.name for i in infos if i.available and i.device.startswith("cuda") and not i.interpreted]
-    best = gpu_native[0] if gpu_native else ("cpp" if "cpp" in available else next(iter(available), "none"))
+    available = [i for i in infos if i.available]
+    # A kernel on the device beats one on the host, which beats an interpreted one.
+    ranked = sorted(available, key=lambda i: (not (i.device.startswith("cuda") and not i.interpreted), i.interpreted))
+    best = ranked[0].name if ranked else "none"
     return BackendsResult(backends=infos, best=best, devices=devices, queues=pool.status() if pool is not None else {})

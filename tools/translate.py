@@ -18,7 +18,7 @@ DEFAULT_TIMEOUT_S = 120.0
 
 def prompt_context(backend_name: str, reference: str, analysis: ProblemAnalysis | None = None, **extra: Any) -> dict[str, Any]:
     backend = get_backend(backend_name)
-    example_reference, example_solution = prompts.oneshot(backend.name)
+    example_reference, example_solution = prompts.oneshot(backend)
     return {
         "reference": reference, "backend": backend.name, "marker": backend.marker, "notes": backend.notes,
         "oneshot_reference": example_reference, "oneshot_solution": example_solution, "analysis": analysis, **extra,

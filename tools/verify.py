@@ -114,7 +114,7 @@ async def run_check(
         session = Session(
             backend=backend.name, device=device, precision=precision.name, problem=reference, candidate=candidate,
             reference_worker=ref_worker, candidate_worker=cand_worker, progress=stage, atol=atol, rtol=rtol,
-            poison=stale_check, trace_calls=traced, scrub_calls=len(plan_trials) if stale_check else 0,
+            cuda_graph=timing is not None and timing.cuda_graph, poison=stale_check, trace_calls=traced, scrub_calls=len(plan_trials) if stale_check else 0,
         )
         plan = Plan(trials=plan_trials, oracle_trials=len(plan_trials) if precision.relaxed else 1, timing=timing, analyze=analyze,
                     proceed=proceed if timing is not None else None, before_timing=quiesce)

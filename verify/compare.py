@@ -105,6 +105,25 @@ def compare_tensor(expected: torch.Tensor, got: torch.Tensor, atol: float | None
     )
 
 
+def all_finite(t: torch.Tensor) -> bool:
+    """No NaN or inf anywhere (chunk by chunk: no full-size temporary)."""
+    if not (t.is_floating_point() or t.is_complex()):
+        return True
+    flat = t.reshape(-1)
+    return all(bool(torch.isfinite(flat[i:i + CHUNK]).all()) for i in range(0, flat.numel(), CHUNK))
+
+
+def is_constant(t: torch.Tensor) -> bool:
+    """Every element equal to the first (or all NaN), for tensors of two or more elements."""
+    if t.numel() < 2:
+        return False
+    flat = t.reshape(-1)
+    first = flat[0]
+    if t.is_floating_point() and bool(torch.isnan(first)):
+        return all(bool(torch.isnan(flat[i:i + CHUNK]).all()) for i in range(0, flat.numel(), CHUNK))
+    return all(bool((flat[i:i + CHUNK] == first).all()) for i in range(0, flat.numel(), CHUNK))
+
+
 def fingerprint(t: torch.Tensor) -> str:
     """A hash of a tensor's bytes, computed on its device chunk by chunk (replays and late writes show as equal or changed)."""
     flat = t.detach().contiguous().reshape(-1)

@@ -1,0 +1,8 @@
+"""The role tests share the server tests' candidates and module-scoped in-memory client."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "server"))
+
+from mcp_support import anyio_backend, client  # noqa: E402, F401 - re-exported fixtures
