@@ -2,6 +2,7 @@
 # Set up (once) and run kernel-foundry from a checkout:
 #   ./run.sh demo    start the MCP server over stdio and drive all five tools on a bundled problem
 #   ./run.sh test    run the test suite
+#   ./run.sh lint    ruff over the tree (CI runs it before the tests)
 # Set-up makes .venv (seeing system packages, so a preinstalled CUDA torch is reused), installs
 # torch==2.13.0 first when no torch is importable (a bare "torch" requirement would pull several GB
 # of CUDA wheels onto a CPU-only machine), then installs this package in editable mode.
@@ -34,5 +35,6 @@ shift || true
 case "$command" in
   demo) exec "$VENV/bin/kfoundry" demo "$@" ;;
   test) exec "$PY" -m pytest -q "$@" ;;
-  *) echo "usage: ./run.sh demo|test" >&2; exit 2 ;;
+  lint) exec "$PY" -m ruff check "$@" . ;;
+  *) echo "usage: ./run.sh demo|test|lint" >&2; exit 2 ;;
 esac

@@ -31,8 +31,8 @@ from pydantic import BaseModel, Field, ValidationError
 from kfoundry.backends import embedded
 from kfoundry.backends.base import BuildRequest, BuildUnsupported, CompileOnlyOutcome, Resolve, Severity, SourceHit
 from kfoundry.backends.gxx import BuildOutcome, FlagError, build, compiler_version
-from kfoundry.schema import Bottleneck, Diagnostic, KernelStats, ToolchainInfo
 from kfoundry.runner.wire import worker_channel
+from kfoundry.schema import Bottleneck, Diagnostic, KernelStats, ToolchainInfo
 
 _EXPORT = re.compile(
     r'extern\s+"C"\s*(?:\{)?\s*(?:__attribute__\s*\(\([^)]*\)\)\s*)?'

@@ -74,7 +74,6 @@ from kfoundry.backends.nvrtc import (  # noqa: F401 - re-exported
     NvrtcFacts,
     nvrtc_facts,
 )
-
 from kfoundry.schema import Bottleneck, KernelStats, ToolchainInfo
 
 REASON_COMPILE_ONLY = "no CUDA device: compile works (nvcc found, compile-only to cubin for sm_90), verify/profile need a GPU"

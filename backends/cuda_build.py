@@ -24,7 +24,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from pydantic import Field
+
 from kfoundry.backends import nvcc
+from kfoundry.backends.base import TrustedBuild
 from kfoundry.backends.cuda_headers import (
     _CCCL_HEADERS,
     _HEADERS_VERSION,
@@ -41,9 +44,6 @@ from kfoundry.backends.nvrtc import (
     _nvrtc,
     nvrtc_facts,
 )
-from pydantic import Field
-
-from kfoundry.backends.base import TrustedBuild
 from kfoundry.config import settings
 from kfoundry.schema import Diagnostic
 

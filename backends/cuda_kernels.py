@@ -45,7 +45,6 @@ from kfoundry.backends.cuda_driver import (
 from kfoundry.backends.nvcc import FlagError, KernelDecl, Param
 from kfoundry.backends.nvrtc import PROGRAM, CudaError, CudaUnavailable
 from kfoundry.runner.wire import worker_channel
-
 from kfoundry.schema import Diagnostic, KernelStats
 
 _built: list[KernelStats] = []
@@ -122,6 +121,30 @@ class CudaKernel:
             fn = self._functions[device] = _driver().function(self.module._module(device), self.symbol)
         return fn
 
+    def _pointer(self, index: int, param: Param, value: Any, holders: list[Any]) -> int | None:
+        """A pointer argument: a contiguous, aligned CUDA tensor of a matching dtype, or an integer address."""
+        import torch
+
+        name = self.decl.name
+        if isinstance(value, torch.Tensor):
+            if value.device.type != "cuda":
+                raise ValueError(f"{name}: argument {index} is on {value.device}; the cuda backend needs CUDA tensors (call .cuda())")
+            dtype = str(value.dtype).removeprefix("torch.")
+            allowed = _POINTEE.get(param.base, ()) if param.pointer == 1 else ()
+            if allowed and dtype not in allowed:
+                raise TypeError(f"{name}: argument {index} is {param.base}* but got a {dtype} tensor")
+            if not value.is_contiguous():
+                raise ValueError(f"{name}: argument {index} must be contiguous (call .contiguous())")
+            align = _ALIGN.get(param.base, 1)
+            if value.data_ptr() % align:
+                raise ValueError(f"{name}: argument {index} is {param.base}* and must be {align}-byte aligned")
+            holders.append(ctypes.c_void_p(value.data_ptr()))
+            return value.device.index
+        if value is None or (isinstance(value, numbers.Integral) and not isinstance(value, bool)):
+            holders.append(ctypes.c_void_p(int(value or 0)))
+            return None
+        raise TypeError(f"{name}: argument {index} is a pointer ({param.base}*); pass a CUDA tensor")
+
     def _argument(self, index: int, param: Param, value: Any, holders: list[Any]) -> int | None:
         """Append the ctypes value for one argument; returns the tensor's device index, if it is one."""
         import torch
@@ -130,24 +153,7 @@ class CudaKernel:
         if param.reference:
             raise TypeError(f"{name}: parameter {index} is a C++ reference; kernels take pointers and plain scalars")
         if param.pointer:
-            if isinstance(value, torch.Tensor):
-                if value.device.type != "cuda":
-                    raise ValueError(f"{name}: argument {index} is on {value.device}; the cuda backend needs CUDA tensors (call .cuda())")
-                dtype = str(value.dtype).removeprefix("torch.")
-                allowed = _POINTEE.get(param.base, ()) if param.pointer == 1 else ()
-                if allowed and dtype not in allowed:
-                    raise TypeError(f"{name}: argument {index} is {param.base}* but got a {dtype} tensor")
-                if not value.is_contiguous():
-                    raise ValueError(f"{name}: argument {index} must be contiguous (call .contiguous())")
-                align = _ALIGN.get(param.base, 1)
-                if value.data_ptr() % align:
-                    raise ValueError(f"{name}: argument {index} is {param.base}* and must be {align}-byte aligned")
-                holders.append(ctypes.c_void_p(value.data_ptr()))
-                return value.device.index
-            if value is None or (isinstance(value, numbers.Integral) and not isinstance(value, bool)):
-                holders.append(ctypes.c_void_p(int(value or 0)))
-                return None
-            raise TypeError(f"{name}: argument {index} is a pointer ({param.base}*); pass a CUDA tensor")
+            return self._pointer(index, param, value, holders)
         ctype = _SCALARS.get(param.base)
         if ctype is None:
             raise TypeError(f"{name}: parameter {index} has type {param.base!r}, which cannot be passed from Python; use pointers and plain C scalars")

@@ -15,7 +15,6 @@ import textwrap
 from dataclasses import dataclass, field
 
 from kfoundry.backends.cuda_flags import _FLAG_OK
-
 from kfoundry.schema import Diagnostic
 
 CANDIDATE_FILE = "candidate.py"

@@ -52,7 +52,6 @@ from kfoundry.backends.ptxas import (  # noqa: F401 - re-exported
     resource_usage,
     short_name,
 )
-
 from kfoundry.config import settings
 from kfoundry.schema import Diagnostic, KernelStats
 

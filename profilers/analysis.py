@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field
 from kfoundry.backends import REGISTRY, get_backend
 from kfoundry.profilers.breakdown import shares
 from kfoundry.profilers.textparse import kernel_counters, looks_own, parse_ncu_csv, parse_profiler_table
-from kfoundry.schema import Bottleneck, KernelShare, ProfileResult, State
+from kfoundry.schema import Bottleneck, KernelCounters, KernelShare, ProfileResult, State
 
 _TINY_MS = {"cpu": 0.020, "gpu": 0.005}  # below this a call is dominated by fixed per-call cost
 _SMALL_OP_MS = {"cpu": 0.020, "gpu": 0.010}

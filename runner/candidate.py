@@ -17,12 +17,13 @@ from typing import Any
 
 import torch
 
+from kfoundry.backends import get_backend
+
 # Bound before any candidate code can patch them: the timer, the flush, the event API.
 from kfoundry.profilers.timing import cache_flusher, graphed, time_call, track_streams
-from kfoundry.backends import get_backend
 from kfoundry.runner import exchange
 from kfoundry.runner.loading import JobFailed, as_list, copy_matching, failure, import_source
-from kfoundry.runner.wire import CandidateJob, Channel, Forward, Loaded, Profiled, ProfileCall, Returned, Stage, Stop, TensorRef, Wire
+from kfoundry.runner.wire import CandidateJob, Channel, Forward, Loaded, ProfileCall, Profiled, Returned, Stage, Stop, TensorRef, Wire
 from kfoundry.schema import ErrorDetail, State
 from kfoundry.verify import precision as numerics
 from kfoundry.verify import runtime_checks as rc

@@ -12,8 +12,8 @@ import anyio
 from anyio.abc import TaskGroup
 
 from kfoundry.config import settings
-from kfoundry.runner.scheduler import DeviceQueue, PositionFn
 from kfoundry.runner.process import Worker
+from kfoundry.runner.scheduler import DeviceQueue, PositionFn
 
 logger = logging.getLogger(__name__)
 

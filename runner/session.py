@@ -16,8 +16,7 @@ import shutil
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import Enum
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 import anyio
 
@@ -42,10 +41,10 @@ from kfoundry.runner.wire import (
     Judge,
     Loaded,
     MakeInputs,
-    Prepared,
     PrepareBaselines,
-    Profiled,
+    Prepared,
     ProfileCall,
+    Profiled,
     ReferenceJob,
     Returned,
     Stage,
@@ -54,7 +53,7 @@ from kfoundry.runner.wire import (
     WireError,
 )
 from kfoundry.schema import ErrorDetail, KernelShare, KernelStats, ProblemAnalysis, State
-from kfoundry.verify.facts import CallCheck, RuntimeFacts
+from kfoundry.verify.facts import CallCheck
 
 logger = logging.getLogger(__name__)
 
@@ -353,6 +352,8 @@ class Session:
             if ready is None:
                 ready = await self._make(self.calls, seed, family)
             following = plan.trials[index + 1] if index + 1 < len(plan.trials) else None
+            if self.progress is not None:
+                await self.progress(f"trial {index + 1}/{len(plan.trials)}" + ("" if family == "standard" else f" ({family} inputs)"))
             judge = Judge(oracle=index < plan.oracle_trials, trial=True)
             record, ready = await self._call(ready, seed, family, judge, False, following)
             self.report.trials.append(record)

@@ -24,10 +24,10 @@ from kfoundry import __version__
 from kfoundry import examples as problem_library
 from kfoundry.artifacts import list_runs, open_run
 from kfoundry.errors import KfoundryError
+from kfoundry.runner.pool import WorkerPool, gpu_count
 from kfoundry.schema import AnalysisResult, BackendsResult, CompileResult, ProfileResult, TranslateResult, VerifyResult
 from kfoundry.server.auth import auth_settings, caller
 from kfoundry.server.descriptions import DESCRIPTIONS, INSTRUCTIONS
-from kfoundry.runner.pool import WorkerPool, gpu_count
 from kfoundry.tools.analyze import analyze_profile as analyze_tool
 from kfoundry.tools.backends import list_backends
 from kfoundry.tools.compile import compile_candidate
@@ -202,6 +202,13 @@ def build_server(token_verifier: TokenVerifier | None = None, live: Live | None 
     async def backends(ctx: Context) -> BackendsResult:
         return list_backends(_runtime(ctx).pool)
 
+    _resources(mcp)
+    return mcp
+
+
+def _resources(mcp: KfoundryServer) -> None:
+    """Runs and the bundled problem library, as MCP resources."""
+
     @mcp.resource("kfoundry://runs", mime_type="application/json", description="The most recent run ids, newest first.")
     def runs() -> str:
         return json.dumps(list_runs())
@@ -227,5 +234,3 @@ def build_server(token_verifier: TokenVerifier | None = None, live: Live | None 
             return problem_library.source(name, part)
         except KeyError as exc:
             raise ResourceError(str(exc)) from exc
-
-    return mcp

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from kfoundry.backends import names
-from kfoundry.schema import BackendsResult
 from kfoundry.runner.pool import WorkerPool
+from kfoundry.schema import BackendsResult
 from kfoundry.tools.runtime import cuda_available, probe
 
 

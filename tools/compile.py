@@ -8,8 +8,8 @@ import anyio
 
 from kfoundry.artifacts import new_run
 from kfoundry.backends import get_backend
-from kfoundry.schema import CompileResult, State
 from kfoundry.runner.session import Ending, Plan, Session, Side
+from kfoundry.schema import CompileResult, State
 from kfoundry.tools.requests import CompileRequest
 from kfoundry.tools.runtime import Runtime, check_timeout, probe, resolve_backend
 from kfoundry.verify.guardrails import Guardrails, check

@@ -13,8 +13,8 @@ import anyio
 from kfoundry.artifacts import Run
 from kfoundry.backends.base import Backend
 from kfoundry.profilers.textparse import kernel_counters, parse_ncu_csv
-from kfoundry.schema import KernelCounters
 from kfoundry.runner.session import Ending, Plan, Session
+from kfoundry.schema import KernelCounters
 from kfoundry.tools.runtime import Runtime
 
 SECTIONS = ("SpeedOfLight", "Occupancy", "MemoryWorkloadAnalysis", "LaunchStats")

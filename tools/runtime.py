@@ -11,8 +11,8 @@ from kfoundry.backends import UnknownBackendError, get_backend, names
 from kfoundry.backends.base import Backend
 from kfoundry.config import settings
 from kfoundry.errors import BadRequest, Unavailable
-from kfoundry.schema import ToolchainInfo
 from kfoundry.runner.pool import WorkerPool
+from kfoundry.schema import ToolchainInfo
 
 Progress = Callable[[float, str], Awaitable[None]]
 

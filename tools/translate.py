@@ -8,8 +8,8 @@ from kfoundry import prompts
 from kfoundry.artifacts import new_run
 from kfoundry.backends import get_backend
 from kfoundry.backends.base import Backend
-from kfoundry.schema import ErrorDetail, ProblemAnalysis, TranslateResult
 from kfoundry.runner.session import Ending, Plan, Session
+from kfoundry.schema import ErrorDetail, ProblemAnalysis, TranslateResult
 from kfoundry.tools.requests import TranslateRequest
 from kfoundry.tools.runtime import Runtime, check_timeout, resolve_backend
 

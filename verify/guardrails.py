@@ -18,13 +18,13 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kfoundry.backends import REGISTRY, get_backend
-from kfoundry.backends.base import Backend, Severity
-from kfoundry.verify import ast_rules
-from kfoundry.verify.precision_rules import KIND_NAMES
 from pydantic import BaseModel, Field, field_validator
 
+from kfoundry.backends import REGISTRY, get_backend
+from kfoundry.backends.base import Backend, Severity
 from kfoundry.schema import Finding
+from kfoundry.verify import ast_rules
+from kfoundry.verify.precision_rules import KIND_NAMES
 
 if TYPE_CHECKING:
     from kfoundry.verify.precision import Policy

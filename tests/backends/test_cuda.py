@@ -13,6 +13,8 @@ from types import ModuleType
 
 import pytest
 import torch
+
+from kfoundry import examples
 from kfoundry.backends import cuda, cuda_driver, cuda_kernels, nvcc, nvrtc
 from kfoundry.backends.base import Backend
 from kfoundry.backends.cuda import (
@@ -31,8 +33,6 @@ from kfoundry.backends.nvcc import (
     parse_ptxas,
     short_name,
 )
-
-from kfoundry import examples
 
 PROBLEMS = ["elementwise", "layernorm", "matmul_epilogue", "reduction", "rmsnorm_scale", "softmax"]
 EXAMPLE_ROOT = Path(examples.__file__).resolve().parent

@@ -35,8 +35,9 @@ from gpu_cheats import (
     TRITON_GEMM_ON_A_FRESH_SIDE_STREAM,
     WRITES_HALF_OF_EMPTY_OUTPUT,
 )
-from kfoundry.server.app import build_server
 from mcp import Client
+
+from kfoundry.server.app import build_server
 
 pytestmark = [pytest.mark.gpu, pytest.mark.anyio, pytest.mark.timeout(900)]
 

@@ -11,6 +11,7 @@ import anyio
 import pytest
 from candidates import CORRECT_CPP
 from http_support import (
+    PROBE_GUARDRAILS,
     Server,
     alive,
     busy_for,
@@ -23,7 +24,6 @@ from http_support import (
     wait_exit,
     workers,
     writes_pid_then_blocks,
-    PROBE_GUARDRAILS,
 )
 from mcp.types import CallToolResult
 

@@ -13,6 +13,9 @@ from http_support import Server, connect, verify, waits_for_gate
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
 CLIENTS, CALLS = 5, 10
+#: Detects a hang, not slowness: on a loaded 2-core machine 50 calls took 236 s. How fast the box
+#: serves many callers is measured by benchmarks/http_load.py, not asserted here.
+HANG_GUARD_S = 900
 
 
 def expected_state(client_index: int, call_index: int) -> str:
@@ -28,13 +31,13 @@ async def test_five_clients_with_ten_concurrent_verify_calls_each_all_get_their_
 
             async def one_call(i: int) -> None:
                 candidate = WRONG_VALUES if expected_state(c, i) == "mismatch" else CORRECT_CPP
-                answers[(c, i)] = await verify(client, candidate, within=200)
+                answers[(c, i)] = await verify(client, candidate, within=HANG_GUARD_S)
 
             async with anyio.create_task_group() as calls:
                 for i in range(CALLS):
                     calls.start_soon(one_call, i)
 
-    with anyio.fail_after(210):
+    with anyio.fail_after(HANG_GUARD_S):
         async with anyio.create_task_group() as clients:
             for c in range(CLIENTS):
                 clients.start_soon(one_client, c)

@@ -8,8 +8,8 @@ from mcp_support import ok
 
 from kfoundry import examples
 from kfoundry.schema import KernelShare, ProfileResult, State
-from kfoundry.verify.verdict import kernel_coverage
 from kfoundry.verify.guardrails import Guardrails
+from kfoundry.verify.verdict import kernel_coverage
 
 pytestmark = pytest.mark.anyio
 

@@ -11,7 +11,7 @@ from torch.profiler import record_function
 
 from kfoundry.profilers.breakdown import op_breakdown
 from kfoundry.profilers.roofline import gpu_peaks
-from kfoundry.profilers.timing import track_streams, bench, cache_flusher, summarize
+from kfoundry.profilers.timing import bench, cache_flusher, summarize, track_streams
 
 pytestmark = pytest.mark.gpu
 

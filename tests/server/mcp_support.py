@@ -10,13 +10,12 @@ from typing import Any
 
 import anyio
 import pytest
+from candidates import CORRECT_CPP, REFERENCE
 from mcp import Client
 from mcp.types import CallToolResult
 
 from kfoundry.config import settings
 from kfoundry.server.app import build_server
-
-from candidates import CORRECT_CPP, REFERENCE
 
 Progress = Callable[[float, float | None, str | None], Awaitable[None]]
 WORKER_MODULE = b"kfoundry.runner.entry"

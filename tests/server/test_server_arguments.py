@@ -11,8 +11,10 @@ from typing import Any, get_args
 
 import anyio
 import pytest
+from candidates import CORRECT_CPP, REFERENCE
 from mcp import Client
 from mcp.types import Tool
+from mcp_support import call, error_text
 from pydantic import BaseModel, ValidationError
 
 from kfoundry.artifacts import open_run
@@ -29,9 +31,6 @@ from kfoundry.tools.requests import (
     VerifyRequest,
     explain,
 )
-
-from candidates import CORRECT_CPP, REFERENCE
-from mcp_support import call, error_text
 
 pytestmark = pytest.mark.anyio
 

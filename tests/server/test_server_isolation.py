@@ -6,10 +6,9 @@ import time
 from pathlib import Path
 
 import anyio
+import candidates
 import pytest
 from mcp import Client
-
-import candidates
 from mcp_support import assert_only_spares_remain, assert_still_serving, sandbox_processes, verify
 
 pytestmark = pytest.mark.anyio

@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from candidates import CORRECT_CPP, REFERENCE
 from mcp import Client
+from mcp_support import call, read, verify
 
 from kfoundry import examples
-
-from candidates import CORRECT_CPP, REFERENCE
-from mcp_support import call, read, verify
 
 pytestmark = pytest.mark.anyio
 

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from candidates import CORRECT_CPP, REFERENCE
 from mcp import Client
+from mcp_support import call, error_text, ok
 from torch.profiler import ProfilerActivity, profile
 
 from kfoundry.schema import Bottleneck
-
-from candidates import CORRECT_CPP, REFERENCE
-from mcp_support import call, error_text, ok
 
 pytestmark = pytest.mark.anyio
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 from mcp import Client
-
 from mcp_support import ok
 
 pytestmark = pytest.mark.anyio

@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from mcp import Client
-
 from candidates import CORRECT_CPP, CPP_ERROR_LINE, CPP_SYNTAX_ERROR, NO_MODELNEW, PYTHON_ERROR_LINE, PYTHON_SYNTAX_ERROR
+from mcp import Client
 from mcp_support import ok
 
 pytestmark = pytest.mark.anyio

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 from mcp import Client
+from mcp_support import ok
 
 from kfoundry import examples
-from mcp_support import ok
 
 pytestmark = pytest.mark.anyio
 

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from candidates import CORRECT_TRITON, REFERENCE, WRONG_VALUES
 from mcp import Client
+from mcp_support import ok
 
 from kfoundry import examples
-
-from candidates import CORRECT_TRITON, REFERENCE, WRONG_VALUES
-from mcp_support import ok
 
 pytestmark = pytest.mark.anyio
 

@@ -7,11 +7,10 @@ import pytest
 from mcp import Client
 from mcp.client.context import ClientRequestContext
 from mcp.types import CreateMessageRequestParams, CreateMessageResult, TextContent
+from mcp_support import ok
 
 from kfoundry import examples, prompts
 from kfoundry.server.app import build_server
-
-from mcp_support import ok
 
 pytestmark = pytest.mark.anyio
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from mcp import Client
-
 from candidates import (
     COLS,
     CORRECT_CPP,
@@ -18,6 +16,7 @@ from candidates import (
     WRONG_SHAPE,
     WRONG_VALUES,
 )
+from mcp import Client
 from mcp_support import ok, verify
 
 pytestmark = pytest.mark.anyio
