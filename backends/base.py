@@ -182,3 +182,25 @@ class Backend(Protocol):
     def built_kernels(self) -> Iterator[KernelStats]:
         """Kernels this process built or loaded so far, with whatever stats the toolchain gives."""
         ...
+
+
+class TrustedSide(Protocol):
+    """How code inside a worker asks the trusted side to run a toolchain on its behalf."""
+
+    def request(self, header: dict[str, Any]) -> dict[str, Any]:
+        """Send ``{"op": ..., ...}`` (a backend's build request) and return the outcome the trusted side sent back."""
+        ...
+
+
+_trusted: TrustedSide | None = None
+
+
+def attach_trusted_side(side: TrustedSide | None) -> None:
+    """Called by the worker process once, before candidate code runs (the runner owns the channel)."""
+    global _trusted
+    _trusted = side
+
+
+def trusted_side() -> TrustedSide | None:
+    """The trusted side when running inside a worker, else ``None`` (builds then run in this process)."""
+    return _trusted

@@ -29,9 +29,8 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, Field, ValidationError
 
 from kfoundry.backends import embedded
-from kfoundry.backends.base import BuildRequest, BuildUnsupported, CompileOnlyOutcome, Resolve, Severity, SourceHit
+from kfoundry.backends.base import BuildRequest, BuildUnsupported, CompileOnlyOutcome, Resolve, Severity, SourceHit, trusted_side
 from kfoundry.backends.gxx import BuildOutcome, FlagError, build, compiler_version
-from kfoundry.runner.wire import worker_channel
 from kfoundry.schema import Bottleneck, Diagnostic, KernelStats, ToolchainInfo
 
 _EXPORT = re.compile(
@@ -179,7 +178,7 @@ def load_cpp(source: str, extra_cflags: list[str] | None = None) -> CppLibrary:
     Raises:
         BuildError: the source failed to compile; the message holds the first errors.
     """
-    channel = worker_channel()
+    channel = trusted_side()
     if channel is not None:
         request = {"op": BUILD_OP, "source": source, "flags": list(extra_cflags or [])}
         outcome = BuildOutcome.model_validate(channel.request(request))

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from kfoundry.backends import nvcc
+from kfoundry.backends.base import trusted_side
 from kfoundry.backends.cuda_build import (
     BUILD_OP,
     DEFAULT_ARCH,
@@ -44,7 +45,6 @@ from kfoundry.backends.cuda_driver import (
 )
 from kfoundry.backends.nvcc import FlagError, KernelDecl, Param
 from kfoundry.backends.nvrtc import PROGRAM, CudaError, CudaUnavailable
-from kfoundry.runner.wire import worker_channel
 from kfoundry.schema import Diagnostic, KernelStats
 
 _built: list[KernelStats] = []
@@ -335,7 +335,7 @@ def load_cuda(source: str, name: str | None = None, options: list[str] | None = 
     label = re.sub(r"\W", "_", name or "kernel")[:64] or "kernel"
     opts = [str(o) for o in options or []]
     target = arch or _device_arch()
-    channel = worker_channel()
+    channel = trusted_side()
     if channel is not None:
         reply = channel.request({"op": BUILD_OP, "source": source, "name": label, "options": opts, "arch": target})
         outcome = CudaBuildOutcome.model_validate(reply)

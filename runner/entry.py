@@ -74,7 +74,7 @@ def main() -> None:
         sock = socket.socket(fileno=args.fd)
     os.set_inheritable(sock.fileno(), False)
 
-    from kfoundry.runner.wire import CandidateJob, Channel, Done, Failed, Ready, ReferenceJob, set_worker_channel
+    from kfoundry.runner.wire import CandidateJob, Channel, Done, Failed, Ready, ReferenceJob
 
     channel = Channel(sock)
     _warm(args.device)
@@ -83,7 +83,9 @@ def main() -> None:
         job = channel.recv()
     except EOFError:
         os._exit(0)
-    set_worker_channel(channel)
+    from kfoundry.backends.base import attach_trusted_side
+
+    attach_trusted_side(channel)
 
     from kfoundry.runner import candidate, reference
     from kfoundry.runner.loading import JobFailed, error_detail

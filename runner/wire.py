@@ -313,16 +313,3 @@ class Channel:
         if not isinstance(reply, BuildReply):
             raise WireError(f"expected a build reply, got {type(reply).__name__}")
         return reply.outcome
-
-
-_worker_channel: Channel | None = None
-
-
-def set_worker_channel(channel: Channel | None) -> None:
-    global _worker_channel
-    _worker_channel = channel
-
-
-def worker_channel() -> Channel | None:
-    """The channel to the trusted side when running inside a worker, else ``None``."""
-    return _worker_channel

@@ -37,11 +37,12 @@ DESCRIPTIONS: dict[str, str] = {
     ),
     "profile": (
         "Time a candidate (after re-verifying it: only correct candidates are timed) against eager PyTorch and "
-        "torch.compile, interleaved in one job with fresh inputs and cache flushes before every call. Returns "
+        "torch.compile, call by call in one job, with fresh inputs and cache flushes before every call. Returns "
         "median/IQR/CoV per contender, speedups, roofline (FLOPs, compulsory bytes, speed-of-light ms and the "
         "fraction achieved), and a per-kernel breakdown marking this backend's own kernels vs library ops, plus "
         "the eager baseline's breakdown. Under a relaxed `precision` the baselines run under the same policy and "
-        "under strict, each speedup labelled. Timed calls get fresh inputs and a sample is rechecked. Pass the "
+        "under strict, each speedup labelled. Every timed call gets fresh inputs and its outputs are checked "
+        "against the reference's for those inputs (`timed_rechecks`). Pass the "
         "returned run_id to `analyze_profile` next."
     ),
     "analyze_profile": (

@@ -44,6 +44,7 @@ RUNTIME_RULES: dict[str, Severity] = {
     "torch_compute": "block",
     "kernel_coverage": "block",
     "timed_output": "block",
+    "late_work": "block",
 }
 
 

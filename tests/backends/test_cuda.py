@@ -703,7 +703,7 @@ def test_inside_a_worker_load_cuda_asks_the_server_to_build_and_errors_point_at_
     source = 'extern "C" __global__ void k(float* y) {\n    y[0] = missing_name;\n}\n'
     candidate = f'from kfoundry.backends.cuda import load_cuda\n\nmod = load_cuda(r"""{source}""")\n'
     channel = _ServerChannel(candidate)
-    monkeypatch.setattr(cuda_kernels, "worker_channel", lambda: channel)
+    monkeypatch.setattr(cuda_kernels, "trusted_side", lambda: channel)
 
     with pytest.raises(BuildError) as info:
         load_cuda(source, options=["-O3"], arch="sm_90")
