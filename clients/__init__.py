@@ -7,7 +7,7 @@
     agents.py     the generation agent and the performance-analysis agent
     providers/    model registry: anthropic, openai (compatible endpoints), scripted
     session.py    the MCP connection (stdio, streamable HTTP, in-process) with typed tool calls
-    prompting.py  prompts rendered from kfoundry.prompts;  edits.py  prompt edits and aux code
+    prompting.py  prompts from the kfoundry.prompts templates and the server's backend facts;  edits.py  prompt edits, aux code
     hooks.py      user measurement scripts;  artifacts.py  folders, resume, replay commands
     report.py     markdown, fast_p, geomean;  plot.py  PNG;  progress.py  live terminal view (rich)
 """

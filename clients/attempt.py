@@ -84,7 +84,8 @@ def _failure_detail(result: Any) -> str:
 async def _check(bench: Bench, attempt: Attempt, code: str) -> None:
     """compile -> verify -> profile -> analyze, stopping at the first state that is not a success."""
     s, session, store, folder = bench.settings, bench.session, bench.store, attempt.folder
-    tolerances = {"atol": s.atol, "rtol": s.rtol, "guardrails": s.guardrails.model_dump(), "precision": s.precision}
+    # Only what the user set: the server merges it over its defaults and its KFOUNDRY_GUARDRAILS file.
+    tolerances = {"atol": s.atol, "rtol": s.rtol, "guardrails": s.guardrails or None, "precision": s.precision}
 
     bench.emit("stage", iteration=attempt.iteration, sample=attempt.sample, stage="compile")
     compiled = await session.compile(s.backend, code)

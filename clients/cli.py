@@ -7,6 +7,7 @@ not pay for rich, matplotlib or the model SDKs at start-up.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -50,8 +51,10 @@ def add_optimize_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="keep finished iterations found under --out and go on from there")
     p.add_argument("--target-sol", type=_fraction, default=None, help="stop once the best reaches this fraction of speed of light")
     p.add_argument("--patience", type=int, default=None, help="stop after this many optimization rounds without a faster candidate")
-    p.add_argument("--guardrail-required", action="append", default=[], metavar="RE")
-    p.add_argument("--guardrail-banned", action="append", default=[], metavar="RE")
+    p.add_argument("--guardrails", default=None, metavar="FILE",
+                   help="a JSON object of guardrails (required, banned, rules, allow_torch_ops, min_own_kernel_share), sent to the server as is")
+    p.add_argument("--guardrail-required", action="append", default=[], metavar="RE", help="added to the guardrails' required regexes")
+    p.add_argument("--guardrail-banned", action="append", default=[], metavar="RE", help="added to the guardrails' banned regexes")
     p.add_argument("--prompt-override", action="append", default=[], metavar="FILE[:ITERS]", help="Jinja2 text replacing the prompt ({{ prompt }} is the original)")
     p.add_argument("--prompt-append", action="append", default=[], metavar="FILE[:ITERS]")
     p.add_argument("--aux", action="append", default=[], metavar="PATH[:ITERS]", help="file or folder of auxiliary code to include")
@@ -65,8 +68,9 @@ def add_optimize_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--profile-trials", type=int, default=3)
     p.add_argument("--atol", type=float, default=None)
     p.add_argument("--rtol", type=float, default=None)
-    p.add_argument("--precision", choices=["strict", "tf32", "bf16", "fp16"], default="strict",
-                   help="numerics policy: verify against a float64 oracle at this precision and time against baselines given the same freedom")
+    p.add_argument("--precision", default="strict", metavar="POLICY",
+                   help="numerics policy the server offers (strict, tf32, bf16, fp16): verify against a float64 oracle at this precision "
+                        "and time against baselines given the same freedom")
     p.add_argument("--tool-timeout", type=float, default=900.0, help="seconds one tool call may take")
     p.add_argument("--max-tokens", type=int, default=16000)
     p.add_argument("--thinking-budget", type=int, default=None)
@@ -88,6 +92,21 @@ def _translate_from(spec: str | None) -> dict[str, str] | None:
     return {"backend": backend, "path": path, "source": Path(path).read_text(encoding="utf-8")}
 
 
+def _guardrails(path: str | None, required: list[str], banned: list[str]) -> dict[str, Any]:
+    """The guardrails object: FILE's JSON, its regex lists extended by the flags. The server validates the rest."""
+    rules: Any = json.loads(Path(path).read_text(encoding="utf-8")) if path else {}
+    if not isinstance(rules, dict):
+        raise ValueError(f"--guardrails {path} must hold a JSON object, not {type(rules).__name__}")
+    for key, extra in (("required", required), ("banned", banned)):
+        if not extra:
+            continue
+        given = rules.get(key, [])
+        if not isinstance(given, list):
+            raise ValueError(f"--guardrails {path}: {key!r} must be a list of regexes")
+        rules[key] = [*given, *extra]
+    return rules
+
+
 def build_job(args: argparse.Namespace) -> Any:
     """The Job an ``optimize`` namespace describes. Raises ValueError / OSError for bad arguments."""
     # Imported here, not at the top: see the module docstring.
@@ -95,7 +114,6 @@ def build_job(args: argparse.Namespace) -> Any:
     from kfoundry.clients.providers import ModelOptions
     from kfoundry.clients.records import RunSettings, TranslateFrom
     from kfoundry.clients.runner import Job
-    from kfoundry.verify.guardrails import Guardrails
 
     samples = args.samples or (4 if args.mode == "sampling" else 1)
     edits = PromptEdits(
@@ -106,7 +124,7 @@ def build_job(args: argparse.Namespace) -> Any:
     settings = RunSettings(
         backend=args.backend, mode=args.mode, iterations=args.iterations, samples=samples, concurrency=args.concurrency,
         target_sol=args.target_sol, patience=args.patience,
-        guardrails=Guardrails(required=args.guardrail_required, banned=args.guardrail_banned),
+        guardrails=_guardrails(args.guardrails, args.guardrail_required, args.guardrail_banned),
         edits=edits, hooks=args.hook, hook_timeout_s=args.hook_timeout, baselines=args.baselines, reps=args.reps,
         warmup=args.warmup, trials=args.trials, profile_trials=args.profile_trials, atol=args.atol, rtol=args.rtol, precision=args.precision,
         tool_timeout_s=args.tool_timeout, translate_from=TranslateFrom(**source) if source else None, resume=args.resume, seed=args.seed,

@@ -8,7 +8,6 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from kfoundry.clients.edits import PromptEdits
 from kfoundry.schema import State
-from kfoundry.verify.guardrails import Guardrails
 
 Mode = Literal["iterative", "single", "sampling"]
 Phase = Literal["functional", "optimization"]
@@ -40,7 +39,11 @@ class RunSettings(BaseModel):
     concurrency: int = Field(default=4, ge=1, description="Samples in flight at once.")
     target_sol: float | None = Field(default=None, gt=0, description="Stop once the best reaches this fraction of speed of light.")
     patience: int | None = Field(default=None, ge=1, description="Stop after this many optimization rounds without a better candidate.")
-    guardrails: Guardrails = Field(default_factory=Guardrails)
+    guardrails: dict[str, Any] = Field(
+        default_factory=dict,
+        description="A JSON object sent to verify and profile as is (the server validates it): required/banned regexes, "
+        "rules, allow_torch_ops, min_own_kernel_share. Empty: the server's defaults.",
+    )
     edits: PromptEdits = Field(default_factory=PromptEdits)
     hooks: list[str] = Field(default_factory=list)
     hook_timeout_s: float = 300.0
@@ -51,7 +54,7 @@ class RunSettings(BaseModel):
     profile_trials: int = Field(default=3, ge=1, description="Correctness trials profile runs before timing.")
     atol: float | None = None
     rtol: float | None = None
-    precision: Literal["strict", "tf32", "bf16", "fp16"] = Field(default="strict", description="Numerics policy for verify and profile.")
+    precision: str = Field(default="strict", description="Numerics policy for verify and profile; the server's verify schema lists them.")
     tool_timeout_s: float = Field(default=900.0, gt=0, description="Bound on one tool call, queueing included.")
     translate_from: TranslateFrom | None = None
     resume: bool = False

@@ -89,6 +89,12 @@ async def _backend(session: ToolSession, backend: str) -> tuple[ToolchainInfo, l
     return found, listed.devices
 
 
+async def _check_precision(session: ToolSession, precision: str) -> None:
+    offered = await session.precisions()
+    if offered and precision not in offered:
+        raise ToolCallError(f"precision {precision!r} is not a policy the server offers; it offers: {', '.join(offered)}")
+
+
 async def _translate(session: ToolSession, job: Job, problem: Problem, folder: Path) -> TranslateResult:
     cached = folder / "translate.json"
     if job.settings.resume and cached.is_file():
@@ -156,12 +162,13 @@ async def run_job(job: Job, observer: Callable[[Event], None] | None = None, ser
         else:
             session = await stack.enter_async_context(connect(server if server is not None else job.server, job.token, sample, job.settings.tool_timeout_s))
         toolchain, devices = await _backend(session, job.settings.backend)
+        await _check_precision(session, job.settings.precision)
         for problem in problems:
             folder = job.out / problem.name
             reference_path = write(folder / "reference.py", problem.reference).resolve()
             translated = await _translate(session, job, problem, folder)
             s = job.settings
-            book = PromptBook(s.backend, problem.reference, translated.analysis, _device(toolchain), s.guardrails, s.atol, s.rtol, s.translate_from, s.precision)
+            book = PromptBook(toolchain, translated, problem.reference, _device(toolchain), s.guardrails, s.atol, s.rtol, s.translate_from, s.precision)
             for spec in job.models:
                 analysis_spec = _analysis_spec(job, spec)
                 generator = make(spec, "generation")

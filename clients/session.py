@@ -92,6 +92,14 @@ class ToolSession:
     async def backends(self) -> BackendsResult:
         return await self._call("backends", {}, BackendsResult, 120)
 
+    async def precisions(self) -> list[str]:
+        """The numerics policies ``verify`` accepts, read from its input schema; empty when the schema names none."""
+        with anyio.fail_after(120):
+            listed = await self.client.list_tools()
+        schema = next((t.input_schema for t in listed.tools if t.name == "verify"), {})
+        field = schema.get("properties", {}).get("precision", {})
+        return [str(name) for name in field.get("enum", [])]
+
     async def translate(self, reference: str, backend: str, source_backend: str = "pytorch", source_code: str | None = None) -> TranslateResult:
         arguments = {"reference": reference, "target_backend": backend, "source_backend": source_backend, "source_code": source_code}
         return await self._call("translate_reference", arguments, TranslateResult)

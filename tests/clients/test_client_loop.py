@@ -11,8 +11,8 @@ from client_support import CORRECT, CORRECT_SOURCE, NO_CODE, SYNTAX_ERROR, Gauge
 from kfoundry import examples
 from kfoundry.clients.edits import AuxCode, PromptEdit, PromptEdits
 from kfoundry.clients.records import TranslateFrom
+from kfoundry.clients.session import ToolCallError
 from kfoundry.schema import AnalysisResult
-from kfoundry.verify.guardrails import Guardrails
 
 pytestmark = pytest.mark.anyio
 
@@ -154,7 +154,7 @@ async def test_auxiliary_code_is_injected_into_the_chosen_iterations(session, tm
 
 async def test_guardrails_reach_verify_and_a_banned_pattern_rejects_the_candidate(session, tmp_path: Path) -> None:
     scripts = Scripts([CORRECT, NO_CODE])
-    run = await run_scripted(session, tmp_path, scripts, quick(iterations=2, guardrails=Guardrails(banned=[r"omp\s+parallel"])))
+    run = await run_scripted(session, tmp_path, scripts, quick(iterations=2, guardrails={"banned": [r"omp\s+parallel"]}))
     assert states(run) == ["rejected", "generation_failure"]
     verify = json.loads((tmp_path / RUN / "iter_1" / "verify.json").read_text())
     assert any(f["code"] == "banned_pattern" for f in verify["findings"])
@@ -171,3 +171,16 @@ async def test_translating_from_another_backend_starts_from_its_kernel(session, 
     assert run.attempts[0].prompt_kind == "translate"
     prompt = scripts.prompts()[0]
     assert "Translate the working triton candidate" in prompt and "@triton.jit" in prompt
+
+
+async def test_a_precision_the_server_does_not_offer_stops_the_job_before_any_model_call(session, tmp_path: Path) -> None:
+    scripts = Scripts([CORRECT])
+    with pytest.raises(ToolCallError, match=r"precision 'fp8' is not a policy the server offers; it offers: strict, tf32"):
+        await run_scripted(session, tmp_path, scripts, quick(precision="fp8"))
+    assert scripts.prompts() == []
+
+
+async def test_guardrails_the_server_rejects_come_back_as_a_tool_error_that_stops_the_run(session, tmp_path: Path) -> None:
+    run = await run_scripted(session, tmp_path, Scripts([CORRECT]), quick(guardrails={"banned": ["("]}))
+    assert run.error is not None and "verify" in run.error and "invalid regex" in run.error
+    assert run.stop_reason.startswith("stopped by a tool error")

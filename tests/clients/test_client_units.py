@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import anthropic
 import httpx2
@@ -190,12 +191,73 @@ def test_results_from_a_newer_server_with_unknown_fields_still_parse() -> None:
         parse_result(BackendsResult, {"backends": "not a list", "best": "cpp", "devices": []})
 
 
-def test_the_generation_prompt_states_the_declared_precision_policy() -> None:
+def _book(backend: str, problem: str, **options: Any) -> Any:
+    """A PromptBook from what the server sends: its ``backends`` entry and its ``translate_reference`` prompt."""
     from kfoundry import examples
+    from kfoundry.backends import get_backend
     from kfoundry.clients.prompting import PromptBook
+    from kfoundry.schema import ToolchainInfo, TranslateResult
+    from kfoundry.tools.translate import render_prompt
 
-    relaxed = PromptBook("triton", examples.source("matmul_epilogue"), precision="bf16").first().text
-    strict = PromptBook("triton", examples.source("matmul_epilogue")).first().text
+    reference, source = examples.source(problem), options.get("translate_from")
+    toolchain = ToolchainInfo(name=backend, available=True, marker=get_backend(backend).marker)
+    prompt = render_prompt(reference, backend, source.backend, source.source) if source else render_prompt(reference, backend)
+    translated = TranslateResult(prompt=prompt, target_backend=backend, source_backend=source.backend if source else "pytorch", run_id="test")
+    return PromptBook(toolchain, translated, reference, **options)
+
+
+def test_the_generation_prompt_states_the_declared_precision_policy() -> None:
+    relaxed = _book("triton", "matmul_epilogue", precision="bf16").first().text
+    strict = _book("triton", "matmul_epilogue").first().text
 
     assert "precision policy `bf16`" in relaxed and "float64 oracle" in relaxed
     assert "precision policy `strict`" in strict and 'input_precision="ieee"' in strict
+
+
+def test_every_prompt_carries_the_backend_notes_the_server_wrote_into_its_translate_prompt() -> None:
+    from kfoundry.backends import get_backend
+    from kfoundry.schema import AnalysisResult, Bottleneck, State, VerifyResult
+
+    book = _book("cpp", "elementwise")
+    notes = get_backend("cpp").notes
+    failure = VerifyResult(state=State.runtime_error, backend="cpp", trials=1, duration_s=0.1, run_id="v")
+    analysis = AnalysisResult(bottleneck=Bottleneck.memory, digest="digest", recommendation="unroll", run_id="a")
+    prompts = [book.first(), book.fix("print()", "", failure, "runtime_error", 1), book.optimize("print()", analysis, "unroll", [])]
+
+    assert [notes in p.text for p in prompts] == [True, True, True]
+
+
+def test_a_translation_prompt_carries_the_source_backends_notes_from_the_server() -> None:
+    from kfoundry import examples
+    from kfoundry.backends import get_backend
+    from kfoundry.clients.records import TranslateFrom
+
+    source = TranslateFrom(backend="triton", path="triton.py", source=examples.source("elementwise", "triton"))
+    prompt = _book("cpp", "elementwise", translate_from=source).first()
+
+    assert prompt.kind == "translate"
+    assert f"Notes on triton: {get_backend('triton').notes}" in prompt.text and get_backend("cpp").notes in prompt.text
+
+
+def _optimize_args(*argv: str) -> Any:
+    import argparse
+
+    from kfoundry.clients.cli import add_optimize_parser
+
+    parser = argparse.ArgumentParser()
+    add_optimize_parser(parser.add_subparsers(dest="command"))
+    return parser.parse_args(["optimize", "elementwise", "--backend", "cpp", "--model", "scripted:x", *argv])
+
+
+def test_a_guardrails_file_is_sent_as_is_with_the_regex_flags_added_to_its_lists(tmp_path: Path) -> None:
+    from kfoundry.clients.cli import build_job
+
+    rules = {"banned": ["omp"], "rules": {"torch_compute": "warn"}, "min_own_kernel_share": 0.25}
+    (tmp_path / "rails.json").write_text(json.dumps(rules))
+    job = build_job(_optimize_args("--guardrails", str(tmp_path / "rails.json"), "--guardrail-banned", "asm", "--guardrail-required", "load_cpp"))
+
+    assert job.settings.guardrails == {**rules, "banned": ["omp", "asm"], "required": ["load_cpp"]}
+    assert build_job(_optimize_args()).settings.guardrails == {}
+    (tmp_path / "list.json").write_text("[]")
+    with pytest.raises(ValueError, match="must hold a JSON object"):
+        build_job(_optimize_args("--guardrails", str(tmp_path / "list.json")))
