@@ -194,6 +194,10 @@ class Worker:
     def threads_now(self) -> int:
         return thread_count(self.pid)
 
+    def other_processes(self) -> int:
+        """Processes of this worker besides its own (children, daemons it started): none should outlive a call."""
+        return max(0, len(self.freezer.members()) - 1)
+
     async def exit_status(self, wait_s: float = 2.0) -> str:
         """Describe how the process ended ('exit code 3', 'signal 11 (SIGSEGV)')."""
         if self.process is None:

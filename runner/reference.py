@@ -134,7 +134,11 @@ class Reference:
             handler = handlers.get(type(message))
             if handler is None:
                 raise JobFailed(State.runtime_error, ErrorDetail(type="ProtocolError", message=f"unexpected {type(message).__name__}"))
-            self.channel.send(handler(message))
+            try:
+                reply = handler(message)
+            except torch.OutOfMemoryError as exc:
+                raise JobFailed(State.runtime_error, self._out_of_memory(exc, type(message).__name__)) from exc
+            self.channel.send(reply)
 
     def _load(self) -> ModuleType:
         self.stage("loading the reference")
@@ -184,12 +188,44 @@ class Reference:
         try:
             with torch.device(self.device):
                 values = list(self.problem.get_inputs())
+        except torch.OutOfMemoryError as exc:
+            raise JobFailed(State.runtime_error, self._out_of_memory(exc, "get_inputs")) from exc
         except BaseException as exc:  # noqa: BLE001
             raise JobFailed(State.runtime_error, error_detail(exc, "get_inputs")) from exc
         values = [v.to(self.device) if isinstance(v, torch.Tensor) else v for v in values]
         return stressed(values, family, seed)
 
+    def _input_bytes(self) -> int:
+        """What one input set takes, from ``get_inputs()`` on the meta device (nothing is allocated)."""
+        assert self.problem is not None
+        try:
+            with torch.device("meta"):
+                return _nbytes(list(self.problem.get_inputs()))
+        except Exception:  # noqa: BLE001 - a get_inputs that needs real data is measured when it runs
+            return 0
+
+    def _check_fits(self) -> None:
+        """Before the first input set: will the reference's copy and the candidate's fit on this GPU at all?"""
+        if not self.device.startswith("cuda") or self.pending or self.slots:
+            return
+        free, total = torch.cuda.mem_get_info()
+        needed = 2 * self._input_bytes()  # the reference's own inputs and the copy handed to the candidate
+        if needed > free:
+            message = (f"the problem needs at least {needed} bytes of device memory for its inputs alone (its own set and the "
+                       f"candidate's copy), but only {free} of {total} bytes are free on this GPU")
+            raise JobFailed(State.runtime_error, ErrorDetail(type="DeviceMemoryError", message=message, stage="get_inputs"))
+
+    def _out_of_memory(self, exc: BaseException, stage: str) -> ErrorDetail:
+        free, total = torch.cuda.mem_get_info() if self.device.startswith("cuda") else (0, 0)
+        inputs = self._input_bytes()
+        return ErrorDetail(
+            type="DeviceMemoryError", stage=stage,
+            message=(f"out of device memory ({str(exc).splitlines()[0][:300]}); one input set is {inputs} bytes, and judging a call "
+                     f"holds the reference's inputs and outputs, the candidate's copy and its outputs; {free} of {total} bytes free now"),
+        )
+
     def inputs_ready(self, message: MakeInputs) -> InputsReady:
+        self._check_fits()
         own = self.make_inputs(message.seed, message.family)
         refs = self._fill_slot(message.slot, own)
         self.pending[message.call] = (own, message.slot, message.family)

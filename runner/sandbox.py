@@ -185,8 +185,15 @@ class Freezer:
                 logger.warning("could not move worker %d into its freezer cgroup: %s", pid, exc)
                 self.group = None
 
-    def _members(self) -> list[int]:
-        return sorted(set(self.cage.members()) | set(_session_members(self.pid)) | {self.pid})
+    def members(self) -> list[int]:
+        """The worker's processes: itself, its session and its cgroup."""
+        frozen: set[int] = set()
+        if self.group is not None:
+            try:
+                frozen = {int(p) for p in (self.group / "cgroup.procs").read_text().split() if _state(int(p)) not in ("Z", "X", "")}
+            except (OSError, ValueError):
+                pass
+        return sorted(set(self.cage.members()) | set(_session_members(self.pid)) | frozen | {self.pid})
 
     def freeze(self) -> None:
         """Ask every process (and thread) of the worker to stop; ``settled`` says when they have."""
@@ -197,7 +204,7 @@ class Freezer:
                 return
             except OSError:
                 self.group = None
-        for member in self._members():
+        for member in self.members():
             try:
                 os.kill(member, signal.SIGSTOP)
             except (ProcessLookupError, PermissionError):
@@ -209,7 +216,7 @@ class Freezer:
                 return (self.group / "freezer.state").read_text().strip() == "FROZEN"
             except OSError:
                 return False
-        return all(_stopped(member) for member in self._members())
+        return all(_stopped(member) for member in self.members())
 
     def thaw(self) -> None:
         if not self.frozen:
@@ -221,7 +228,7 @@ class Freezer:
             except OSError:
                 pass
             return
-        for member in self._members():
+        for member in self.members():
             try:
                 os.kill(member, signal.SIGCONT)
             except (ProcessLookupError, PermissionError):

@@ -140,8 +140,6 @@ class Report:
     baseline_breakdown: list[KernelShare] = field(default_factory=list)
     analysis: ProblemAnalysis | None = None
     stdout_bytes: int = 0
-    #: the parent's clock over the timed phase, and the sum of the candidate's own timings in it
-    timing_wall_ms: float | None = None
 
 
 class Ended(Exception):
@@ -335,7 +333,7 @@ class Session:
             raise WireError(f"the candidate answered call {returned.call} for call {ready.call}")
         await self.cand.freeze()
         try:
-            leftover = len(self.cand.freezer._members()) - 1
+            leftover = self.cand.other_processes()
             next_call = self.calls + 1
             after = MakeInputs(call=next_call, seed=following[0], family=following[1], slot=next_call % self.slots) if following else None
             self.stage = f"judging call {ready.call + 1}"
@@ -344,7 +342,7 @@ class Session:
         finally:
             self.cand.thaw()
         self.calls += 1
-        record = Call(ready.call, seed, family, returned, collected.check, collected.baseline_ms, wall_ms, max(0, leftover))
+        record = Call(ready.call, seed, family, returned, collected.check, collected.baseline_ms, wall_ms, leftover)
         return record, collected.next
 
     async def _trials(self, plan: Plan, ready: InputsReady | None) -> None:
@@ -372,17 +370,13 @@ class Session:
         seeds = [secrets.randbits(31) for _ in range(timing.warmup + timing.reps)]
         self.slots = MAX_SLOTS
         ready = await self._make(self.calls, seeds[0], "standard")
-        start = anyio.current_time()
         for n, seed in enumerate(seeds):
             following = (seeds[n + 1], "standard") if n + 1 < len(seeds) else None
             timed = n >= timing.warmup
             record, next_ready = await self._call(ready, seed, "standard", Judge(), timed, following)
             (self.report.timed if timed else self.report.warmups).append(record)
-            if n + 1 == timing.warmup:
-                start = anyio.current_time()
             if next_ready is not None:
                 ready = next_ready
-        self.report.timing_wall_ms = (anyio.current_time() - start) * 1e3
         if timing.breakdown:
             if self.progress is not None:
                 await self.progress("per-kernel breakdown")

@@ -11,7 +11,7 @@ from kfoundry.backends import get_backend
 from kfoundry.runner.session import Ending, Plan, Session, Side
 from kfoundry.schema import CompileResult, State
 from kfoundry.tools.requests import CompileRequest
-from kfoundry.tools.runtime import Runtime, check_timeout, probe, resolve_backend
+from kfoundry.tools.runtime import Runtime, probe, resolve_backend, timeout_or_default
 from kfoundry.verify.guardrails import Guardrails, check
 
 DEFAULT_TIMEOUT_S = 120.0
@@ -48,7 +48,7 @@ async def _compile_only(rt: Runtime, name: str, candidate: str, timeout: float) 
 
 
 async def compile_candidate(rt: Runtime, request: CompileRequest) -> CompileResult:
-    timeout = check_timeout(request.timeout_s, DEFAULT_TIMEOUT_S)
+    timeout = timeout_or_default(request.timeout_s, DEFAULT_TIMEOUT_S)
     name, candidate, reference = request.backend, request.candidate, request.reference
     if probe(name).compile_only and not probe(name).available:
         return await _compile_only(rt, name, candidate, max(timeout, COMPILE_ONLY_MIN_TIMEOUT_S))

@@ -13,7 +13,7 @@ from kfoundry.runner.session import Ending, Report, TimingPlan
 from kfoundry.schema import ErrorDetail, Finding, KernelCounters, ProfileResult, Speedup, State, Timing
 from kfoundry.tools.counters import collect as collect_counters
 from kfoundry.tools.requests import ProfileRequest
-from kfoundry.tools.runtime import Runtime, check_timeout, resolve_backend
+from kfoundry.tools.runtime import Runtime, resolve_backend, timeout_or_default
 from kfoundry.tools.verify import NEXT as VERIFY_NEXT
 from kfoundry.tools.verify import run_check
 from kfoundry.verify import precision as numerics
@@ -43,7 +43,7 @@ async def profile(rt: Runtime, request: ProfileRequest) -> ProfileResult:
                         allow_ops=list(rules.allow_torch_ops), cuda_graph=request.cuda_graph)
     counters: list[KernelCounters] = []
     status = ["not requested"]
-    timeout = check_timeout(request.timeout_s, DEFAULT_TIMEOUT_S)
+    timeout = timeout_or_default(request.timeout_s, DEFAULT_TIMEOUT_S)
 
     async def after_timing(device: str, report: Report) -> None:
         if request.hardware_counters:
@@ -72,8 +72,10 @@ async def profile(rt: Runtime, request: ProfileRequest) -> ProfileResult:
             samples[name] = [c.baseline_ms[name] for c in report.timed if name in c.baseline_ms]
         await _fill(result, samples, report, policy)
         _check_clocks(result, report)
-        result.findings += timed_findings([(i, c.check, c.returned.facts) for i, c in enumerate(report.timed)], rules)
-        result.findings += process_findings("timed calls", max(c.leftover_processes for c in report.timed), rules)
+        # Warm-ups look exactly like timed calls to the candidate, so they are judged the same way.
+        phase = [(f"warm-up call {i + 1}", c) for i, c in enumerate(report.warmups)] + [(f"timed call {i + 1}", c) for i, c in enumerate(report.timed)]
+        result.findings += timed_findings([(label, c.check, c.returned.facts) for label, c in phase], rules)
+        result.findings += process_findings("timed calls", max(c.leftover_processes for _, c in phase), rules)
         result.timed_rechecks = len(report.timed)
         result.own_kernel_share, found = kernel_coverage(result, rules)
         result.findings += found

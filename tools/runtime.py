@@ -9,15 +9,11 @@ from functools import cache
 
 from kfoundry.backends import UnknownBackendError, get_backend, names
 from kfoundry.backends.base import Backend
-from kfoundry.config import settings
 from kfoundry.errors import BadRequest, Unavailable
 from kfoundry.runner.pool import WorkerPool
 from kfoundry.schema import ToolchainInfo
 
 Progress = Callable[[float, str], Awaitable[None]]
-
-MAX_TIMEOUT_S = 3600.0
-
 
 async def no_progress(fraction: float, message: str) -> None:
     return None
@@ -82,24 +78,6 @@ def device_kind(backend: Backend) -> str:
     return "cuda" if info.device.startswith("cuda") else "cpu"
 
 
-def check_source(value: object, field: str, *, kind: str) -> str:
-    """Non-empty text under the payload limit."""
-    if not isinstance(value, str):
-        raise BadRequest(f"{field} must be Python source text ({kind}), got {type(value).__name__}")
-    if not value.strip():
-        raise BadRequest(f"{field} is empty; send the full Python module source ({kind})")
-    limit = settings().max_payload_bytes
-    size = len(value.encode("utf-8", errors="replace"))
-    if size > limit:
-        raise BadRequest(f"{field} is {size} bytes; the limit is {limit} bytes. Send only the module source, without data blobs")
-    if "\x00" in value:
-        raise BadRequest(f"{field} contains NUL bytes; send plain text source")
-    return value
-
-
-def check_timeout(value: float | None, default: float) -> float:
-    if value is None:
-        return default
-    if not (0 < value <= MAX_TIMEOUT_S):
-        raise BadRequest(f"timeout_s must be between 0 and {MAX_TIMEOUT_S:g} seconds")
-    return float(value)
+def timeout_or_default(value: float | None, default: float) -> float:
+    """The request's timeout (its bounds are the request model's), or the tool's default."""
+    return default if value is None else float(value)

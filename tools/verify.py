@@ -14,7 +14,7 @@ from kfoundry.backends.base import Backend
 from kfoundry.runner.session import Call, Ending, Plan, Report, Session, Side, TimingPlan
 from kfoundry.schema import ErrorDetail, Finding, State, VerifyResult
 from kfoundry.tools.requests import VerifyRequest
-from kfoundry.tools.runtime import Runtime, check_timeout, device_kind, probe, resolve_backend
+from kfoundry.tools.runtime import Runtime, device_kind, probe, resolve_backend, timeout_or_default
 from kfoundry.verify import precision as numerics
 from kfoundry.verify.compare import tolerance
 from kfoundry.verify.guardrails import Guardrails, check, effective
@@ -165,7 +165,7 @@ async def verify(rt: Runtime, request: VerifyRequest) -> VerifyResult:
     run = new_run("verify")
     checked = await run_check(
         rt, run, chosen, request.reference, request.candidate, trials=request.trials, atol=request.atol, rtol=request.rtol,
-        timeout_s=check_timeout(request.timeout_s, DEFAULT_TIMEOUT_S), guardrails=effective(request.guardrails, chosen.name),
+        timeout_s=timeout_or_default(request.timeout_s, DEFAULT_TIMEOUT_S), guardrails=effective(request.guardrails, chosen.name),
         precision=policy, stress=list(request.stress or []),
     )
     run.write("result.json", checked.result)

@@ -164,11 +164,10 @@ def decide(trials: list[Trial], rules: Guardrails, *, wanted: int, leftover_proc
     return Decision(state, passed, mismatch, findings + soft, **decided)
 
 
-def timed_findings(calls: list[tuple[int, CallCheck, RuntimeFacts]], rules: Guardrails) -> list[Finding]:
-    """Every timed call was judged too: a wrong output, mutated input or late work while timed is an integrity finding."""
+def timed_findings(calls: list[tuple[str, CallCheck, RuntimeFacts]], rules: Guardrails) -> list[Finding]:
+    """Every call of the timing phase (warm-ups included) was judged too: a wrong output, mutated input or late work is a finding."""
     found: list[Finding] = []
-    for rep, check, facts in calls:
-        label = f"timed call {rep + 1}"
+    for label, check, facts in calls:
         if check.state is not State.correct:
             why = check.mismatch.message if check.mismatch is not None else "its outputs are not plain tensors"
             finding = rules.finding(

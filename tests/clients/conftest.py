@@ -11,6 +11,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from client_support import MemoSession  # noqa: E402
+
 from kfoundry.clients.session import connect  # noqa: E402
 from kfoundry.server.app import build_server  # noqa: E402
 

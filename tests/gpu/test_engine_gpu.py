@@ -148,3 +148,15 @@ async def test_device_work_that_outlives_forward_is_not_accepted(client: Client)
     assert data["state"] in ("mismatch", "rejected", "runtime_error"), data
     if data["state"] == "rejected":
         assert {"late_work", "monkeypatch_runtime"} & {f["code"] for f in data["findings"]}, data["findings"]
+
+
+TOO_BIG = RELU_1GB.replace("torch.rand(16384, 16384) - 0.5", "torch.rand(1 << 20, 1 << 18)")  # 1 TiB of fp32
+
+
+async def test_a_problem_larger_than_the_device_is_a_typed_error_naming_the_bytes(client: Client) -> None:
+    data = await _ok(client, "verify", {"backend": "triton", "reference": TOO_BIG, "candidate": RELU_TRITON, "trials": 1})
+
+    assert data["state"] == "runtime_error", data
+    error = data["error"]
+    assert error["type"] == "DeviceMemoryError", error
+    assert str(2 * (1 << 40)) in error["message"] and "bytes are free" in error["message"], error
