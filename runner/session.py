@@ -181,7 +181,11 @@ class Session:
         worker = self.ref if side is Side.reference else self.cand
         assert worker is not None
         self.waiting = side
-        await worker.send(message)
+        try:
+            await worker.send(message)
+        except (WorkerGone, WireError):
+            self.waiting = side  # both workers may be in conversation at once: blame the one that failed
+            raise
 
     async def _expect(self, side: Side, kind: type[M]) -> M:
         """The next message of ``kind`` from ``side``, serving stages and build requests on the way."""
@@ -189,7 +193,11 @@ class Session:
         assert worker is not None
         self.waiting = side
         while True:
-            message = await worker.recv()
+            try:
+                message = await worker.recv()
+            except (WorkerGone, WireError):
+                self.waiting = side  # both workers may be in conversation at once: blame the one that failed
+                raise
             if isinstance(message, kind):
                 return message
             if isinstance(message, Stage):
@@ -204,6 +212,7 @@ class Session:
                 self.report.diagnostics = [d[:2000] for d in message.diagnostics][:100]
                 raise Ended
             else:
+                self.waiting = side
                 raise WireError(f"the {side.value} worker sent {type(message).__name__} where {kind.__name__} was due")
 
     async def _build(self, request: BuildRequest) -> BuildReply:
