@@ -8,6 +8,13 @@ the tool arguments. ``rules`` also sets the severity of the worker's runtime che
 
 ``check`` also takes the run's precision policy (``verify.precision``; strict when not
 given): reduced-precision uses the policy allows are not findings.
+
+``required``/``banned`` come from callers and run in the server process, so they run on RE2,
+whose matching time is linear in the candidate's size times the pattern's compiled size,
+never exponential. Python syntax RE2 leaves out (backreferences, look-around, ...) is
+rejected when the request arrives, naming the pattern; so is a pattern that compiles too
+large, and ``check`` refuses patterns whose total size times the candidate's exceeds
+``MATCH_BUDGET``. The backends' own patterns are trusted and stay on ``re``.
 """
 
 from __future__ import annotations
@@ -16,12 +23,14 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-from pydantic import BaseModel, Field, field_validator
+import re2
+from pydantic import AfterValidator, BaseModel, Field, ValidationError, field_validator
 
 from kfoundry.backends import REGISTRY, get_backend
 from kfoundry.backends.base import Backend, Severity
+from kfoundry.errors import BadRequest
 from kfoundry.schema import Finding
 from kfoundry.verify import ast_rules
 from kfoundry.verify.precision_rules import KIND_NAMES
@@ -48,11 +57,82 @@ RUNTIME_RULES: dict[str, Severity] = {
 }
 
 
+#: most RE2 instructions one caller pattern may compile to (``\p{L}+`` is about 1200)
+MAX_PROGRAM = 2000
+#: most patterns in ``required``, and in ``banned``
+MAX_PATTERNS = 64
+#: most (RE2 instructions of all patterns) x (candidate bytes) one check matches: about a second
+#: where RE2 must fall back to its NFA (some 8 ns per byte and instruction), milliseconds on its DFA
+MATCH_BUDGET = 1 << 27
+
+#: RE2's errors for Python syntax it leaves out on purpose: what the pattern uses, and what to do instead
+_UNSUPPORTED = [(re.compile(error), what, instead) for error, what, instead in (
+    (r"escape sequence: \\[1-9]|\(\?P$", "backreferences", "match the repeated text itself"),
+    (r"\(\?<?[=!]", "look-around assertions", "match the surrounding text too, or ban the form you want to exclude"),
+    (r"\(\?>", "atomic groups", "use a plain group"),
+    (r"repetition operator: \S*\+$", "possessive quantifiers", "use the plain quantifier"),
+    (r"\(\?\(", "conditional groups", "send one pattern per alternative"),
+    (r"escape sequence: \\Z", "\\Z", "RE2 writes the end of the text as \\z"),
+    (r"repetition size", "a repeat count above 1000", "use a smaller count"),
+    (r"\(\?[#xauL]", "a (?x), (?a), (?u) or (?L) flag or a (?#...) comment", "remove it; RE2 takes the i, m and s flags"),
+)]
+
+
+def _options() -> re2.Options:
+    options = re2.Options()
+    options.max_mem = 1 << 20  # per pattern: its program and its DFA cache (the module caches 128 patterns)
+    options.never_capture = True
+    options.log_errors = False
+    return options
+
+
+_OPTIONS = _options()
+
+
+def _compiled(pattern: str) -> Any:
+    """``pattern`` compiled by RE2, with ``^``/``$`` matching at line ends as ``re.M`` does."""
+    return re2.compile(f"(?m){pattern}", _OPTIONS)
+
+
+def _unsupported(pattern: str, error: re2.error) -> str:
+    reason = error.args[0].decode(errors="replace") if error.args and isinstance(error.args[0], bytes) else str(error)
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        return f"invalid regex {pattern!r}: {exc}"
+    for matches, what, instead in _UNSUPPORTED:
+        if matches.search(reason):
+            return f"pattern {pattern!r} uses {what}, not allowed here: patterns run on RE2 (linear time, no backtracking); {instead}"
+    return f"pattern {pattern!r} is not supported by RE2, the linear-time engine patterns run on: {reason}"
+
+
+def _linear(pattern: str) -> str:
+    """``pattern``, once RE2 compiles it within ``MAX_PROGRAM`` instructions.
+
+    Raises:
+        ValueError: naming the pattern and what it uses that RE2 does not support, or its size.
+    """
+    try:
+        size = _compiled(pattern).programsize
+    except re2.error as exc:
+        raise ValueError(_unsupported(pattern, exc)) from None
+    if size > MAX_PROGRAM:
+        raise ValueError(f"pattern {pattern!r} compiles to {size} RE2 instructions; the limit is {MAX_PROGRAM}: "
+                         "use smaller repeat counts, fewer alternatives or narrower classes")
+    return pattern
+
+
+Regex = Annotated[str, AfterValidator(_linear)]
+_SYNTAX = " RE2 syntax (as Python's re, without backreferences or look-around); ^ and $ match at line ends."
+
+
 class Guardrails(BaseModel):
     """Pattern rules applied to the candidate source before it runs, and severities of every check."""
 
-    required: list[str] = Field(default_factory=list, description="Regexes the candidate must match (each one).")
-    banned: list[str] = Field(default_factory=list, description="Regexes the candidate must not match.")
+    required: list[Regex] = Field(
+        default_factory=list, max_length=MAX_PATTERNS, description="Regexes the candidate must match (each one)." + _SYNTAX
+    )
+    banned: list[Regex] = Field(default_factory=list, max_length=MAX_PATTERNS, description="Regexes the candidate must not match." + _SYNTAX)
     backend_marker: bool = Field(default=True, description="Require the backend's marker (e.g. load_cpp( or @triton.jit).")
     rules: dict[str, Severity] = Field(
         default_factory=dict,
@@ -67,16 +147,6 @@ class Guardrails(BaseModel):
         description="GPU profile: least share of device time in this backend's own kernels "
         "(library kernels of allow_torch_ops count as allowed).",
     )
-
-    @field_validator("required", "banned")
-    @classmethod
-    def _compiles(cls, patterns: list[str]) -> list[str]:
-        for pattern in patterns:
-            try:
-                re.compile(pattern)
-            except re.error as exc:
-                raise ValueError(f"invalid regex {pattern!r}: {exc}") from exc
-        return patterns
 
     @field_validator("rules")
     @classmethod
@@ -118,7 +188,13 @@ def _file_config(backend: str | None) -> dict[str, Any]:
         raise ValueError(f"{CONFIG_ENV}={path}: the config must be a JSON object")
     sections = data.pop("backends", {}) or {}
     own = sections.get(backend, {}) if backend else {}
-    return _merge_dicts(data, own)
+    merged = _merge_dicts(data, own)
+    try:
+        Guardrails.model_validate(merged)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}" for e in exc.errors(include_url=False))
+        raise ValueError(f"{CONFIG_ENV}={path}: {problems}") from None
+    return merged
 
 
 def _merge_dicts(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -142,8 +218,28 @@ def effective(arguments: Guardrails | None, backend: str | None = None) -> Guard
     return Guardrails.model_validate(_merge_dicts(base, given))
 
 
-def _line_of(source: str, match: re.Match[str]) -> int:
-    return source.count("\n", 0, match.start()) + 1
+def _patterns(source: bytes, rules: Guardrails) -> list[Finding]:
+    """Findings of ``rules.required``/``banned`` over ``source`` (UTF-8), once their cost is within ``MATCH_BUDGET``.
+
+    Raises:
+        BadRequest: the patterns' total RE2 size times the candidate's bytes exceeds the budget.
+    """
+    required = [(p, _compiled(p)) for p in rules.required]
+    banned = [(p, _compiled(p)) for p in rules.banned]
+    size = sum(r.programsize for _, r in required + banned)
+    if size * len(source) > MATCH_BUDGET:
+        raise BadRequest(
+            f"guardrails: the required and banned patterns compile to {size} RE2 instructions, and matching them over a "
+            f"{len(source)}-byte candidate exceeds the server's budget of {MATCH_BUDGET} instruction-bytes; "
+            "send fewer or simpler patterns, or a smaller candidate"
+        )
+    findings = [Finding(code="required_pattern", message=f"required pattern {p!r} not found") for p, r in required if r.search(source) is None]
+    for p, r in banned:
+        m = r.search(source)
+        if m is not None:
+            line = source.count(b"\n", 0, m.start()) + 1
+            findings.append(Finding(code="banned_pattern", message=f"banned pattern {p!r} at candidate.py:{line}"))
+    return findings
 
 
 def _advice(kind: str) -> str:
@@ -168,6 +264,7 @@ def check(source: str, backend: Backend, rules: Guardrails, precision: Policy | 
 
     Raises:
         ValueError: for an unknown precision policy name.
+        BadRequest: ``rules``' patterns would cost more than ``MATCH_BUDGET`` over ``source``.
     """
     from kfoundry.verify.precision import policy  # imports torch: only where candidates are checked
 
@@ -198,11 +295,4 @@ def check(source: str, backend: Backend, rules: Guardrails, precision: Policy | 
         finding = rules.finding(hit.rule, message, backend.name)
         if finding is not None:
             findings.append(finding)
-    for pattern in rules.required:
-        if not re.search(pattern, source, re.M):
-            findings.append(Finding(code="required_pattern", message=f"required pattern {pattern!r} not found"))
-    for pattern in rules.banned:
-        m = re.search(pattern, source, re.M)
-        if m:
-            findings.append(Finding(code="banned_pattern", message=f"banned pattern {pattern!r} at candidate.py:{_line_of(source, m)}"))
-    return findings
+    return findings + _patterns(source.encode("utf-8", errors="replace"), rules)
