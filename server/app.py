@@ -10,19 +10,20 @@ import inspect
 import json
 import logging
 import typing
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
 from mcp.server.auth.provider import TokenVerifier
+from mcp.server.lowlevel.helper_types import ReadResourceContents
 from mcp.server.mcpserver import Context, MCPServer, Resolve, Sample
 from mcp.server.mcpserver.exceptions import ResourceError, ToolError, UnexpectedToolError
 from mcp.types import CallToolResult, CreateMessageResult, InputRequiredResult, SamplingMessage, TextContent, ToolAnnotations
-from pydantic import BaseModel, ValidationError
+from pydantic import AnyUrl, BaseModel, ValidationError
 
 from kfoundry import __version__
 from kfoundry import examples as problem_library
-from kfoundry.artifacts import list_runs, open_run
+from kfoundry.artifacts import acting_for, list_runs, open_run
 from kfoundry.errors import KfoundryError
 from kfoundry.runner.pool import WorkerPool, gpu_count
 from kfoundry.schema import AnalysisResult, BackendsResult, CompileResult, ProfileResult, TranslateResult, VerifyResult
@@ -78,6 +79,9 @@ class KfoundryServer(MCPServer):
     sent, what it takes (pydantic's own text names internal models and links to its docs). A
     ``KfoundryError`` is an anticipated failure, so its message reaches the client; the SDK
     withholds the text of any other exception.
+
+    Tools and resources run ``acting_for`` the caller's token name, so the runs they make are
+    the caller's and the runs they open or list are only the caller's ("local", over stdio: all).
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -99,7 +103,8 @@ class KfoundryServer(MCPServer):
         self, name: str, arguments: dict[str, Any], context: Context[Any, Any] | None = None
     ) -> CallToolResult | InputRequiredResult:
         try:
-            return await super().call_tool(name, arguments, context)
+            with acting_for(caller()):
+                return await super().call_tool(name, arguments, context)
         except ToolError as exc:
             cause, request = exc.__cause__, self._requests.get(name)
             if isinstance(cause, KfoundryError):
@@ -110,6 +115,12 @@ class KfoundryServer(MCPServer):
             ):
                 raise ToolError(f"Error executing tool {name}: {explain(cause, request)}") from cause
             raise
+
+    async def read_resource(
+        self, uri: AnyUrl | str, context: Context[Any, Any] | None = None
+    ) -> Iterable[ReadResourceContents] | InputRequiredResult:
+        with acting_for(caller()):
+            return await super().read_resource(uri, context)
 
 
 def _progress(ctx: Context) -> Any:

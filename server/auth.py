@@ -1,9 +1,10 @@
 """Static bearer tokens with names, for the HTTP transport.
 
 Tokens come from ``KFOUNDRY_TOKENS`` ("alice:tok1,bob:tok2"), ``KFOUNDRY_TOKEN`` (one token,
-named "default") or a file of ``name token`` / ``name:token`` lines. Every presented token is
-compared with every known one in constant time, so timing reveals neither which token
-nor how much of it matched.
+named "default") or a file of ``name token`` / ``name:token`` lines. A token's name owns the
+runs its calls make; no token may be named "local", the box's own user, who sees every run.
+Every presented token is compared with every known one in constant time, so timing reveals
+neither which token nor how much of it matched.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from mcp.server.auth.middleware.auth_context import get_access_token
 from mcp.server.auth.provider import AccessToken, TokenVerifier
 from mcp.server.auth.settings import AuthSettings
 
+from kfoundry.artifacts import LOCAL
 from kfoundry.errors import BadRequest
 
 SCOPE = "kfoundry"
@@ -34,7 +36,7 @@ def _parse_line(line: str, default_name: str) -> tuple[str, str] | None:
 
 
 def load_tokens(token_file: Path | None = None, environ: dict[str, str] | None = None) -> dict[str, str]:
-    """Name -> token. Raises BadRequest for short or duplicate tokens."""
+    """Name -> token. Raises BadRequest for short or duplicate tokens, and for a token named "local"."""
     env = os.environ if environ is None else environ
     pairs: list[tuple[str, str]] = []
     if env.get("KFOUNDRY_TOKEN"):
@@ -50,6 +52,8 @@ def load_tokens(token_file: Path | None = None, environ: dict[str, str] | None =
                 pairs.append(parsed)
     tokens: dict[str, str] = {}
     for name, token in pairs:
+        if name == LOCAL:
+            raise BadRequest(f"the token name {LOCAL!r} is reserved for the box's own user (stdio, the CLI), who sees every run; pick another name")
         if len(token) < MIN_TOKEN_LENGTH:
             raise BadRequest(f"token {name!r} is shorter than {MIN_TOKEN_LENGTH} characters; use e.g. `openssl rand -hex 24`")
         if token in tokens.values():
@@ -79,6 +83,6 @@ def auth_settings() -> AuthSettings:
 
 
 def caller() -> str:
-    """The token name of the current HTTP caller, or "local" on stdio and in-memory."""
+    """The token name of the current HTTP caller, or ``LOCAL`` on stdio and in-memory."""
     token = get_access_token()
-    return token.client_id if token is not None else "local"
+    return token.client_id if token is not None else LOCAL

@@ -14,8 +14,11 @@ from kfoundry.tools.requests import AnalyzeRequest
 async def analyze_profile(request: AnalyzeRequest) -> AnalysisResult:
     """Diagnose a finished profile run (by run_id) or raw profiler text.
 
+    A run_id opens only the caller's own runs (``artifacts.acting_for``); another caller's run
+    fails exactly as an unknown id does.
+
     Raises:
-        BadRequest: ``request.profile`` looks like a run id but names no finished profile run.
+        BadRequest: ``request.profile`` looks like a run id but names no finished profile run of the caller's.
     """
     candidate = request.candidate
     run = new_run("analyze")
