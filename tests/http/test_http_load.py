@@ -23,6 +23,7 @@ def expected_state(client_index: int, call_index: int) -> str:
     return "mismatch" if (client_index * CALLS + call_index) % 4 == 3 else "correct"
 
 
+@pytest.mark.timeout(HANG_GUARD_S + 60)
 async def test_five_clients_with_ten_concurrent_verify_calls_each_all_get_their_own_right_answer(server: Server) -> None:
     answers: dict[tuple[int, int], dict] = {}
 
