@@ -28,7 +28,6 @@ class Settings(BaseModel):
     file_limit_mb: int = Field(default=2048, ge=1, description="Largest file a worker may write (RLIMIT_FSIZE).")
     max_processes: int = Field(default=256, ge=16, description="Process/thread cap of one worker's sandbox user.")
     max_payload_bytes: int = Field(default=4 << 20, description="Largest reference/candidate source accepted.")
-    max_message_bytes: int = Field(default=1 << 30, description="Largest single message a worker may send back.")
     sandbox_uid_base: int = Field(default=61000, description="First uid used for worker sandboxes when running as root.")
 
     @property
