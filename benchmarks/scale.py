@@ -290,7 +290,7 @@ async def run_kfoundry(root: Path, size: str, reference: str, candidate: str, ar
 # KernelBench anchor
 
 
-def _stub_heavy_imports() -> None:
+def _stand_in_for_unused_client_imports() -> None:
     """kernelbench.utils imports LLM clients (openai, litellm), dotenv and tqdm at module level; eval needs none of them."""
     import importlib.util
     import types
@@ -308,7 +308,7 @@ def anchor_child(args: argparse.Namespace) -> int:
     import resource
 
     t_start = time.perf_counter()
-    _stub_heavy_imports()
+    _stand_in_for_unused_client_imports()
     sys.path.insert(0, str(Path(args.kb_root) / "src"))
     import torch
     from kernelbench.eval import eval_kernel_against_ref

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import time
 from pathlib import Path
 from typing import Any
@@ -210,13 +211,19 @@ class Candidate:
         return Profiled(shares=shares)
 
 
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+
+
 def _perturb(byte: int) -> None:
     """glibc's M_PERTURB: fill host allocations with ``byte`` and freed memory with its complement (0: off)."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return
-    libc.mallopt(_M_PERTURB, byte)
+    libc = _libc()
+    if libc is not None:
+        libc.mallopt(_M_PERTURB, byte)
 
 
 def serve(job: Wire, channel: Channel, workdir: Path) -> None:

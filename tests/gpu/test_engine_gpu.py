@@ -2,15 +2,9 @@
 
 from __future__ import annotations
 
-import threading
-from collections.abc import AsyncIterator
-from typing import Any
-
-import anyio
 import pytest
 from mcp import Client
-
-from kfoundry.server.app import build_server
+from mcp_support import ok, rss_growth
 
 pytestmark = [pytest.mark.gpu, pytest.mark.anyio]
 
@@ -85,51 +79,11 @@ class ModelNew''').replace("_relu[(triton.cdiv(n, 1024),)](x, y, n, BLOCK=1024)"
 OPEN = {"rules": {"monkeypatch": "off", "monkeypatch_runtime": "off", "introspection": "off"}}
 
 
-@pytest.fixture(scope="module")
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture(scope="module")
-async def client(anyio_backend: str) -> AsyncIterator[Client]:
-    async with Client(build_server()) as connected:
-        yield connected
-
-
-async def _ok(client: Client, tool: str, arguments: dict[str, Any], within: float = 300) -> dict[str, Any]:
-    with anyio.fail_after(within):
-        result = await client.call_tool(tool, arguments)
-    assert not result.is_error, result.content
-    assert result.structured_content is not None
-    return result.structured_content
-
-
-def _rss_mb() -> float:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
-
-
 async def test_a_1_gib_problem_is_verified_and_profiled_without_the_parent_holding_its_tensors(client: Client) -> None:
-    baseline = _rss_mb()
-    peak = [baseline]
-    done = threading.Event()
-
-    def sample() -> None:
-        while not done.wait(0.02):
-            peak[0] = max(peak[0], _rss_mb())
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    try:
+    with rss_growth() as grown:
         arguments = {"backend": "triton", "reference": RELU_1GB, "candidate": RELU_TRITON}
-        verified = await _ok(client, "verify", arguments)
-        profiled = await _ok(client, "profile", {**arguments, "reps": 10, "warmup": 2, "baselines": ["eager"]})
-    finally:
-        done.set()
-        sampler.join(timeout=5)
+        verified = await ok(client, "verify", arguments, within=300)
+        profiled = await ok(client, "profile", {**arguments, "reps": 10, "warmup": 2, "baselines": ["eager"]}, within=300)
 
     assert verified["state"] == "correct" and verified["trials_passed"] == 5, verified
     assert profiled["state"] == "correct", profiled
@@ -137,13 +91,13 @@ async def test_a_1_gib_problem_is_verified_and_profiled_without_the_parent_holdi
     # An elementwise pass over 2 GiB of traffic takes well under 10 ms on any data-centre GPU.
     assert 0 < profiled["candidate"]["median_ms"] < 10 and 0 < profiled["eager"]["median_ms"] < 10, profiled
     assert profiled["own_kernel_share"] > 0.9
-    assert peak[0] - baseline < 256, f"the parent grew by {peak[0] - baseline:.0f} MB"
+    assert grown[0] < 256, f"the parent grew by {grown[0]:.0f} MB"
 
 
 async def test_device_work_that_outlives_forward_is_not_accepted(client: Client) -> None:
     arguments = {"backend": "triton", "reference": RELU_1GB, "candidate": UNSYNCHRONIZED, "trials": 2, "guardrails": OPEN, "timeout_s": 240}
 
-    data = await _ok(client, "verify", arguments)
+    data = await ok(client, "verify", arguments, within=300)
 
     assert data["state"] in ("mismatch", "rejected", "runtime_error"), data
     if data["state"] == "rejected":
@@ -154,7 +108,7 @@ TOO_BIG = RELU_1GB.replace("torch.rand(16384, 16384) - 0.5", "torch.rand(1 << 20
 
 
 async def test_a_problem_larger_than_the_device_is_a_typed_error_naming_the_bytes(client: Client) -> None:
-    data = await _ok(client, "verify", {"backend": "triton", "reference": TOO_BIG, "candidate": RELU_TRITON, "trials": 1})
+    data = await ok(client, "verify", {"backend": "triton", "reference": TOO_BIG, "candidate": RELU_TRITON, "trials": 1}, within=300)
 
     assert data["state"] == "runtime_error", data
     error = data["error"]

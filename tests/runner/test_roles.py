@@ -8,13 +8,12 @@ these tests so that what is tested is the process boundary itself.
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 import pytest
 from candidates import REFERENCE, _candidate
 from mcp import Client
-from mcp_support import ok
+from mcp_support import ok, rss_growth
 
 pytestmark = pytest.mark.anyio
 
@@ -199,14 +198,6 @@ async def test_work_left_running_after_forward_returns_does_not_count(client: Cl
         assert data["mismatch"]["samples"][0]["got"] == 0.5
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/status") as fh:
-        for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    return 0.0
-
-
 OUTER_REFERENCE = '''\
 import torch
 import torch.nn as nn
@@ -259,23 +250,10 @@ class ModelNew(nn.Module):
 
 @pytest.mark.slow
 async def test_a_2_gb_output_is_verified_without_the_parent_growing(client: Client) -> None:
-    baseline = _rss_mb()
-    peak = [baseline]
-    done = threading.Event()
-
-    def sample() -> None:
-        while not done.wait(0.02):
-            peak[0] = max(peak[0], _rss_mb())
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    try:
+    with rss_growth() as grown:
         arguments = {"backend": "cpp", "reference": OUTER_REFERENCE, "candidate": OUTER_CPP, "trials": 1, "timeout_s": 600}
         data = await ok(client, "verify", arguments, within=700)
-    finally:
-        done.set()
-        sampler.join(timeout=5)
 
     assert data["state"] == "correct", data
     # The outputs stay in the workers' memory; the parent only ever holds their summaries.
-    assert peak[0] - baseline < 256, f"the parent grew by {peak[0] - baseline:.0f} MB while verifying a 2 GB output"
+    assert grown[0] < 256, f"the parent grew by {grown[0]:.0f} MB while verifying a 2 GB output"

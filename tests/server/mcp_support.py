@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -51,6 +53,35 @@ async def read(client: Client, uri: str, *, within: float = 30.0) -> str:
     with anyio.fail_after(within):
         resource = await client.read_resource(uri)
     return resource.contents[0].text
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+@contextmanager
+def rss_growth() -> Iterator[list[float]]:
+    """This process's resident-set growth in MB while the block runs (sampled every 20 ms); read ``[0]`` after it."""
+    baseline = _rss_mb()
+    grown = [0.0]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.02):
+            grown[0] = max(grown[0], _rss_mb() - baseline)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        yield grown
+    finally:
+        done.set()
+        sampler.join(timeout=5)
+        grown[0] = max(grown[0], _rss_mb() - baseline)
 
 
 def error_text(result: CallToolResult) -> str:

@@ -1,0 +1,8 @@
+"""GPU tests may share the server tests' module-scoped in-memory client and helpers (modules may define their own)."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "server"))
+
+from mcp_support import anyio_backend, client  # noqa: E402, F401 - re-exported fixtures
