@@ -28,7 +28,14 @@ class Settings(BaseModel):
     file_limit_mb: int = Field(default=2048, ge=1, description="Largest file a worker may write (RLIMIT_FSIZE).")
     max_processes: int = Field(default=256, ge=16, description="Process/thread cap of one worker's sandbox user.")
     max_payload_bytes: int = Field(default=4 << 20, description="Largest reference/candidate source accepted.")
-    sandbox_uid_base: int = Field(default=61000, description="First uid used for worker sandboxes when running as root.")
+    sandbox_uid: int = Field(default=61000, description="Uid (outside the sandbox) that workers and builds run as when the server is root.")
+    unsafe_no_sandbox: bool = Field(
+        default=False, description="Run untrusted code without bubblewrap namespaces (KFOUNDRY_UNSAFE_NO_SANDBOX=1): single-user hosts only."
+    )
+    build_memory_mb: int = Field(default=4096, ge=256, description="Address-space cap of one compiler process.")
+    build_cpu_s: int = Field(default=300, ge=5, description="CPU-time cap of one compiler process.")
+    artifact_quota_mb: int = Field(default=2048, ge=1, description="Artifact bytes one token may keep; its oldest runs go first.")
+    artifact_ttl_hours: float = Field(default=168.0, gt=0, description="Runs older than this are removed.")
 
     @property
     def cache_dir(self) -> Path:
@@ -65,4 +72,9 @@ def settings() -> Settings:
         memory_limit_mb=_int_env("KFOUNDRY_MEMORY_LIMIT_MB", 8192),
         file_limit_mb=_int_env("KFOUNDRY_FILE_LIMIT_MB", 2048),
         max_processes=_int_env("KFOUNDRY_MAX_PROCESSES", 256),
+        unsafe_no_sandbox=os.environ.get("KFOUNDRY_UNSAFE_NO_SANDBOX", "") == "1",
+        build_memory_mb=_int_env("KFOUNDRY_BUILD_MEMORY_MB", 4096),
+        build_cpu_s=_int_env("KFOUNDRY_BUILD_CPU_S", 300),
+        artifact_quota_mb=_int_env("KFOUNDRY_ARTIFACT_QUOTA_MB", 2048),
+        artifact_ttl_hours=float(os.environ.get("KFOUNDRY_ARTIFACT_TTL_HOURS") or 168.0),
     )
