@@ -307,6 +307,13 @@ class ToolchainInfo(Record):
     marker: str = Field(default="", description="What a candidate for this backend must contain.")
 
 
+class ArtifactUsage(Record):
+    """What one caller's runs hold on disk now."""
+
+    bytes: int = 0
+    runs: int = 0
+
+
 class BackendsResult(Record):
     backends: list[ToolchainInfo]
     best: str = Field(description="The backend a user on this host should try first.")
