@@ -67,6 +67,9 @@ class BuildRequest(BaseModel):
 class TrustedBuild(BaseModel):
     """What a trusted-side build produced; each backend's outcome adds the fields of its artefact."""
 
+    #: fields holding paths of built files; the trusted side copies each into the asking worker's sandbox
+    artefact_fields: ClassVar[tuple[str, ...]] = ()
+
     ok: bool
     key: str = Field(description="Content hash the artefact is cached under; empty when nothing was built.")
     cached: bool = False

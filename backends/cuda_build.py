@@ -22,7 +22,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import Field
 
@@ -65,6 +65,8 @@ class BuildError(RuntimeError):
 
 class CudaBuildOutcome(TrustedBuild):
     """An NVRTC build of a cubin (or PTX) image."""
+
+    artefact_fields: ClassVar[tuple[str, ...]] = ("image",)
 
     image: str = Field(default="", description="Path of the cubin (or PTX) when ok.")
     image_kind: str = Field(default="cubin", description="'cubin', or 'ptx' when NVRTC does not know the device's architecture.")

@@ -16,6 +16,7 @@ import tempfile
 import time
 from functools import cache
 from pathlib import Path
+from typing import ClassVar
 
 from pydantic import Field
 
@@ -31,6 +32,8 @@ _FLAG_OK = re.compile(r"^-(O[0-3s]|march=[\w-]+|mtune=[\w-]+|f[\w-]+|std=[\w+]+|
 
 class BuildOutcome(TrustedBuild):
     """A g++ build of a plain-C-ABI shared library."""
+
+    artefact_fields: ClassVar[tuple[str, ...]] = ("library",)
 
     library: str = Field(default="", description="Path of the shared library when ok.")
     command: str = ""

@@ -63,9 +63,14 @@ def main() -> None:
     parser.add_argument("--memory-mb", type=int, default=0)
     parser.add_argument("--file-mb", type=int, default=2048)
     parser.add_argument("--nproc", type=int, default=0)
+    parser.add_argument("--drop", action="store_true", help="become the sandbox user (a root-built sandbox)")
     args = parser.parse_args()
 
     _confine(args)
+    if args.drop:
+        from kfoundry.jail import drop_privileges
+
+        drop_privileges()
     os.chdir(args.dir)
     if args.connect is not None:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,9 @@ import torch
 from kfoundry.runner.wire import PlainValue, TensorRef, Value
 
 _FILE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,80}\.bin$")
+#: a name the consumer opens: its own file, or one the trusted side linked in from the other worker
+_OPEN_NAME = re.compile(r"^(peer/)?[a-z0-9][a-z0-9_-]{0,80}\.bin$")
+PEER = "peer"
 _CUDA_FIELDS = ("size", "stride", "offset", "device", "handle", "size_bytes", "offset_bytes",
                 "ref_counter_handle", "ref_counter_offset", "event_handle", "event_sync_required")
 
@@ -118,7 +122,7 @@ def open_tensor(ref: TensorRef, exchange: Path) -> torch.Tensor:
         return torch.empty(shape, dtype=dtype)
     if ref.storage == "cuda":
         return _open_cuda(ref.cuda or {}, dtype, shape)
-    if ref.file is None or not _FILE_NAME.match(ref.file):
+    if ref.file is None or not _OPEN_NAME.match(ref.file):
         raise ExchangeError(f"bad exchange file name {ref.file!r}")
     path = exchange / ref.file
     nbytes = numel * dtype.itemsize
@@ -155,6 +159,43 @@ def _open_cuda(fields: dict[str, Any], dtype: torch.dtype, shape: list[int]) -> 
         raise
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise ExchangeError(f"cannot map the CUDA reference: {type(exc).__name__}: {str(exc)[:200]}") from exc
+
+
+def hand_over(value: Value, source: Path, target: Path) -> Value:
+    """``value`` as the worker owning ``target`` opens it: a shared file is hard-linked into its ``peer/`` folder.
+
+    Runs on the trusted side. The file is opened without following links and must be a regular
+    file, so a producer cannot hand over a link to something only the consumer could reach.
+
+    Raises:
+        ExchangeError: the producer named a file that is missing, not a plain file, or badly named.
+    """
+    if not isinstance(value, TensorRef) or value.storage != "file":
+        return value
+    if value.file is None or not _FILE_NAME.match(value.file):
+        raise ExchangeError(f"bad exchange file name {value.file!r}")
+    try:
+        fd = os.open(source / value.file, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise ExchangeError(f"exchange file {value.file} cannot be opened: {exc.strerror}") from exc
+    try:
+        opened = os.fstat(fd)
+    finally:
+        os.close(fd)
+    if not stat.S_ISREG(opened.st_mode):
+        raise ExchangeError(f"exchange file {value.file} is not a regular file")
+    linked = target / PEER / value.file
+    try:
+        linked.unlink(missing_ok=True)
+        os.link(source / value.file, linked, follow_symlinks=False)
+        made = os.lstat(linked)
+    except OSError as exc:
+        raise ExchangeError(f"exchange file {value.file} cannot be handed over: {exc.strerror}") from exc
+    # The producer may have swapped the name between the check and the link: what was linked must be what was checked.
+    if (made.st_dev, made.st_ino) != (opened.st_dev, opened.st_ino):
+        linked.unlink(missing_ok=True)
+        raise ExchangeError(f"exchange file {value.file} changed while it was handed over")
+    return value.model_copy(update={"file": f"{PEER}/{value.file}"})
 
 
 def exchange_root() -> Path:

@@ -16,9 +16,11 @@ import anyio
 from anyio.abc import Process, SocketStream, TaskGroup
 from anyio.streams.buffered import BufferedByteReceiveStream
 
+from kfoundry import jail
 from kfoundry.backends import all_backends
 from kfoundry.config import settings
-from kfoundry.runner.sandbox import Containment, Freezer, make_workdir, remove_workdir, thread_count, worker_env
+from kfoundry.runner.exchange import exchange_root
+from kfoundry.runner.sandbox import Containment, Freezer, inner_pid, make_workdir, remove_workdir, thread_count, worker_env
 from kfoundry.runner.wire import HEADER, MAX_FRAME, Ready, Wire, WireError, decode, encode
 
 logger = logging.getLogger(__name__)
@@ -33,10 +35,10 @@ class WorkerGone(RuntimeError):
     """The worker closed its channel (exited, crashed or was killed)."""
 
 
-def _backend_env(device: str) -> dict[str, str]:
+def _backend_env(device: str, caches: Path) -> dict[str, str]:
     """What every backend needs in a worker's environment: its own variables and its compiler caches."""
     env: dict[str, str] = {}
-    shared = settings().shared_cache_dir
+    shared = caches
     for backend in all_backends():
         env.update(backend.cache_env(shared))
         env.update(backend.worker_env(device))
@@ -91,12 +93,24 @@ class Worker:
         self.logs = {"stdout": LogSink(), "stderr": LogSink()}
         self.name = f"w{os.getpid()}-{next(_ids)}"
         self.dir = make_workdir(self.name)
+        # Tensors this worker shares are files here; the trusted side links the other worker's into ``peer/``.
+        self.exchange = exchange_root() / self.name
+        self.exchange.mkdir(mode=0o700)
+        (self.exchange / "peer").mkdir(mode=0o755)
+        self.sandboxed = jail.enabled()
+        if self.sandboxed:
+            jail.hand_to_sandbox(self.dir)
+            jail.hand_to_sandbox(self.exchange)
         self.cage = Containment(self.name)
         self.freezer = Freezer(self.name, self.cage)
         self.process: Process | None = None
         self.stream: SocketStream | None = None
         self.reader: BufferedByteReceiveStream | None = None
         self.pid = 0
+        #: the worker's interpreter (the sandbox's bubblewrap processes sit between it and ``pid``)
+        self.inner = 0
+        #: processes of the worker before any job code ran: bubblewrap's and the interpreter
+        self.own_processes: set[int] = set()
         self.killed_reason = ""
         self.threads_at_start = 0
 
@@ -108,7 +122,11 @@ class Worker:
     async def start(self) -> None:
         limits = settings()
         memory = limits.memory_limit_mb if self.device == "cpu" else 0
-        extra_env = _backend_env(self.device)
+        caches = self.dir / "cache"
+        caches.mkdir()
+        if self.sandboxed:
+            jail.hand_to_sandbox(caches)
+        extra_env = _backend_env(self.device, caches)
         if self.device.startswith("cuda"):
             extra_env["CUDA_VISIBLE_DEVICES"] = self.device.partition(":")[2] or "0"
         args = [
@@ -130,9 +148,12 @@ class Worker:
             pass_fds = (theirs.fileno(),)
         wrapper = [part.replace("{dir}", str(self.dir)) for part in self.wrapper]
         cmd = [*wrapper, sys.executable, "-m", "kfoundry.runner.entry", *args]
+        if self.sandboxed:
+            cmd = jail.Jail(scratch=self.dir, writable=[self.exchange], gpu=self.device.startswith("cuda"), drops_itself=True,
+                            admin_wrapper=bool(wrapper)).command([*cmd, "--drop"])
         self.process = await anyio.open_process(
             cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=self.dir,
-            env=worker_env(self.dir, extra_env), start_new_session=True, pass_fds=pass_fds,
+            env=worker_env(self.dir, extra_env, caches), start_new_session=True, pass_fds=pass_fds,
         )
         self.task_group.start_soon(_drain, self.process.stdout, self.logs["stdout"])
         self.task_group.start_soon(_drain, self.process.stderr, self.logs["stderr"])
@@ -154,7 +175,9 @@ class Worker:
             hello = await self.recv()
         if not isinstance(hello, Ready):
             raise WorkerGone(f"worker said {type(hello).__name__} instead of ready")
-        self.threads_at_start = thread_count(self.pid)
+        self.inner = inner_pid(self.pid, hello.pid) if self.sandboxed else self.pid
+        self.own_processes = set(self.freezer.members())
+        self.threads_at_start = thread_count(self.inner)
 
     async def send(self, message: Wire) -> None:
         assert self.stream is not None
@@ -192,11 +215,11 @@ class Worker:
         self.freezer.thaw()
 
     def threads_now(self) -> int:
-        return thread_count(self.pid)
+        return thread_count(self.inner)
 
     def other_processes(self) -> int:
         """Processes of this worker besides its own (children, daemons it started): none should outlive a call."""
-        return max(0, len(self.freezer.members()) - 1)
+        return len(set(self.freezer.members()) - self.own_processes)
 
     async def exit_status(self, wait_s: float = 2.0) -> str:
         """Describe how the process ended ('exit code 3', 'signal 11 (SIGSEGV)')."""
@@ -252,3 +275,4 @@ class Worker:
             while not self.freezer.release():
                 await anyio.sleep(0.02)
         remove_workdir(self.dir)
+        remove_workdir(self.exchange)

@@ -300,9 +300,37 @@ def _session_members(sid: int) -> list[int]:
     return found
 
 
-def worker_env(workdir: Path, extra: dict[str, str]) -> dict[str, str]:
+def inner_pid(outer: int, announced: int) -> int:
+    """The host pid of the process under ``outer`` (a sandbox) that calls itself ``announced`` in its pid namespace."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            status = (proc / "status").read_text()
+        except OSError:
+            continue
+        nspids = next((line.split()[1:] for line in status.splitlines() if line.startswith("NSpid:")), [])
+        if len(nspids) > 1 and int(nspids[-1]) == announced and _descends_from(int(proc.name), outer):
+            return int(proc.name)
+    return outer
+
+
+def _descends_from(pid: int, ancestor: int) -> bool:
+    for _ in range(64):
+        if pid == ancestor:
+            return True
+        if pid <= 1:
+            return False
+        try:
+            pid = int((Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            return False
+    return False
+
+
+def worker_env(workdir: Path, extra: dict[str, str], caches: Path) -> dict[str, str]:
     """A scrubbed environment: no tokens, keys or server configuration reach candidate code."""
-    shared = settings().shared_cache_dir
+    shared = caches
     env = {k: v for k, v in os.environ.items() if k in _KEEP_ENV}
     env.update(
         {
@@ -313,7 +341,9 @@ def worker_env(workdir: Path, extra: dict[str, str]) -> dict[str, str]:
             "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
             # The torch.compile baseline's cache (the reference worker's); backends add their own caches.
             "TORCHINDUCTOR_CACHE_DIR": str(shared / "inductor"),
-            "KFOUNDRY_HOME": str(settings().home),
+            "KFOUNDRY_HOME": str(workdir / "home"),
+            "USER": "kfoundry",
+            "LOGNAME": "kfoundry",
         }
     )
     env.update(extra)

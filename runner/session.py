@@ -11,15 +11,18 @@ either worker says is untrusted data; the verdict is made by the caller from the
 from __future__ import annotations
 
 import logging
+import os
 import secrets
 import shutil
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 from typing import TypeVar
 
 import anyio
 
+from kfoundry import jail
 from kfoundry.backends import get_backend
 from kfoundry.backends.base import BuildRequest as ToolchainRequest
 from kfoundry.backends.base import TrustedBuild
@@ -59,6 +62,7 @@ logger = logging.getLogger(__name__)
 
 ProgressFn = Callable[[str], Awaitable[None]]
 M = TypeVar("M", bound=Wire)
+V = TypeVar("V")
 #: input sets kept on the device at once: rotation keeps a call from finding the last call's inputs in cache
 MAX_SLOTS = 3
 
@@ -169,7 +173,6 @@ class Session:
         self.cuda_graph = cuda_graph
         self.report = Report()
         self.init_seed = secrets.randbits(31)
-        self.exchange = exchange.exchange_root() / f"job-{secrets.token_hex(8)}"
         self.waiting: Side = Side.reference
         self.stage = "start"
         self.prepared: Prepared | None = None
@@ -223,11 +226,11 @@ class Session:
         message = {"op": request.op, **request.request}
         outcome = await anyio.to_thread.run_sync(lambda: get_backend(self.backend).build(ToolchainRequest(message=message, candidate=candidate)))
         self.report.builds.append(outcome)
-        return BuildReply(outcome=outcome.model_dump(mode="json"))
+        assert self.cand is not None
+        return BuildReply(outcome=_delivered(outcome, self.cand.dir / "built").model_dump(mode="json"))
 
     # -- running --------------------------------------------------------------------------
     async def run(self, plan: Plan, timeout_s: float) -> Report:
-        self.exchange.mkdir(mode=0o700, parents=True)
         try:
             with anyio.fail_after(timeout_s):
                 await self._unwrapped(plan)
@@ -256,7 +259,6 @@ class Session:
         finally:
             if self.cand is not None:
                 self.report.stdout_bytes = self.cand.log_size("stdout")
-            shutil.rmtree(self.exchange, ignore_errors=True)
         return self.report
 
     async def _unwrapped(self, plan: Plan) -> None:
@@ -279,7 +281,7 @@ class Session:
             assert self.problem is not None
             await self._say(Side.reference, ReferenceJob(
                 problem=self.problem, device=self.ref.local_device, precision=self.precision, init_seed=self.init_seed,
-                exchange=str(self.exchange), atol=self.atol, rtol=self.rtol, slots=MAX_SLOTS,
+                exchange=str(self.ref.exchange), atol=self.atol, rtol=self.rtol, slots=MAX_SLOTS,
             ))
             self.prepared = await self._expect(Side.reference, Prepared)
         first: InputsReady | None = None
@@ -309,6 +311,17 @@ class Session:
                 await self._time(plan, plan.timing)
         await self._stop()
 
+    def _to_candidate(self, values: list[V]) -> list[V]:
+        """The reference's shared values as the candidate's sandbox reaches them."""
+        assert self.ref is not None and self.cand is not None
+        self.waiting = Side.reference
+        return [_handed(v, self.ref.exchange, self.cand.exchange) for v in values]
+
+    def _to_reference(self, values: list[V]) -> list[V]:
+        assert self.ref is not None and self.cand is not None
+        self.waiting = Side.candidate
+        return [_handed(v, self.cand.exchange, self.ref.exchange) for v in values]
+
     async def _analyze(self) -> None:
         await self._say(Side.reference, Analyze())
         self.report.analysis = (await self._expect(Side.reference, Analysis)).analysis
@@ -318,8 +331,9 @@ class Session:
         prepared = self.prepared
         await self._say(Side.candidate, CandidateJob(
             backend=self.backend, candidate=self.candidate, device=self.cand.local_device, precision=self.precision,
-            init_seed=self.init_seed, init_args=prepared.init_args if prepared else [],
-            parameters=prepared.parameters if prepared else [], exchange=str(self.exchange), poison=self.poison,
+            init_seed=self.init_seed, init_args=self._to_candidate(prepared.init_args) if prepared else [],
+            parameters=[p.model_copy(update={"tensor": self._to_candidate([p.tensor])[0]}) for p in prepared.parameters] if prepared else [],
+            exchange=str(self.cand.exchange), poison=self.poison,
             trace_calls=self.trace_calls, scrub_calls=self.scrub_calls, build_only=build_only, profiled_from=self.profiled_from, cuda_graph=self.cuda_graph,
         ))
         loaded = await self._expect(Side.candidate, Loaded)
@@ -335,7 +349,7 @@ class Session:
         assert self.cand is not None
         self.stage = f"call {ready.call + 1}"
         start = anyio.current_time()
-        await self._say(Side.candidate, Forward(call=ready.call, inputs=ready.inputs))
+        await self._say(Side.candidate, Forward(call=ready.call, inputs=self._to_candidate(ready.inputs)))
         returned = await self._expect(Side.candidate, Returned)
         wall_ms = (anyio.current_time() - start) * 1e3
         if returned.call != ready.call:
@@ -346,7 +360,7 @@ class Session:
             next_call = self.calls + 1
             after = MakeInputs(call=next_call, seed=following[0], family=following[1], slot=next_call % self.slots) if following else None
             self.stage = f"judging call {ready.call + 1}"
-            await self._say(Side.reference, Collect(call=ready.call, outputs=returned.outputs, judge=judge, time_baselines=time_baselines, next=after))
+            await self._say(Side.reference, Collect(call=ready.call, outputs=self._to_reference(returned.outputs), judge=judge, time_baselines=time_baselines, next=after))
             collected = await self._expect(Side.reference, Collected)
         finally:
             self.cand.thaw()
@@ -390,7 +404,7 @@ class Session:
             if self.progress is not None:
                 await self.progress("per-kernel breakdown")
             extra = await self._make(self.calls, secrets.randbits(31), "standard")
-            await self._say(Side.candidate, ProfileCall(inputs=extra.inputs, allow_ops=timing.allow_ops))
+            await self._say(Side.candidate, ProfileCall(inputs=self._to_candidate(extra.inputs), allow_ops=timing.allow_ops))
             profiled = await self._expect(Side.candidate, Profiled)
             self.report.breakdown, self.report.warnings = profiled.shares[:64], self.report.warnings + profiled.warnings
             await self._say(Side.reference, ProfileCall())
@@ -401,7 +415,7 @@ class Session:
         """One call on real inputs, unjudged: kernels that build on first launch (Triton on a GPU) build now."""
         if ready is None:
             ready = await self._make(0, self.init_seed, "standard")
-        await self._say(Side.candidate, Forward(call=ready.call, inputs=ready.inputs))
+        await self._say(Side.candidate, Forward(call=ready.call, inputs=self._to_candidate(ready.inputs)))
         await self._expect(Side.candidate, Returned)
         self.calls += 1
 
@@ -434,6 +448,34 @@ class Session:
                 raise Ended
             raise WireError(f"the candidate worker sent {type(message).__name__} after stop")
 
+
+
+def _delivered(outcome: TrustedBuild, into: Path) -> TrustedBuild:
+    """``outcome`` with its built files copied into the worker's sandbox.
+
+    Copies, not links: the cache is shared by every job and must never be writable from one.
+    """
+    moved: dict[str, str] = {}
+    for name in outcome.artefact_fields:
+        path = Path(getattr(outcome, name, "") or "")
+        if not outcome.ok or not path.is_file():
+            continue
+        folder = into / (outcome.key or "build")
+        folder.mkdir(parents=True, exist_ok=True)
+        jail.hand_to_sandbox(folder)
+        copy = folder / path.name
+        shutil.copyfile(path, copy)
+        os.chmod(copy, 0o755)
+        jail.hand_to_sandbox(copy)
+        moved[name] = str(copy)
+    return outcome.model_copy(update=moved) if moved else outcome
+
+
+def _handed(value: V, source: Path, target: Path) -> V:
+    try:
+        return exchange.hand_over(value, source, target)  # type: ignore[return-value]
+    except exchange.ExchangeError as exc:
+        raise WireError(str(exc)) from exc
 
 
 def _leaves(group: BaseExceptionGroup) -> list[BaseException]:

@@ -1,0 +1,247 @@
+"""The namespace sandbox every piece of untrusted code runs in: bubblewrap.
+
+A worker or a build sees a private root: read-only binds of the system (``/usr`` and the
+merged-usr links), the interpreter, its site-packages and the toolchains; its own scratch
+directory and exchange directory; fresh ``/tmp``, ``/dev/shm`` and ``/proc``; no network and
+its own pid, ipc and uts namespaces. It cannot name the server's processes, environment,
+artifact store, build cache, the project tree or any other worker.
+
+Identity: a root server runs bubblewrap with its own privileges (so it can bind paths under
+0700 directories such as ``/root``) and the sandboxed process drops to ``settings().sandbox_uid``
+before any untrusted code runs; any other server puts the sandbox in a user namespace.
+
+Where bubblewrap is missing or cannot create namespaces the server refuses untrusted code,
+unless the operator set ``KFOUNDRY_UNSAFE_NO_SANDBOX=1`` (then processes only get rlimits,
+a session, a scrubbed environment and a private scratch directory).
+"""
+
+from __future__ import annotations
+
+import functools
+import glob
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kfoundry.config import settings
+from kfoundry.errors import KfoundryError
+
+_ETC = ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/alternatives", "/etc/localtime", "/etc/nsswitch.conf")
+_MERGED = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+#: Run before the sandboxed command when the sandbox was built by root: drop to the sandbox user for good.
+_DROP = (
+    "import os,sys;u,g=int(sys.argv[1]),int(sys.argv[2]);os.setgroups([]);os.setresgid(g,g,g);os.setresuid(u,u,u);"
+    "os.execvp(sys.argv[3],sys.argv[3:])"
+)
+
+
+class SandboxUnavailable(KfoundryError):
+    """Untrusted code cannot be run: no usable bubblewrap, and the operator did not opt out."""
+
+
+@functools.cache
+def _probe() -> tuple[str, str, bool]:
+    """(bwrap path or "", why it is unusable or "", whether it takes ``--size``)."""
+    path = shutil.which("bwrap") or ""
+    if not path:
+        return "", "bubblewrap (bwrap) is not installed: apt-get install bubblewrap", False
+    args = [path, "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--die-with-parent",
+            "--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev"]
+    if os.geteuid() != 0:
+        args.insert(1, "--unshare-user")
+    try:
+        done = subprocess.run([*args, "true"], capture_output=True, timeout=30, check=False)
+        helptext = subprocess.run([path, "--help"], capture_output=True, timeout=30, check=False).stdout.decode(errors="replace")
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return path, f"bubblewrap could not be run: {exc}", False
+    if done.returncode != 0:
+        return path, f"bubblewrap cannot create namespaces here: {done.stderr.decode(errors='replace').strip()[:300]}", False
+    return path, "", "--size" in helptext
+
+
+def reason() -> str:
+    """Why untrusted code would run unconfined; empty when bubblewrap works."""
+    return _probe()[1]
+
+
+def enabled() -> bool:
+    """True when untrusted code runs in bubblewrap; raises when it cannot and the operator did not opt out.
+
+    Raises:
+        SandboxUnavailable: no usable bubblewrap and no ``KFOUNDRY_UNSAFE_NO_SANDBOX=1``.
+    """
+    if not reason():
+        return True
+    if settings().unsafe_no_sandbox:
+        return False
+    raise SandboxUnavailable(f"refusing to run untrusted code: {reason()} (or set KFOUNDRY_UNSAFE_NO_SANDBOX=1 on a single-user host)")
+
+
+def describe() -> str:
+    """One line for the ``backends`` report."""
+    why = reason()
+    if why:
+        mode = "UNSAFE: untrusted code runs without namespaces" if settings().unsafe_no_sandbox else "untrusted code is refused"
+        return f"{mode} ({why})"
+    who = f"uid {settings().sandbox_uid}" if os.geteuid() == 0 else "a user namespace"
+    return f"bubblewrap: own pid, net (none), ipc and uts namespaces, read-only system, private scratch; runs as {who}"
+
+
+def identity() -> tuple[int, int] | None:
+    """The (uid, gid) sandboxed code runs as outside its namespaces, when it differs from the server's."""
+    if os.geteuid() != 0 or not enabled():
+        return None
+    return settings().sandbox_uid, settings().sandbox_uid
+
+
+def hand_to_sandbox(path: Path) -> None:
+    """Make a directory the sandbox writes (scratch, exchange) its own."""
+    who = identity()
+    if who is not None:
+        os.chown(path, *who)
+
+
+def _project_root() -> Path | None:
+    here = Path(__file__).resolve().parent.parent
+    return here if (here / "pyproject.toml").exists() else None
+
+
+def _package_dirs() -> list[Path]:
+    """Where the kfoundry packages live (an editable install maps each to its own folder)."""
+    import kfoundry
+
+    dirs = [Path(p) for p in kfoundry.__path__]
+    for name in ("backends", "runner", "verify", "profilers", "prompts", "examples", "server", "tools", "clients"):
+        try:
+            module = __import__(f"kfoundry.{name}", fromlist=["__path__"])
+        except ImportError:
+            continue
+        dirs += [Path(p) for p in getattr(module, "__path__", [])]
+    return dirs
+
+
+def _python_dirs() -> list[Path]:
+    """The interpreter and every import root except project trees (tests, .git, artifacts stay outside)."""
+    project = _project_root()
+    found = [Path(sys.prefix), Path(sys.base_prefix), Path(sys.executable).parent]
+    for entry in sys.path:
+        if not entry or not os.path.isabs(entry):
+            continue
+        path = Path(entry)
+        if project is not None and path.is_relative_to(project) and not path.is_relative_to(Path(sys.prefix)):
+            continue
+        found.append(path)
+    return found
+
+
+def _toolchain_dirs() -> list[Path]:
+    found: list[Path] = []
+    for env in ("CUDA_HOME", "CUDA_PATH"):
+        if os.environ.get(env):
+            found.append(Path(os.environ[env]))
+    for tool in ("nvcc", "ncu", "g++", "ptxas", "hipcc"):
+        where = shutil.which(tool)
+        if where:
+            found.append(Path(os.path.realpath(where)).parent.parent)
+    return found
+
+
+def _readable() -> list[Path]:
+    """Everything bound read-only, outermost first, without duplicates or paths inside another."""
+    candidates = {Path(os.path.realpath(p)) for p in [*_python_dirs(), *_package_dirs(), *_toolchain_dirs()] if os.path.isdir(p)}
+    ordered = sorted(candidates, key=lambda p: (len(p.parts), str(p)))
+    kept: list[Path] = []
+    for path in ordered:
+        if path == Path("/") or str(path).startswith(("/proc", "/sys", "/dev")):
+            continue
+        if not any(path.is_relative_to(k) for k in kept):
+            kept.append(path)
+    return kept
+
+
+def _identity_files(root: Path) -> Path:
+    """A passwd/group pair naming the sandbox user (getpass and some toolchains look it up)."""
+    folder = root / ".identity"
+    folder.mkdir(exist_ok=True)
+    uid = settings().sandbox_uid if os.geteuid() == 0 else os.geteuid()
+    (folder / "passwd").write_text(f"root:x:0:0:root:/root:/bin/sh\nkfoundry:x:{uid}:{uid}:sandbox:/tmp:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/sh\n")
+    (folder / "group").write_text(f"root:x:0:\nkfoundry:x:{uid}:\nnogroup:x:65534:\n")
+    for name in ("passwd", "group"):
+        os.chmod(folder / name, 0o644)
+    return folder
+
+
+@dataclass
+class Jail:
+    """One sandbox: what it may write, whether it sees a GPU, and the command line that builds it."""
+
+    scratch: Path
+    writable: list[Path] = field(default_factory=list)
+    gpu: bool = False
+    #: the command drops to the sandbox user itself (the worker entry, which may sit under a trusted wrapper)
+    drops_itself: bool = False
+    #: keep CAP_SYS_ADMIN for a trusted wrapper (ncu reads GPU counters) until the command drops it
+    admin_wrapper: bool = False
+    tmp_mb: int = 1024
+
+    def command(self, inner: list[str]) -> list[str]:
+        """``inner`` run inside the sandbox (the caller passes descriptors it must keep with ``pass_fds``)."""
+        path, _, sized = _probe()
+        root = os.geteuid() == 0
+        args = [path, "--die-with-parent", "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
+                "--hostname", "kfoundry-sandbox"]
+        if root:
+            # the drop to the sandbox user needs SETUID/SETGID; entering its 0700 scratch before that, DAC_OVERRIDE
+            caps = ["CAP_SETUID", "CAP_SETGID", "CAP_DAC_OVERRIDE", *(["CAP_SYS_ADMIN"] if self.admin_wrapper else [])]
+            args += ["--cap-drop", "ALL"] + [part for cap in caps for part in ("--cap-add", cap)]
+        else:
+            args += ["--unshare-user"]
+        args += ["--ro-bind", "/usr", "/usr"]
+        for link in _MERGED:
+            if os.path.islink(link):
+                args += ["--symlink", os.readlink(link), link]
+            elif os.path.isdir(link):
+                args += ["--ro-bind", link, link]
+        for etc in _ETC:
+            args += ["--ro-bind-try", etc, etc]
+        identity_dir = _identity_files(self.scratch.parent)
+        args += ["--ro-bind", str(identity_dir / "passwd"), "/etc/passwd", "--ro-bind", str(identity_dir / "group"), "/etc/group"]
+        args += ["--proc", "/proc", "--dev", "/dev", "--ro-bind-try", "/sys", "/sys"]
+        for tmp in ("/tmp", "/dev/shm"):
+            args += (["--size", str(self.tmp_mb << 20)] if sized else []) + ["--tmpfs", tmp]
+        if self.gpu:
+            for node in sorted(glob.glob("/dev/nvidia*")):
+                args += ["--dev-bind", node, node]
+        readable = [ro for ro in _readable() if not ro.is_relative_to("/usr")]
+        writable = [self.scratch, *self.writable]
+        # bubblewrap would copy the host's modes onto the folders it makes on the way (/root is 0700),
+        # which would lock the sandbox user out of its own interpreter
+        made: set[Path] = {Path("/"), Path("/tmp"), Path("/dev"), Path("/dev/shm")}
+        for path in [*readable, *writable]:
+            for parent in reversed(path.parents):
+                if parent not in made:
+                    made.add(parent)
+                    args += ["--perms", "0755", "--dir", str(parent)]
+        for ro in readable:
+            args += ["--ro-bind", str(ro), str(ro)]
+        for rw in writable:
+            args += ["--bind", str(rw), str(rw)]
+        args += ["--chdir", str(self.scratch), "--"]
+        if root and not self.drops_itself:
+            uid = str(settings().sandbox_uid)
+            return [*args, sys.executable, "-c", _DROP, uid, uid, *inner]
+
+        return [*args, *inner]
+
+
+def drop_privileges() -> None:
+    """Become the sandbox user for good (a root-built sandbox's command calls this before untrusted code)."""
+    if os.geteuid() != 0:
+        return
+    uid = settings().sandbox_uid
+    os.setgroups([])
+    os.setresgid(uid, uid, uid)
+    os.setresuid(uid, uid, uid)
