@@ -31,10 +31,15 @@ from kfoundry.errors import KfoundryError
 
 _ETC = ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/alternatives", "/etc/localtime", "/etc/nsswitch.conf")
 _MERGED = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
-#: Run before the sandboxed command when the sandbox was built by root: drop to the sandbox user for good.
-_DROP = (
-    "import os,sys;u,g=int(sys.argv[1]),int(sys.argv[2]);os.setgroups([]);os.setresgid(g,g,g);os.setresuid(u,u,u);"
-    "os.execvp(sys.argv[3],sys.argv[3:])"
+#: Run before the sandboxed command: caps (address space MiB, CPU seconds; 0 = none), then, in a sandbox
+#: built by root, the drop to the sandbox user for good (uid -1: stay).
+_SHIM = (
+    "import os,sys,resource as r;m,c,u=int(sys.argv[1]),int(sys.argv[2]),int(sys.argv[3])\n"
+    "if m:r.setrlimit(r.RLIMIT_AS,(m<<20,m<<20))\n"
+    "if c:r.setrlimit(r.RLIMIT_CPU,(c,c+1))\n"
+    "r.setrlimit(r.RLIMIT_CORE,(0,0))\n"
+    "if u>=0:os.setgroups([]);os.setresgid(u,u,u);os.setresuid(u,u,u)\n"
+    "os.execvp(sys.argv[4],sys.argv[4:])"
 )
 
 
@@ -186,6 +191,9 @@ class Jail:
     #: keep CAP_SYS_ADMIN for a trusted wrapper (ncu reads GPU counters) until the command drops it
     admin_wrapper: bool = False
     tmp_mb: int = 1024
+    #: caps the shim sets before running the command (builds): address space in MiB and CPU seconds, 0 = none
+    memory_mb: int = 0
+    cpu_s: int = 0
 
     def command(self, inner: list[str]) -> list[str]:
         """``inner`` run inside the sandbox (the caller passes descriptors it must keep with ``pass_fds``)."""
@@ -205,6 +213,7 @@ class Jail:
                 args += ["--symlink", os.readlink(link), link]
             elif os.path.isdir(link):
                 args += ["--ro-bind", link, link]
+        args += ["--perms", "0755", "--dir", "/etc"]
         for etc in _ETC:
             args += ["--ro-bind-try", etc, etc]
         identity_dir = _identity_files(self.scratch.parent)
@@ -230,11 +239,10 @@ class Jail:
         for rw in writable:
             args += ["--bind", str(rw), str(rw)]
         args += ["--chdir", str(self.scratch), "--"]
-        if root and not self.drops_itself:
-            uid = str(settings().sandbox_uid)
-            return [*args, sys.executable, "-c", _DROP, uid, uid, *inner]
-
-        return [*args, *inner]
+        if self.drops_itself:
+            return [*args, *inner]
+        uid = settings().sandbox_uid if root else -1
+        return [*args, sys.executable, "-c", _SHIM, str(self.memory_mb), str(self.cpu_s), str(uid), *inner]
 
 
 def drop_privileges() -> None:
