@@ -314,6 +314,21 @@ class ArtifactUsage(Record):
     runs: int = 0
 
 
+class Limits(Record):
+    """Caps in force for every job on this server."""
+
+    worker_memory_mb: int
+    file_mb: int = Field(description="Largest file a worker may write.")
+    processes: int = Field(description="Processes/threads per worker.")
+    payload_bytes: int = Field(description="Largest source accepted.")
+    frame_bytes: int = Field(description="Largest worker message.")
+    build_memory_mb: int
+    build_cpu_s: int
+    artifact_quota_mb: int = Field(description="Your runs past this go, oldest first.")
+    artifact_ttl_hours: float
+    artifacts: ArtifactUsage = Field(description="Your runs now.")
+
+
 class BackendsResult(Record):
     backends: list[ToolchainInfo]
     best: str = Field(description="The backend a user on this host should try first.")
@@ -321,3 +336,5 @@ class BackendsResult(Record):
     queues: dict[str, dict[str, int | bool]] = Field(
         default_factory=dict, description="Per device now: jobs running, queued, timing (held alone), warm spares."
     )
+    limits: Limits | None = None
+    sandbox: str = Field(default="unknown", description="How untrusted code is isolated here.")
