@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import importlib
-
 from kfoundry.artifacts import usage
 from kfoundry.backends import names
 from kfoundry.config import settings
+from kfoundry.jail import describe
 from kfoundry.runner.pool import WorkerPool
 from kfoundry.runner.wire import MAX_FRAME
 from kfoundry.schema import BackendsResult, Limits
 from kfoundry.tools.runtime import cuda_available, probe
-
-#: where the sandbox's ``describe() -> str`` may live, first found wins
-_SANDBOX_MODULES = ("kfoundry.jail", "kfoundry.runner.jail")
 
 
 def list_backends(pool: WorkerPool | None = None) -> BackendsResult:
@@ -28,7 +24,7 @@ def list_backends(pool: WorkerPool | None = None) -> BackendsResult:
     ranked = sorted(available, key=lambda i: (not (i.device.startswith("cuda") and not i.interpreted), i.interpreted))
     best = ranked[0].name if ranked else "none"
     return BackendsResult(
-        backends=infos, best=best, devices=devices, queues=pool.status() if pool is not None else {}, limits=limits(), sandbox=sandbox()
+        backends=infos, best=best, devices=devices, queues=pool.status() if pool is not None else {}, limits=limits(), sandbox=describe()
     )
 
 
@@ -41,13 +37,3 @@ def limits() -> Limits:
         artifact_quota_mb=s.artifact_quota_mb, artifact_ttl_hours=s.artifact_ttl_hours, artifacts=usage(),
     )
 
-
-def sandbox() -> str:
-    """How untrusted code is isolated here, or "unknown" on a build without the sandbox module."""
-    for name in _SANDBOX_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ImportError:
-            continue
-        return str(module.describe())
-    return "unknown"

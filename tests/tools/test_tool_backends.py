@@ -10,6 +10,7 @@ from mcp_support import ok
 
 from kfoundry import config
 from kfoundry.artifacts import LOCAL, acting_for, new_run, usage
+from kfoundry.jail import describe
 from kfoundry.runner.wire import MAX_FRAME
 from kfoundry.schema import ArtifactUsage
 from kfoundry.tools.backends import limits
@@ -40,7 +41,7 @@ async def test_the_report_lists_the_limits_in_force_and_how_untrusted_code_is_is
         "build_cpu_s": s.build_cpu_s, "artifact_quota_mb": s.artifact_quota_mb, "artifact_ttl_hours": s.artifact_ttl_hours,
         "artifacts": usage(LOCAL).model_dump(),
     }
-    assert isinstance(data["sandbox"], str) and data["sandbox"]
+    assert data["sandbox"] == describe()
 
 
 def test_the_limits_count_only_the_callers_own_artifacts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
