@@ -115,6 +115,11 @@ class Worker:
         self.threads_at_start = 0
 
     @property
+    def caches(self) -> Path:
+        """The worker's compiler caches, inside its sandbox; lent from and kept into its caller's store."""
+        return self.dir / "cache"
+
+    @property
     def local_device(self) -> str:
         """The device as the worker sees it: each GPU worker sees only its own GPU, as cuda:0."""
         return "cuda:0" if self.device.startswith("cuda") else "cpu"
@@ -122,7 +127,7 @@ class Worker:
     async def start(self) -> None:
         limits = settings()
         memory = limits.memory_limit_mb if self.device == "cpu" else 0
-        caches = self.dir / "cache"
+        caches = self.caches
         caches.mkdir()
         if self.sandboxed:
             jail.hand_to_sandbox(caches)

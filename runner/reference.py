@@ -283,8 +283,9 @@ class Reference:
         if message.judge.trial:
             check.fingerprints = before
             check.expected_fingerprints = [fingerprint(e) if isinstance(e, torch.Tensor) else repr(e)[:80] for e in expected]
+        output_bytes = _nbytes(expected)
         del got, expected, own
-        return Collected(call=message.call, check=check, baseline_ms=baseline_ms, next=self._next(message))
+        return Collected(call=message.call, check=check, baseline_ms=baseline_ms, output_bytes=output_bytes, next=self._next(message))
 
     def _next(self, message: Collect) -> InputsReady | None:
         return self.inputs_ready(message.next) if message.next is not None else None

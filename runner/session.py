@@ -22,11 +22,11 @@ from typing import TypeVar
 
 import anyio
 
-from kfoundry import jail
+from kfoundry import artifacts, jail
 from kfoundry.backends import get_backend
 from kfoundry.backends.base import BuildRequest as ToolchainRequest
 from kfoundry.backends.base import TrustedBuild
-from kfoundry.runner import exchange
+from kfoundry.runner import budget, caches, exchange
 from kfoundry.runner.process import Worker, WorkerGone
 from kfoundry.runner.wire import (
     Analysis,
@@ -178,6 +178,8 @@ class Session:
         self.prepared: Prepared | None = None
         self.calls = 0
         self.slots = 1
+        #: the reference's output bytes per call, once a call was judged (the candidate's replies are capped from it)
+        self.output_bytes = 0
 
     # -- the conversation -----------------------------------------------------------------
     async def _say(self, side: Side, message: Wire) -> None:
@@ -231,6 +233,18 @@ class Session:
 
     # -- running --------------------------------------------------------------------------
     async def run(self, plan: Plan, timeout_s: float) -> Report:
+        store = caches.store_for(artifacts.current_owner())
+        workers = [w for w in (self.ref, self.cand) if w is not None]
+        for worker in workers:
+            await anyio.to_thread.run_sync(caches.lend, store, worker.caches)
+        try:
+            return await self._run_lent(plan, timeout_s)
+        finally:
+            with anyio.CancelScope(shield=True):
+                for worker in workers:
+                    await anyio.to_thread.run_sync(caches.keep, worker.caches, store)
+
+    async def _run_lent(self, plan: Plan, timeout_s: float) -> Report:
         try:
             with anyio.fail_after(timeout_s):
                 await self._unwrapped(plan)
@@ -365,8 +379,25 @@ class Session:
         finally:
             self.cand.thaw()
         self.calls += 1
+        self.output_bytes = max(self.output_bytes, collected.output_bytes)
+        self._within_budget(ready, returned)
         record = Call(ready.call, seed, family, returned, collected.check, collected.baseline_ms, wall_ms, leftover)
         return record, collected.next
+
+    def _within_budget(self, ready: InputsReady, returned: Returned) -> None:
+        """End the job, rejected, when the candidate's reply or its exchange folder outgrows what the problem moves."""
+        assert self.cand is not None
+        inputs = budget.value_bytes(ready.inputs)
+        parameters = budget.value_bytes(p.tensor for p in self.prepared.parameters) if self.prepared else 0
+        # Checked once the reference has judged the call, so its own outputs set the cap (an outer product
+        # returns far more than it takes).
+        caps = budget.job_budget(input_bytes=inputs, output_bytes=self.output_bytes, parameter_bytes=parameters, slots=self.slots)
+        reason = budget.check_reply(returned.outputs, caps) or budget.check_exchange(
+            budget.directory_usage(self.cand.exchange, caps.exchange_entries), caps)
+        if reason is not None:
+            self.report.ending, self.report.side, self.report.state = Ending.failed, Side.candidate, State.rejected
+            self.report.error = ErrorDetail(type="OverBudget", message=f"the candidate was stopped: {reason}", stage=self.stage)
+            raise Ended
 
     async def _trials(self, plan: Plan, ready: InputsReady | None) -> None:
         for index, (seed, family) in enumerate(plan.trials):

@@ -222,6 +222,8 @@ class Collected(Wire):
     call: int
     check: CallCheck
     baseline_ms: dict[str, float] = Field(default_factory=dict)
+    #: bytes of the reference's own outputs for this call (what the candidate's reply is measured against)
+    output_bytes: int = 0
     next: InputsReady | None = None
 
 

@@ -8,9 +8,8 @@ these tests so that what is tested is the process boundary itself.
 
 from __future__ import annotations
 
-from typing import Any
-
 import json
+from typing import Any
 
 import pytest
 from candidates import REFERENCE, _candidate
