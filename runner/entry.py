@@ -82,6 +82,9 @@ def main() -> None:
     from kfoundry.runner.wire import CandidateJob, Channel, Done, Failed, Ready, ReferenceJob
 
     channel = Channel(sock)
+    from kfoundry.runner import exchange
+
+    channel.outgoing, channel.incoming = exchange.outgoing, exchange.incoming
     _warm(args.device)
     channel.send(Ready(pid=os.getpid()))
     try:

@@ -24,8 +24,10 @@ _FILE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,80}\.bin$")
 #: a name the consumer opens: its own file, or one the trusted side linked in from the other worker
 _OPEN_NAME = re.compile(r"^(peer/)?[a-z0-9][a-z0-9_-]{0,80}\.bin$")
 PEER = "peer"
-_CUDA_FIELDS = ("size", "stride", "offset", "device", "handle", "size_bytes", "offset_bytes",
-                "ref_counter_handle", "ref_counter_offset", "event_handle", "event_sync_required")
+#: what this process exported, by name: the tensor, its descriptor and the allocation's size
+_exports: dict[str, tuple[torch.Tensor, int, int]] = {}
+#: descriptors that arrived for device tensors not yet mapped, by name
+_received: dict[str, int] = {}
 
 
 class ExchangeError(ValueError):
@@ -43,14 +45,6 @@ def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
 
-def _hex(value: Any) -> Any:
-    return value.hex() if isinstance(value, bytes) else value
-
-
-def _unhex(value: Any) -> Any:
-    return bytes.fromhex(value) if isinstance(value, str) else value
-
-
 def share(value: Any, exchange: Path, name: str) -> Value:
     """Describe ``value`` for another process: tensors by reference, anything else as a plain value."""
     if not isinstance(value, torch.Tensor):
@@ -63,7 +57,7 @@ def share(value: Any, exchange: Path, name: str) -> Value:
     if tensor.numel() == 0:
         return TensorRef(storage="empty", **common)
     if tensor.is_cuda:
-        return TensorRef(storage="cuda", cuda=_cuda_tuple(tensor), **common)
+        return TensorRef(storage="cuda", cuda=_export(tensor, name), **common)
     return TensorRef(storage="file", file=_write_file(tensor, exchange, name), **common)
 
 
@@ -75,20 +69,51 @@ def plain(value: Any) -> PlainValue:
     return PlainValue(value=None, type_name=type(value).__qualname__, repr=repr(value)[:200])
 
 
-def _cuda_tuple(tensor: torch.Tensor) -> dict[str, Any]:
-    from torch.multiprocessing.reductions import reduce_tensor
+def _export(tensor: torch.Tensor, name: str) -> dict[str, Any]:
+    """``tensor`` copied into exportable memory kept under ``name`` (reused while the shape and dtype hold)."""
+    from kfoundry.runner import devshare
 
-    if not tensor.is_contiguous():
-        tensor = tensor.contiguous()
+    if not _FILE_NAME.match(f"{name}.bin"):
+        raise ExchangeError(f"bad exchange name {name!r}")
+    held = _exports.get(name)
     try:
-        _, args = reduce_tensor(tensor)
-    except RuntimeError:
-        # Memory not from the caching allocator (a foreign allocation) cannot be exported; a copy can.
-        _, args = reduce_tensor(tensor.clone())
-    fields = dict(zip(_CUDA_FIELDS, (args[1], args[2], args[3], *args[6:10], *args[11:15]), strict=True))
-    fields["size"], fields["stride"] = list(fields["size"]), list(fields["stride"])
-    fields["device"] = int(fields["device"])
-    return {k: _hex(v) for k, v in fields.items()}
+        if held is not None and held[0].shape == tensor.shape and held[0].dtype == tensor.dtype and held[0].device == tensor.device:
+            held[0].copy_(tensor)
+        else:
+            _forget(name)
+            held = _exports[name] = devshare.exportable_copy(tensor.contiguous())
+    except devshare.DeviceShareError as exc:
+        raise ExchangeError(f"cannot share device memory: {exc}") from exc
+    # The peer reads it from another process: the copy must have landed before the message leaves.
+    torch.cuda.current_stream(tensor.device).synchronize()
+    return {"name": name, "nbytes": held[2]}
+
+
+def _forget(name: str) -> None:
+    held = _exports.pop(name, None)
+    if held is not None:
+        os.close(held[1])
+
+
+def outgoing(refs: list[TensorRef]) -> list[int]:
+    """The descriptors of this process's exports that ``refs`` name (a channel attaches them to the frame)."""
+    try:
+        return [_exports[str((ref.cuda or {}).get("name"))][1] for ref in refs]
+    except KeyError as exc:
+        raise ExchangeError(f"no exported device memory is named {exc.args[0]!r}") from None
+
+
+def incoming(refs: list[TensorRef], fds: list[int]) -> None:
+    """Keep the descriptors that arrived with a message until ``open_tensor`` maps them."""
+    for ref, fd in zip(refs, fds, strict=True):
+        name = str((ref.cuda or {}).get("name"))
+        old = _received.pop(name, None)
+        if old is not None:
+            os.close(old)
+        if len(_received) >= 4096:
+            os.close(fd)
+            continue
+        _received[name] = fd
 
 
 def _write_file(tensor: torch.Tensor, exchange: Path, name: str) -> str:
@@ -136,29 +161,16 @@ def open_tensor(ref: TensorRef, exchange: Path) -> torch.Tensor:
 
 
 def _open_cuda(fields: dict[str, Any], dtype: torch.dtype, shape: list[int]) -> torch.Tensor:
-    from torch.multiprocessing.reductions import rebuild_cuda_tensor
+    from kfoundry.runner import devshare
 
+    name = str(fields.get("name"))
+    fd = _received.pop(name, None)
+    if fd is None:
+        raise ExchangeError(f"no descriptor arrived for the device tensor {name!r}")
     try:
-        size, stride = [int(s) for s in fields["size"]], [int(s) for s in fields["stride"]]
-        offset, size_bytes, offset_bytes = int(fields["offset"]), int(fields["size_bytes"]), int(fields["offset_bytes"])
-        counter = _unhex(fields["ref_counter_handle"])
-        if size != shape:
-            raise ExchangeError(f"the CUDA reference's shape {size} is not the declared {shape}")
-        # The view must lie inside the shared block, whatever strides the producer claims.
-        last = offset + sum((s - 1) * st for s, st in zip(size, stride, strict=True)) if size else offset
-        if offset < 0 or any(st < 0 for st in stride) or (last + 1) * dtype.itemsize > size_bytes:
-            raise ExchangeError("the CUDA reference points outside its shared block")
-        if not isinstance(counter, bytes) or not counter.startswith(b"/torch_"):
-            raise ExchangeError("bad reference-counter name")
-        return rebuild_cuda_tensor(
-            torch.Tensor, size, stride, offset, torch.UntypedStorage, dtype, torch.cuda.current_device(),
-            _unhex(fields["handle"]), size_bytes, offset_bytes, False, counter, int(fields["ref_counter_offset"]),
-            _unhex(fields["event_handle"]), bool(fields["event_sync_required"]),
-        )
-    except ExchangeError:
-        raise
-    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
-        raise ExchangeError(f"cannot map the CUDA reference: {type(exc).__name__}: {str(exc)[:200]}") from exc
+        return devshare.import_tensor(fd, int(fields.get("nbytes", -1)), shape, dtype, torch.cuda.current_device())
+    except (devshare.DeviceShareError, TypeError, ValueError) as exc:
+        raise ExchangeError(f"cannot map the device tensor {name!r}: {str(exc)[:300]}") from exc
 
 
 def hand_over(value: Value, source: Path, target: Path) -> Value:
@@ -213,8 +225,16 @@ def shared_empty(shape: list[int], dtype: torch.dtype, device: str, exchange: Pa
     if math.prod(shape) == 0:
         return torch.empty(shape, dtype=dtype, device=device), TensorRef(storage="empty", **common)
     if device.startswith("cuda"):
-        tensor = torch.empty(shape, dtype=dtype, device=device)
-        return tensor, TensorRef(storage="cuda", cuda=_cuda_tuple(tensor), **common)
+        from kfoundry.runner import devshare
+
+        if not _FILE_NAME.match(f"{name}.bin"):
+            raise ExchangeError(f"bad exchange name {name!r}")
+        _forget(name)
+        try:
+            held = _exports[name] = devshare.exportable_empty(shape, dtype, torch.device(device).index or 0)
+        except devshare.DeviceShareError as exc:
+            raise ExchangeError(f"cannot share device memory: {exc}") from exc
+        return held[0], TensorRef(storage="cuda", cuda={"name": name, "nbytes": held[2]}, **common)
     file = f"{name}.bin"
     if not _FILE_NAME.match(file):
         raise ExchangeError(f"bad exchange file name {file!r}")

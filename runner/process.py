@@ -13,15 +13,14 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-from anyio.abc import Process, SocketStream, TaskGroup
-from anyio.streams.buffered import BufferedByteReceiveStream
+from anyio.abc import Process, TaskGroup, UNIXSocketStream
 
 from kfoundry import jail
 from kfoundry.backends import all_backends
 from kfoundry.config import settings
 from kfoundry.runner.exchange import exchange_root
 from kfoundry.runner.sandbox import Containment, Freezer, inner_pid, make_workdir, remove_workdir, thread_count, worker_env
-from kfoundry.runner.wire import HEADER, MAX_FRAME, Ready, Wire, WireError, decode, encode
+from kfoundry.runner.wire import HEADER, MAX_FDS, MAX_FRAME, Ready, Wire, WireError, close_all, decode, device_refs, encode
 
 logger = logging.getLogger(__name__)
 _ids = itertools.count(1)
@@ -104,8 +103,9 @@ class Worker:
         self.cage = Containment(self.name)
         self.freezer = Freezer(self.name, self.cage)
         self.process: Process | None = None
-        self.stream: SocketStream | None = None
-        self.reader: BufferedByteReceiveStream | None = None
+        self.stream: UNIXSocketStream | None = None
+        #: descriptors of device memory the worker exported, by name (the latest of each), to hand to its peer
+        self.handles: dict[str, int] = {}
         self.pid = 0
         #: the worker's interpreter (the sandbox's bubblewrap processes sit between it and ``pid``)
         self.inner = 0
@@ -174,8 +174,7 @@ class Worker:
         else:
             assert theirs is not None
             theirs.close()
-            self.stream = await SocketStream.from_socket(ours)
-        self.reader = BufferedByteReceiveStream(self.stream)
+            self.stream = await UNIXSocketStream.from_socket(ours)
         with anyio.fail_after(READY_TIMEOUT_S):
             hello = await self.recv()
         if not isinstance(hello, Ready):
@@ -184,24 +183,66 @@ class Worker:
         self.own_processes = set(self.freezer.members())
         self.threads_at_start = thread_count(self.inner)
 
-    async def send(self, message: Wire) -> None:
+    async def send(self, message: Wire, fds: list[int] | None = None) -> None:
+        """Send ``message``; ``fds`` (one per device tensor it names) ride on its header."""
         assert self.stream is not None
+        frame = encode(message, len(fds or []))
         try:
-            await self.stream.send(encode(message))
+            if fds:
+                await self.stream.send_fds(frame[: HEADER.size], fds)
+                frame = frame[HEADER.size:]
+            await self.stream.send(frame)
         except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
             raise WorkerGone(str(exc)) from exc
 
+    async def _exactly(self, n: int, fds: list[int] | None = None) -> bytes:
+        assert self.stream is not None
+        buf = bytearray()
+        while len(buf) < n:
+            if fds is not None:
+                chunk, got = await self.stream.receive_fds(n - len(buf), MAX_FDS)
+                fds += got
+            else:
+                chunk = await self.stream.receive(n - len(buf))
+            if not chunk:
+                raise anyio.EndOfStream
+            buf += chunk
+        return bytes(buf)
+
     async def recv(self) -> Wire:
-        """Next message from the worker; it is untrusted input, so sizes and types are checked."""
-        assert self.reader is not None
+        """Next message from the worker; it is untrusted input, so sizes, types and descriptors are checked."""
+        fds: list[int] = []
         try:
-            (length,) = HEADER.unpack(await self.reader.receive_exactly(HEADER.size))
+            length, count = HEADER.unpack(await self._exactly(HEADER.size, fds))
             if length > MAX_FRAME:
+                close_all(fds)
                 raise WireError(f"worker sent a {length}-byte frame, over the {MAX_FRAME}-byte limit")
-            body = await self.reader.receive_exactly(length)
-        except (anyio.IncompleteRead, anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
+            body = await self._exactly(length)
+        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError, OSError) as exc:
+            close_all(fds)
             raise WorkerGone("worker closed its channel") from exc
-        return decode(body)
+        try:
+            message = decode(body)
+        except WireError:
+            close_all(fds)
+            raise
+        refs = device_refs(message)
+        if count != len(fds) or len(refs) != len(fds):
+            close_all(fds)
+            raise WireError(f"worker announced {count} descriptors for {len(refs)} device tensors and sent {len(fds)}")
+        for ref, fd in zip(refs, fds, strict=True):
+            old = self.handles.pop(str((ref.cuda or {}).get("name")), None)
+            if old is not None:
+                close_all([old])
+            self.handles[str((ref.cuda or {}).get("name"))] = fd
+        return message
+
+    def handles_for(self, message: Wire) -> list[int]:
+        """This worker's descriptors for the device tensors ``message`` (bound for its peer) names."""
+        try:
+            return [self.handles[str((ref.cuda or {}).get("name"))] for ref in device_refs(message)]
+        except KeyError as exc:
+            raise WireError(f"the worker never sent device memory named {exc.args[0]!r}") from None
 
     async def freeze(self) -> None:
         """Stop every process of the worker and wait until they are stopped.
@@ -262,6 +303,8 @@ class Worker:
         if self.stream is not None:
             await self.stream.aclose()
             self.stream = None
+        close_all(list(self.handles.values()))
+        self.handles.clear()
         if self.process is not None and self.process.returncode is None:
             with anyio.move_on_after(5):
                 await self.process.wait()

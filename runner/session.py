@@ -54,6 +54,7 @@ from kfoundry.runner.wire import (
     Stop,
     Wire,
     WireError,
+    device_refs,
 )
 from kfoundry.schema import ErrorDetail, KernelShare, KernelStats, ProblemAnalysis, State
 from kfoundry.verify.facts import CallCheck
@@ -185,9 +186,12 @@ class Session:
     async def _say(self, side: Side, message: Wire) -> None:
         worker = self.ref if side is Side.reference else self.cand
         assert worker is not None
+        # Device tensors the message names were exported by the other worker: its descriptors go along.
+        other = self.cand if side is Side.reference else self.ref
+        fds = other.handles_for(message) if other is not None and device_refs(message) else None
         self.waiting = side
         try:
-            await worker.send(message)
+            await worker.send(message, fds)
         except (WorkerGone, WireError):
             self.waiting = side  # both workers may be in conversation at once: blame the one that failed
             raise

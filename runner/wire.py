@@ -1,16 +1,20 @@
 """The typed protocol between the trusted parent and its workers, and its framing.
 
-A frame is a 4-byte big-endian length and one JSON message. Every message is a pydantic
-model with a literal ``kind``; both ends parse frames into the ``Message`` union and
-dispatch on the model's type. Tensors never travel here: they cross by reference
-(``runner.exchange``), so frames stay small and a frame over ``MAX_FRAME`` is a protocol
-violation, whatever the problem's size.
+A frame is a 4-byte big-endian length, a 2-byte count of descriptors and one JSON message.
+Every message is a pydantic model with a literal ``kind``; both ends parse frames into the
+``Message`` union and dispatch on the model's type. Tensors never travel here: they cross by
+reference (``runner.exchange``), so frames stay small and a frame over ``MAX_FRAME`` is a
+protocol violation, whatever the problem's size. Device memory crosses as file descriptors
+(``SCM_RIGHTS``) attached to the frame's header, one per CUDA ``TensorRef`` in the message, in
+the order ``tensor_refs`` walks them.
 """
 
 from __future__ import annotations
 
+import os
 import socket
 import struct
+from collections.abc import Iterator
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
@@ -18,9 +22,11 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 from kfoundry.schema import ErrorDetail, KernelShare, KernelStats, ProblemAnalysis, State
 from kfoundry.verify.facts import CallCheck, RuntimeFacts
 
-HEADER = struct.Struct(">I")
+HEADER = struct.Struct(">IH")
 #: Largest frame either side accepts: messages carry facts and handles, never tensor bytes.
 MAX_FRAME = 4 << 20
+#: Most descriptors one frame may carry (a call's inputs or outputs, each one allocation).
+MAX_FDS = 256
 
 
 class WireError(RuntimeError):
@@ -265,11 +271,37 @@ Message = Annotated[
 ]
 _MESSAGE: TypeAdapter[Any] = TypeAdapter(Message)
 
-def encode(message: Wire) -> bytes:
+def encode(message: Wire, fds: int = 0) -> bytes:
     body = message.model_dump_json().encode()
     if len(body) > MAX_FRAME:
         raise WireError(f"a {type(message).__name__} message of {len(body)} bytes is over the {MAX_FRAME}-byte frame limit")
-    return HEADER.pack(len(body)) + body
+    if fds > MAX_FDS:
+        raise WireError(f"a {type(message).__name__} message with {fds} descriptors is over the {MAX_FDS} limit")
+    return HEADER.pack(len(body), fds) + body
+
+
+def tensor_refs(value: Any) -> Iterator[TensorRef]:
+    """Every ``TensorRef`` inside a message, depth first in field order (the order its descriptors travel in)."""
+    if isinstance(value, TensorRef):
+        yield value
+    elif isinstance(value, BaseModel):
+        for field in type(value).model_fields:
+            yield from tensor_refs(getattr(value, field))
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from tensor_refs(item)
+
+
+def device_refs(message: Wire) -> list[TensorRef]:
+    return [ref for ref in tensor_refs(message) if ref.storage == "cuda"]
+
+
+def close_all(fds: list[int]) -> None:
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
 
 
 def decode(body: bytes) -> Wire:
@@ -283,28 +315,56 @@ def decode(body: bytes) -> Wire:
 
 
 class Channel:
-    """Blocking frame channel over a connected socket (the worker's side)."""
+    """Blocking frame channel over a connected socket (the worker's side).
+
+    ``outgoing`` names the descriptor to attach for each CUDA reference a message carries;
+    ``incoming`` receives the descriptors of each message that arrives, in ``device_refs`` order.
+    """
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
+        self.outgoing: Any = None
+        self.incoming: Any = None
+        self._fds: list[int] = []
 
     def send(self, message: Wire) -> None:
-        self.sock.sendall(encode(message))
+        fds = self.outgoing(device_refs(message)) if self.outgoing is not None else []
+        frame = encode(message, len(fds))
+        if fds:
+            sent = socket.send_fds(self.sock, [frame[: HEADER.size]], fds)
+            frame = frame[sent:]
+        self.sock.sendall(frame)
 
-    def _exactly(self, n: int) -> bytes:
+    def _exactly(self, n: int, fds: bool = False) -> bytes:
         buf = bytearray()
         while len(buf) < n:
-            chunk = self.sock.recv(min(n - len(buf), 1 << 20))
+            if fds:
+                chunk, got, flags, _ = socket.recv_fds(self.sock, n - len(buf), MAX_FDS)
+                self._fds += got
+                if flags & socket.MSG_CTRUNC:
+                    raise WireError("a frame carried more descriptors than the protocol allows")
+            else:
+                chunk = self.sock.recv(min(n - len(buf), 1 << 20))
             if not chunk:
                 raise EOFError("peer closed the channel")
             buf += chunk
         return bytes(buf)
 
     def recv(self) -> Wire:
-        (length,) = HEADER.unpack(self._exactly(HEADER.size))
+        length, count = HEADER.unpack(self._exactly(HEADER.size, fds=True))
         if length > MAX_FRAME:
             raise WireError(f"a {length}-byte frame is over the limit")
-        return decode(self._exactly(length))
+        message = decode(self._exactly(length))
+        fds, self._fds = self._fds, []
+        refs = device_refs(message)
+        if count != len(fds) or len(refs) != len(fds):
+            close_all(fds)
+            raise WireError(f"a frame announced {count} descriptors for {len(refs)} device tensors and carried {len(fds)}")
+        if self.incoming is not None:
+            self.incoming(refs, fds)
+        else:
+            close_all(fds)
+        return message
 
     def request(self, header: dict[str, Any]) -> dict[str, Any]:
         """A toolchain request (``{"op": "build_cpp", ...}``) answered by the trusted side; returns the outcome."""
