@@ -2,8 +2,8 @@
 
 ``build_cuda`` checks the options against the allowed set and compiles in a short-lived child
 process (``_child_main``, run as ``python -c "from kfoundry.backends.cuda_build import _child_main;
-_child_main()"``, as ``user``/``group`` when given), so a hostile source can neither crash nor read
-through the trusted server; the image is cached by content hash, target architecture and NVRTC
+_child_main()"`` in a fresh sandbox, ``kfoundry.toolrun``), so a hostile source can neither crash nor
+read through the trusted server; the image is cached by content hash, target architecture and NVRTC
 version under ``settings().cache_dir / "cuda"``. Inside a worker ``load_cuda`` requests the build
 from the server (``{"op": "build_cuda", ...}``, answered by ``CudaBackend.build`` through ``answer_build``;
 ``build_cuda_request`` gives the same answer as JSON).
@@ -15,10 +15,7 @@ import hashlib
 import json
 import os
 import re
-import shutil
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -46,12 +43,15 @@ from kfoundry.backends.nvrtc import (
 )
 from kfoundry.config import settings
 from kfoundry.schema import Diagnostic
+from kfoundry.toolrun import run_tool
 
 MAX_SOURCE_BYTES = 1 << 20
 BUILD_TIMEOUT_S = 120.0
 #: the wire op a worker's load_cuda sends to ask the server for this build
 BUILD_OP = "build_cuda"
 DEFAULT_ARCH = nvcc.DEFAULT_ARCH
+#: the NVRTC child's files in its work directory
+_REQUEST, _RESULT, _IMAGE = "request.json", "result.json", "image.bin"
 _ARCH = re.compile(r"^(sm|compute)_(\d{2,3})([af]?)$")
 
 
@@ -175,12 +175,15 @@ def build_cuda(
     """Compile ``source`` with NVRTC into a cubin for ``arch`` (or return the cached one).
 
     ``line`` is where the source starts in ``file_label`` (candidate.py), so messages point there.
-    NVRTC runs in a child process, as ``user``/``group`` when given (the server runs as root:
-    ``#include "/etc/shadow"`` then fails like any unreadable file).
+    NVRTC runs in a child process in a fresh sandbox (``kfoundry.toolrun``): ``#include "/etc/shadow"``
+    or a server file is "No such file", and the build caps and ``timeout_s`` bound it. ``user``/``group``
+    are ignored: the sandbox picks who the child runs as.
 
     Raises:
         FlagError: an option or the architecture is not allowed.
+        SandboxUnavailable: no usable bubblewrap and no ``KFOUNDRY_UNSAFE_NO_SANDBOX=1``.
     """
+    del user, group
     opts, arch = _split_arch(nvcc.check_flags(list(options or [])), check_arch(arch))
     opts = _for_nvrtc(opts)
     label = file_label if line is not None else PROGRAM
@@ -211,13 +214,12 @@ def build_cuda(
     headers = dict(_VIRTUAL_HEADERS)
     if any(d.endswith("cccl") for d in facts.includes):
         headers.update(_CCCL_HEADERS)
-    root.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    result = _compile_in_child(source, full, headers, exprs, ptx, root, timeout_s, user, group)
+    result = _compile_in_child(source, full, headers, exprs, ptx, timeout_s)
     if not result.get("ok") and exprs and result.get("status") == "compiled-with-error" and _blame_expressions(result.get("log", ""), source):
         # A kernel in a scope the parser misread: compile without name expressions rather than fail.
         exprs = []
-        result = _compile_in_child(source, full, headers, exprs, ptx, root, timeout_s, user, group)
+        result = _compile_in_child(source, full, headers, exprs, ptx, timeout_s)
     seconds = time.perf_counter() - start
     log = str(result.get("log", ""))[-20000:]
     diags = _diagnostics(log, source, line, label)
@@ -226,12 +228,13 @@ def build_cuda(
         if not any(d.severity == "error" for d in diags):
             diags.append(Diagnostic(file=label, line=line, message=(log.strip() or str(result.get("error", "NVRTC failed")))[-2000:]))
         return CudaBuildOutcome(ok=False, key=key, arch=arch, toolchain=toolchain, seconds=seconds, diagnostics=diags, log=log, options=full)
-    staged = Path(result["image"])
     kind = "ptx" if ptx else "cubin"
     final.mkdir(parents=True, exist_ok=True)
     image = final / f"image.{kind}"
+    staged = final / f".image.{os.getpid()}.{threading.get_ident()}.{kind}"
+    staged.write_bytes(result["image"])
+    os.chmod(staged, 0o644)
     os.replace(staged, image)
-    os.chmod(image, 0o644)
     kernels = [k.__dict__ for k in nvcc.parse_ptxas(log)]
     lowered = {expr.split("::")[-1]: name for expr, name in dict(result.get("lowered", {})).items()}
     outcome = CudaBuildOutcome(
@@ -243,7 +246,6 @@ def build_cuda(
     tmp.write_text(json.dumps(meta))
     os.chmod(tmp, 0o644)
     os.replace(tmp, meta_path)
-    shutil.rmtree(staged.parent, ignore_errors=True)
     return outcome
 
 
@@ -254,53 +256,39 @@ def _blame_expressions(log: str, source: str) -> bool:
     return (bool(lines) and all(n > last for n in lines)) or "name expression" in log.lower()
 
 
-def _compile_in_child(
-    source: str, options: list[str], headers: dict[str, str], exprs: list[str], ptx: bool, root: Path,
-    timeout_s: float, user: int | None, group: int | None,
-) -> dict[str, Any]:
-    work = Path(tempfile.mkdtemp(prefix="nvrtc-", dir=root))
-    out = work / "image.bin"
-    request = {"source": source, "options": options, "headers": headers, "exprs": exprs, "ptx": ptx, "out": str(out)}
-    if user is not None:
-        os.chown(work, user, group if group is not None else -1)
-    env = {k: v for k, v in os.environ.items() if k in ("PATH", "LD_LIBRARY_PATH", BINDING_ENV, "KFOUNDRY_NVRTC", "CUDA_HOME", "CUDA_PATH")}
-    env.update({"HOME": str(work), "TMPDIR": str(work), "LANG": "C", "PYTHONPATH": os.pathsep.join(p for p in sys.path if p), "PYTHONDONTWRITEBYTECODE": "1"})
+def _compile_in_child(source: str, options: list[str], headers: dict[str, str], exprs: list[str], ptx: bool, timeout_s: float) -> dict[str, Any]:
+    """NVRTC in a child interpreter in a fresh sandbox: the request and result are JSON files in its work directory."""
+    request = {"source": source, "options": options, "headers": headers, "exprs": exprs, "ptx": ptx}
+    env = {k: v for k, v in os.environ.items() if k in (BINDING_ENV, "KFOUNDRY_NVRTC")}
+    env.update({"PYTHONPATH": os.pathsep.join(p for p in sys.path if p), "PYTHONDONTWRITEBYTECODE": "1"})
+    run = run_tool([sys.executable, "-c", "from kfoundry.backends.cuda_build import _child_main; _child_main()"],
+                   files={_REQUEST: json.dumps(request)}, outputs=[_RESULT, _IMAGE], timeout_s=timeout_s, env=env, label="NVRTC")
     try:
-        proc = subprocess.run(
-            [sys.executable, "-c", "from kfoundry.backends.cuda_build import _child_main; _child_main()"],
-            input=json.dumps(request), capture_output=True, text=True, timeout=timeout_s, env=env, cwd=work, user=user, group=group, check=False,
-        )
-    except subprocess.TimeoutExpired:
-        shutil.rmtree(work, ignore_errors=True)
-        return {"ok": False, "log": f"NVRTC did not finish within {timeout_s:.0f} s"}
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-    try:
-        result = json.loads(lines[-1]) if lines else {}
+        result = json.loads(run.outputs.get(_RESULT, b"{}"))
     except ValueError:
         result = {}
-    if not result:
-        shutil.rmtree(work, ignore_errors=True)
-        tail = (proc.stderr or proc.stdout).strip()[-2000:]
-        return {"ok": False, "log": f"the NVRTC process exited with {proc.returncode}: {tail}"}
+    if not run.ok or not isinstance(result, dict) or not result:
+        tail = (run.stderr or run.stdout).strip()[-2000:]
+        return {"ok": False, "log": run.message or f"the NVRTC process exited with {run.returncode}: {tail}"}
     if result.get("ok"):
-        result["image"] = str(out)
-    else:
-        shutil.rmtree(work, ignore_errors=True)
+        if _IMAGE not in run.outputs:
+            return {"ok": False, "log": "NVRTC reported success but left no image"}
+        result["image"] = run.outputs[_IMAGE]
     return result
 
 
 def _child_main() -> None:
-    """Body of the NVRTC child process: a JSON request on stdin, a JSON result line on stdout."""
-    request = json.loads(sys.stdin.read())
+    """Body of the NVRTC child process: ``request.json`` in, ``result.json`` (and ``image.bin``) out, in the current directory."""
+    request = json.loads(Path(_REQUEST).read_text())
     try:
         api = _nvrtc()
         ok, image, log, lowered = api.compile(request["source"], request["options"], request["headers"], request["exprs"], request["ptx"])
     except (CudaError, CudaUnavailable) as exc:
-        print(json.dumps({"ok": False, "log": str(exc)}))
+        Path(_RESULT).write_text(json.dumps({"ok": False, "log": str(exc)}))
         return
     if ok:
-        Path(request["out"]).write_bytes(image)
-    print(json.dumps({"ok": ok, "log": log, "lowered": lowered, "status": "ok" if ok else "compiled-with-error", "binding": api.kind}))
+        Path(_IMAGE).write_bytes(image)
+    Path(_RESULT).write_text(json.dumps({"ok": ok, "log": log, "lowered": lowered, "status": "ok" if ok else "compiled-with-error", "binding": api.kind}))
 
 
 def answer_build(header: dict[str, Any], candidate: str | None = None, *, user: int | None = None, group: int | None = None) -> CudaBuildOutcome:

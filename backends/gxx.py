@@ -1,8 +1,9 @@
 """g++ builds of plain-C-ABI shared libraries, cached by content hash.
 
-Runs in the trusted server (workers ask for builds over their channel), so the cache
+Asked for by the trusted server (workers ask for builds over their channel), so the cache
 only ever holds what this module compiled: a candidate cannot plant a library under
-another candidate's hash.
+another candidate's hash. g++ itself runs in a fresh sandbox (``kfoundry.toolrun``); only
+the library it leaves is copied into the cache.
 """
 
 from __future__ import annotations
@@ -10,10 +11,8 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import shutil
 import subprocess
-import tempfile
-import time
+import threading
 from functools import cache
 from pathlib import Path
 from typing import ClassVar
@@ -23,6 +22,7 @@ from pydantic import Field
 from kfoundry.backends.base import TrustedBuild
 from kfoundry.config import settings
 from kfoundry.schema import Diagnostic
+from kfoundry.toolrun import run_tool
 
 DEFAULT_FLAGS = ("-O3", "-march=native", "-fopenmp", "-std=c++17", "-fPIC", "-shared")
 MAX_SOURCE_BYTES = 1 << 20
@@ -101,55 +101,40 @@ def build(
 ) -> BuildOutcome:
     """Compile ``source`` into a shared library (or return the cached one).
 
-    ``user``/``group`` run the compiler unprivileged when the server runs as root, so a
-    hostile ``#include "/etc/shadow"`` fails like any other missing permission.
+    g++ runs in a fresh sandbox (``kfoundry.toolrun``) under the build caps, so it sees only its
+    own work directory and the system: ``#include "/etc/shadow"`` or a server file is "No such
+    file", ``#include "/dev/zero"`` ends at the address-space cap, and a compile that never ends
+    is killed with all its processes at ``timeout_s``. ``user``/``group`` are ignored: the sandbox
+    picks who the compiler runs as.
+
+    Raises:
+        FlagError: a flag is outside the allowed set.
+        SandboxUnavailable: no usable bubblewrap and no ``KFOUNDRY_UNSAFE_NO_SANDBOX=1``.
     """
+    del user, group
     flags = DEFAULT_FLAGS + tuple(check_flags(list(extra_flags or [])))
     key = cache_key(source, flags)
-    root = settings().cache_dir / "cpp"
-    final = root / key / "lib.so"
+    final = settings().cache_dir / "cpp" / key / "lib.so"
+    label = file_label or "kernel.cpp"
     if final.exists():
         return BuildOutcome(ok=True, library=str(final), key=key, cached=True)
     if len(source.encode()) > MAX_SOURCE_BYTES:
         msg = f"C++ source is {len(source.encode())} bytes; the limit is {MAX_SOURCE_BYTES}"
-        return BuildOutcome(ok=False, key=key, diagnostics=[Diagnostic(file=file_label or "kernel.cpp", message=msg)], log=msg)
-    root.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f"build-{key}-", dir=root))
-    try:
-        src = work / "kernel.cpp"
-        src.write_text(source)
-        out = work / "lib.so"
-        cmd = ["g++", *flags, "-o", str(out), str(src)]
-        if user is not None:
-            os.chown(work, user, group if group is not None else -1)
-        start = time.perf_counter()
-        try:
-            proc = subprocess.run(
-                cmd,
-                cwd=work,
-                capture_output=True,
-                text=True,
-                timeout=timeout_s,
-                env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C"},
-                user=user,
-                group=group,
-                check=False,
-            )
-        except subprocess.TimeoutExpired:
-            msg = f"g++ did not finish within {timeout_s:.0f} s"
-            return BuildOutcome(ok=False, key=key, diagnostics=[Diagnostic(file=file_label or "kernel.cpp", message=msg)], log=msg)
-        seconds = time.perf_counter() - start
-        log = (proc.stdout + proc.stderr)[-20000:]
-        diags = parse_diagnostics(log, "kernel.cpp", line_offset, file_label)
-        if proc.returncode != 0 or not out.exists():
-            if not any(d.severity == "error" for d in diags):
-                diags.append(Diagnostic(file=file_label or "kernel.cpp", message=log.strip()[-2000:] or f"g++ exited with {proc.returncode}"))
-            return BuildOutcome(ok=False, key=key, seconds=seconds, diagnostics=diags, log=log, command=" ".join(cmd))
-        final.parent.mkdir(parents=True, exist_ok=True)
-        staged = final.parent / f".lib.{os.getpid()}.so"
-        shutil.copyfile(out, staged)
-        os.chmod(staged, 0o755)
-        os.replace(staged, final)
-        return BuildOutcome(ok=True, library=str(final), key=key, seconds=seconds, diagnostics=diags, log=log, command=" ".join(cmd))
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+        return BuildOutcome(ok=False, key=key, diagnostics=[Diagnostic(file=label, message=msg)], log=msg)
+    cmd = ["g++", *flags, "-o", "lib.so", "kernel.cpp"]
+    run = run_tool(cmd, files={"kernel.cpp": source}, outputs=["lib.so"], timeout_s=timeout_s)
+    log = (run.log + (f"\n{run.message}" if run.message else ""))[-20000:]
+    diags = parse_diagnostics(log, "kernel.cpp", line_offset, file_label)
+    library = run.outputs.get("lib.so")
+    if not run.ok or library is None:
+        if run.message:
+            diags.append(Diagnostic(file=label, message=run.message))
+        elif not any(d.severity == "error" for d in diags):
+            diags.append(Diagnostic(file=label, message=log.strip()[-2000:] or f"g++ exited with {run.returncode}"))
+        return BuildOutcome(ok=False, key=key, seconds=run.seconds, diagnostics=diags, log=log, command=" ".join(cmd))
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staged = final.parent / f".lib.{os.getpid()}.{threading.get_ident()}.so"
+    staged.write_bytes(library)
+    os.chmod(staged, 0o755)
+    os.replace(staged, final)
+    return BuildOutcome(ok=True, library=str(final), key=key, seconds=run.seconds, diagnostics=diags, log=log, command=" ".join(cmd))

@@ -5,8 +5,8 @@ finds the CUDA source strings the candidate passes to ``load_cuda(...)`` or
 ``torch.utils.cpp_extension.load_inline(cuda_sources=...)`` with ``ast`` (the candidate is
 never imported), compiles each with ``nvcc -cubin -arch=sm_90 -Xptxas -v`` and reports
 per-kernel registers, spills and shared memory, with compiler messages located at
-``candidate.py`` lines. Runs in the trusted server; ``user``/``group`` drop privileges for
-nvcc as ``gxx.build`` does for g++.
+``candidate.py`` lines. Asked for by the trusted server; nvcc itself runs in a fresh sandbox
+(``kfoundry.toolrun``) as ``gxx.build`` runs g++.
 
 The pieces it builds on live beside it and are re-exported here: reading sources and kernel
 signatures (``extract_units``, ``find_kernels``, shared with ``load_cuda``) in
@@ -24,9 +24,7 @@ import re
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cache
@@ -54,6 +52,7 @@ from kfoundry.backends.ptxas import (  # noqa: F401 - re-exported
 )
 from kfoundry.config import settings
 from kfoundry.schema import Diagnostic, KernelStats
+from kfoundry.toolrun import ToolStatus, run_tool
 
 DEFAULT_ARCH = "sm_90"
 #: torch.utils.cpp_extension.COMMON_NVCC_FLAGS
@@ -162,7 +161,7 @@ class UnitResult:
     cached: bool = False
 
 
-def _unit_command(unit: CudaUnit, arch: str, src: Path, out: Path) -> list[str] | str:
+def _unit_command(unit: CudaUnit, arch: str, src: str, out: str) -> list[str] | str:
     cmd = [nvcc_path() or "nvcc", "-cubin", f"-arch={arch}", "-Xptxas", "-v", "-lineinfo"]
     if unit.kind == "load_inline":
         includes, std, _ = _torch_build_facts()
@@ -180,7 +179,7 @@ def _unit_command(unit: CudaUnit, arch: str, src: Path, out: Path) -> list[str] 
         if flag.lstrip("-").startswith("std="):
             cmd = [c for c in cmd if not c.startswith("-std=")]
         cmd.append("-" + flag.lstrip("-") if flag.startswith("--std") else flag)
-    return [*cmd, "-o", str(out), str(src)]
+    return [*cmd, "-o", out, src]
 
 
 def _cache_key(unit: CudaUnit, arch: str) -> str:
@@ -195,7 +194,11 @@ def _cache_key(unit: CudaUnit, arch: str) -> str:
 def compile_unit(
     unit: CudaUnit, arch: str = DEFAULT_ARCH, *, timeout_s: float = 300.0, user: int | None = None, group: int | None = None
 ) -> UnitResult:
-    """nvcc -cubin one unit (or reuse the cached result of the same text and toolchain)."""
+    """nvcc -cubin one unit in a fresh sandbox (or reuse the cached result of the same text and toolchain).
+
+    ``user``/``group`` are ignored: the sandbox picks who nvcc runs as.
+    """
+    del user, group
     compiled_name = f"{unit.name}.cu"
     key = _cache_key(unit, arch)
     root = settings().cache_dir / "cuda" / "nvcc"
@@ -203,38 +206,30 @@ def compile_unit(
     if record.is_file():
         try:
             saved = json.loads(record.read_text())
-            return _unit_result(unit, compiled_name, saved["returncode"], saved["log"], float(saved["seconds"]), cached=True)
+            return _unit_result(unit, compiled_name, saved["returncode"], saved["log"], float(saved["seconds"]), saved["names"], cached=True)
         except (OSError, ValueError, KeyError):
             pass
+    cmd = _unit_command(unit, arch, compiled_name, "kernel.cubin")
+    if isinstance(cmd, str):
+        return UnitResult(False, [], [Diagnostic(file=CANDIDATE_FILE, line=unit.call_line, message=f"compile-only cannot check this load_inline source here: {cmd}")])
+    run = run_tool(cmd, files={compiled_name: unit.text}, outputs=["kernel.cubin"], timeout_s=timeout_s, label="nvcc")
+    if run.status is not ToolStatus.ok and run.status is not ToolStatus.failed:
+        # a cap or the clock stopped it: say so, and keep it out of the cache (a later, larger timeout may pass)
+        diags = parse_nvcc_diagnostics(run.log, unit, compiled_name)
+        return UnitResult(False, [], [*diags, Diagnostic(file=CANDIDATE_FILE, line=unit.call_line, message=run.message)], run.seconds)
+    log = run.log[-60000:]
+    returncode = run.returncode if run.returncode else (0 if "kernel.cubin" in run.outputs else 1)
+    names = demangle([k.mangled for k in parse_ptxas(log)], sandboxed=True) if returncode == 0 else {}
     root.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f"nvcc-{key}-", dir=root))
-    try:
-        src, out = work / compiled_name, work / "kernel.cubin"
-        src.write_text(unit.text)
-        cmd = _unit_command(unit, arch, src, out)
-        if isinstance(cmd, str):
-            return UnitResult(False, [], [Diagnostic(file=CANDIDATE_FILE, line=unit.call_line, message=f"compile-only cannot check this load_inline source here: {cmd}")])
-        if user is not None:
-            os.chown(work, user, group if group is not None else -1)
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C", "HOME": str(work), "TMPDIR": str(work)}
-        start = time.perf_counter()
-        try:
-            proc = subprocess.run(cmd, cwd=work, capture_output=True, text=True, timeout=timeout_s, env=env, user=user, group=group, check=False)
-        except subprocess.TimeoutExpired:
-            msg = f"nvcc did not finish within {timeout_s:.0f} s"
-            return UnitResult(False, [], [Diagnostic(file=CANDIDATE_FILE, line=unit.call_line, message=msg)], timeout_s)
-        seconds = time.perf_counter() - start
-        log = (proc.stdout + proc.stderr)[-60000:]
-        returncode = proc.returncode if out.exists() or proc.returncode != 0 else 1
-        staged = record.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
-        staged.write_text(json.dumps({"returncode": returncode, "log": log, "seconds": seconds}))
-        os.replace(staged, record)
-        return _unit_result(unit, compiled_name, returncode, log, seconds, cached=False)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    staged = record.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
+    staged.write_text(json.dumps({"returncode": returncode, "log": log, "seconds": run.seconds, "names": names}))
+    os.replace(staged, record)
+    return _unit_result(unit, compiled_name, returncode, log, run.seconds, names, cached=False)
 
 
-def _unit_result(unit: CudaUnit, compiled_name: str, returncode: int, log: str, seconds: float, *, cached: bool) -> UnitResult:
+def _unit_result(
+    unit: CudaUnit, compiled_name: str, returncode: int, log: str, seconds: float, names: dict[str, str], *, cached: bool
+) -> UnitResult:
     diags = parse_nvcc_diagnostics(log, unit, compiled_name)
     if returncode != 0:
         if not any(d.severity == "error" for d in diags):
@@ -249,7 +244,6 @@ def _unit_result(unit: CudaUnit, compiled_name: str, returncode: int, log: str, 
                 )
             )
         return UnitResult(False, [], diags, seconds, cached)
-    names = demangle([k.mangled for k in parse_ptxas(log)])
     kernels = []
     for k in parse_ptxas(log):
         full = names.get(k.mangled, k.mangled)

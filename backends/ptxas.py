@@ -1,5 +1,6 @@
 """ptxas facts: the ``ptxas -v`` parser (nvcc's and NVRTC's logs use the same format), ``cuobjdump -res-usage``
-for extensions built by ``load_inline`` on a GPU host, and ``c++filt`` demangling of kernel names.
+for extensions built by ``load_inline`` on a GPU host (run inside the worker that built them), and ``c++filt``
+demangling of kernel names (sandboxed when the trusted side asks).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kfoundry.schema import KernelStats
+from kfoundry.toolrun import run_tool
 
 _ENTRY = re.compile(r"Compiling entry function '(?P<name>[^']+)' for '(?P<arch>\w+)'")
 _PROPS = re.compile(r"Function properties for (?P<name>\S+)")
@@ -92,18 +94,26 @@ def resource_usage(binary: str) -> list[KernelStats]:
     return stats
 
 
-def demangle(names: list[str]) -> dict[str, str]:
-    """Mangled C++ names -> readable ones (cu++filt or c++filt); names it cannot read stay as they are."""
+def demangle(names: list[str], *, sandboxed: bool = False) -> dict[str, str]:
+    """Mangled C++ names -> readable ones (cu++filt or c++filt); names it cannot read stay as they are.
+
+    ``sandboxed``: run the demangler in a fresh sandbox (``kfoundry.toolrun``), for the trusted side,
+    where the names come out of a candidate's build. A worker, already sandboxed, runs it directly.
+    """
     mangled = [n for n in names if n.startswith("_Z")]
     result = {n: n for n in names}
     tool = shutil.which("cu++filt") or shutil.which("c++filt")
     if not mangled or tool is None:
         return result
-    try:
-        out = subprocess.run([tool], input="\n".join(mangled) + "\n", capture_output=True, text=True, timeout=30, check=False)
-    except (OSError, subprocess.TimeoutExpired):
-        return result
-    lines = out.stdout.splitlines()
+    if sandboxed:
+        run = run_tool([tool, *mangled], files={}, timeout_s=30, label=Path(tool).name)
+        text = run.stdout if run.ok else ""
+    else:
+        try:
+            text = subprocess.run([tool, *mangled], capture_output=True, text=True, timeout=30, check=False).stdout
+        except (OSError, subprocess.TimeoutExpired):
+            text = ""
+    lines = text.splitlines()
     if len(lines) == len(mangled):
         result.update({m: d.strip() or m for m, d in zip(mangled, lines, strict=True)})
     return result
