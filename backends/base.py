@@ -49,8 +49,6 @@ class BuildRequest(BaseModel):
 
     message: dict[str, Any] = Field(description="The worker's message as received: untrusted, validated by the backend.")
     candidate: str = Field(default="", description="The job's candidate source, so diagnostics point at candidate.py lines.")
-    user: int | None = Field(default=None, description="Run the compiler as this uid (the server may run as root).")
-    group: int | None = None
 
     def refusal(self, backend: str, op: str) -> BuildUnsupported | None:
         """A refusal when the worker asked for something other than ``op``, the build ``backend`` answers.

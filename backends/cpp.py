@@ -293,7 +293,7 @@ class CppBackend:
             return BuildOutcome(ok=False, key="", diagnostics=[Diagnostic(file="kernel.cpp", message=text)], log=text)
         offset, label = _located(request.candidate, message.source)
         try:
-            return build(message.source, message.flags, line_offset=offset, file_label=label, user=request.user, group=request.group)
+            return build(message.source, message.flags, line_offset=offset, file_label=label)
         except FlagError as exc:
             return BuildOutcome(ok=False, key="", diagnostics=[Diagnostic(file=label, message=str(exc))], log=str(exc))
 

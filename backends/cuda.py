@@ -177,9 +177,9 @@ def _base_name(event: str) -> str:
 # -- the backend -----------------------------------------------------------------------------------
 
 
-def compile_only(candidate: str, *, arch: str = DEFAULT_ARCH, timeout_s: float = 300.0, user: int | None = None, group: int | None = None) -> tuple[list[KernelStats], list[str], bool]:
+def compile_only(candidate: str, *, arch: str = DEFAULT_ARCH, timeout_s: float = 300.0) -> tuple[list[KernelStats], list[str], bool]:
     """nvcc compile-only of a candidate's CUDA sources (no GPU, candidate not executed); see nvcc.compile_only."""
-    return nvcc.compile_only(candidate, arch, timeout_s=timeout_s, user=user, group=group)
+    return nvcc.compile_only(candidate, arch, timeout_s=timeout_s)
 
 
 class CudaBackend:
@@ -256,7 +256,7 @@ class CudaBackend:
         refused = request.refusal(self.name, BUILD_OP)
         if refused is not None:
             return refused
-        return answer_build(request.message, request.candidate, user=request.user, group=request.group)
+        return answer_build(request.message, request.candidate)
 
     def warm(self, device: str) -> None:
         """Nothing to preload: NVRTC runs on the trusted side and the driver API loads on the first launch."""
@@ -287,8 +287,8 @@ class CudaBackend:
         yield from cuda_kernels._built
 
     def compile_only(
-        self, candidate: str, *, timeout_s: float = 300.0, arch: str = DEFAULT_ARCH, user: int | None = None, group: int | None = None
+        self, candidate: str, *, timeout_s: float = 300.0, arch: str = DEFAULT_ARCH
     ) -> CompileOnlyOutcome:
         """Check ``candidate`` with nvcc, without a GPU and without running it."""
-        kernels, diagnostics, ok = compile_only(candidate, arch=arch, timeout_s=timeout_s, user=user, group=group)
+        kernels, diagnostics, ok = compile_only(candidate, arch=arch, timeout_s=timeout_s)
         return CompileOnlyOutcome(ok=ok, kernels=kernels, diagnostics=diagnostics)

@@ -169,21 +169,17 @@ def build_cuda(
     line: int | None = None,
     file_label: str = PROGRAM,
     timeout_s: float = BUILD_TIMEOUT_S,
-    user: int | None = None,
-    group: int | None = None,
 ) -> CudaBuildOutcome:
     """Compile ``source`` with NVRTC into a cubin for ``arch`` (or return the cached one).
 
     ``line`` is where the source starts in ``file_label`` (candidate.py), so messages point there.
     NVRTC runs in a child process in a fresh sandbox (``kfoundry.toolrun``): ``#include "/etc/shadow"``
-    or a server file is "No such file", and the build caps and ``timeout_s`` bound it. ``user``/``group``
-    are ignored: the sandbox picks who the child runs as.
+    or a server file is "No such file", and the build caps and ``timeout_s`` bound it.
 
     Raises:
         FlagError: an option or the architecture is not allowed.
         SandboxUnavailable: no usable bubblewrap and no ``KFOUNDRY_UNSAFE_NO_SANDBOX=1``.
     """
-    del user, group
     opts, arch = _split_arch(nvcc.check_flags(list(options or [])), check_arch(arch))
     opts = _for_nvrtc(opts)
     label = file_label if line is not None else PROGRAM
@@ -291,7 +287,7 @@ def _child_main() -> None:
     Path(_RESULT).write_text(json.dumps({"ok": ok, "log": log, "lowered": lowered, "status": "ok" if ok else "compiled-with-error", "binding": api.kind}))
 
 
-def answer_build(header: dict[str, Any], candidate: str | None = None, *, user: int | None = None, group: int | None = None) -> CudaBuildOutcome:
+def answer_build(header: dict[str, Any], candidate: str | None = None) -> CudaBuildOutcome:
     """Server-side answer to a worker's ``{"op": "build_cuda", ...}``; never raises for bad input.
 
     ``header``: ``source`` (CUDA C++), ``options`` (NVRTC options from the allowed set), ``arch``
@@ -308,11 +304,11 @@ def answer_build(header: dict[str, Any], candidate: str | None = None, *, user: 
     line = locate_source(candidate, source) if candidate else None
     label = nvcc.CANDIDATE_FILE if line is not None else PROGRAM
     try:
-        return build_cuda(source, options, arch=arch, line=line, file_label=label, user=user, group=group)
+        return build_cuda(source, options, arch=arch, line=line, file_label=label)
     except FlagError as exc:
         return CudaBuildOutcome(ok=False, key="", arch=arch, diagnostics=[Diagnostic(file=label, line=line, message=str(exc))], log=str(exc))
 
 
-def build_cuda_request(header: dict[str, Any], candidate: str | None = None, *, user: int | None = None, group: int | None = None) -> dict[str, Any]:
+def build_cuda_request(header: dict[str, Any], candidate: str | None = None) -> dict[str, Any]:
     """``answer_build`` as the JSON the worker is sent (``CudaBuildOutcome.model_dump(mode="json")``)."""
-    return answer_build(header, candidate, user=user, group=group).model_dump(mode="json")
+    return answer_build(header, candidate).model_dump(mode="json")

@@ -94,8 +94,6 @@ def build(
     extra_flags: list[str] | None = None,
     *,
     timeout_s: float = 60.0,
-    user: int | None = None,
-    group: int | None = None,
     line_offset: int = 0,
     file_label: str | None = None,
 ) -> BuildOutcome:
@@ -104,14 +102,11 @@ def build(
     g++ runs in a fresh sandbox (``kfoundry.toolrun``) under the build caps, so it sees only its
     own work directory and the system: ``#include "/etc/shadow"`` or a server file is "No such
     file", ``#include "/dev/zero"`` ends at the address-space cap, and a compile that never ends
-    is killed with all its processes at ``timeout_s``. ``user``/``group`` are ignored: the sandbox
-    picks who the compiler runs as.
-
+    is killed with all its processes at ``timeout_s``.
     Raises:
         FlagError: a flag is outside the allowed set.
         SandboxUnavailable: no usable bubblewrap and no ``KFOUNDRY_UNSAFE_NO_SANDBOX=1``.
     """
-    del user, group
     flags = DEFAULT_FLAGS + tuple(check_flags(list(extra_flags or [])))
     key = cache_key(source, flags)
     final = settings().cache_dir / "cpp" / key / "lib.so"

@@ -192,13 +192,9 @@ def _cache_key(unit: CudaUnit, arch: str) -> str:
 
 
 def compile_unit(
-    unit: CudaUnit, arch: str = DEFAULT_ARCH, *, timeout_s: float = 300.0, user: int | None = None, group: int | None = None
+    unit: CudaUnit, arch: str = DEFAULT_ARCH, *, timeout_s: float = 300.0
 ) -> UnitResult:
-    """nvcc -cubin one unit in a fresh sandbox (or reuse the cached result of the same text and toolchain).
-
-    ``user``/``group`` are ignored: the sandbox picks who nvcc runs as.
-    """
-    del user, group
+    """nvcc -cubin one unit in a fresh sandbox (or reuse the cached result of the same text and toolchain)."""
     compiled_name = f"{unit.name}.cu"
     key = _cache_key(unit, arch)
     root = settings().cache_dir / "cuda" / "nvcc"
@@ -264,7 +260,7 @@ def _unit_result(
 
 
 def compile_only(
-    candidate: str, arch: str = DEFAULT_ARCH, *, timeout_s: float = 300.0, user: int | None = None, group: int | None = None
+    candidate: str, arch: str = DEFAULT_ARCH, *, timeout_s: float = 300.0
 ) -> tuple[list[KernelStats], list[str], bool]:
     """Check a candidate's CUDA sources with nvcc without running it: (kernels, diagnostics, ok).
 
@@ -294,7 +290,7 @@ def compile_only(
             diags.append(Diagnostic(file=CANDIDATE_FILE, line=unit.call_line, severity="note", message=f"compile-only ignored options {unit.ignored_flags}"))
     workers = max(1, min(len(units), os.cpu_count() or 1, 8))
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = list(pool.map(lambda u: compile_unit(u, arch, timeout_s=timeout_s, user=user, group=group), units))
+        results = list(pool.map(lambda u: compile_unit(u, arch, timeout_s=timeout_s), units))
     kernels: list[KernelStats] = []
     for result in results:
         kernels += result.kernels

@@ -23,6 +23,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,16 +32,26 @@ from kfoundry.errors import KfoundryError
 
 _ETC = ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/alternatives", "/etc/localtime", "/etc/nsswitch.conf")
 _MERGED = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
-#: Run before the sandboxed command: caps (address space MiB, CPU seconds; 0 = none), then, in a sandbox
-#: built by root, the drop to the sandbox user for good (uid -1: stay).
+#: Run (``python -S -I``: no site, nothing from the environment) before the sandboxed command: caps
+#: (address space MiB, CPU seconds, file size MiB; 0 = none), then, in a sandbox built by root,
+#: the drop to the sandbox user for good (uid -1: stay).
 _SHIM = (
-    "import os,sys,resource as r;m,c,u=int(sys.argv[1]),int(sys.argv[2]),int(sys.argv[3])\n"
+    "import os,sys,resource as r;m,c,f,u=(int(a) for a in sys.argv[1:5])\n"
     "if m:r.setrlimit(r.RLIMIT_AS,(m<<20,m<<20))\n"
     "if c:r.setrlimit(r.RLIMIT_CPU,(c,c+1))\n"
+    "if f:r.setrlimit(r.RLIMIT_FSIZE,(f<<20,f<<20))\n"
     "r.setrlimit(r.RLIMIT_CORE,(0,0))\n"
     "if u>=0:os.setgroups([]);os.setresgid(u,u,u);os.setresuid(u,u,u)\n"
-    "os.execvp(sys.argv[4],sys.argv[4:])"
+    "os.execvp(sys.argv[5],sys.argv[5:])"
 )
+
+
+def sandbox_root() -> Path:
+    """World-traversable scratch root: worker and build directories live here, not under the server's home."""
+    explicit = os.environ.get("KFOUNDRY_SANDBOX_ROOT")
+    root = Path(explicit) if explicit else Path(tempfile.gettempdir()) / f"kfoundry-{os.geteuid()}"
+    root.mkdir(parents=True, exist_ok=True)
+    return root
 
 
 class SandboxUnavailable(KfoundryError):
@@ -154,13 +165,30 @@ def _toolchain_dirs() -> list[Path]:
     return found
 
 
+def _private() -> list[Path]:
+    """Folders no sandbox may see any part of: the server's home, the sandbox and exchange roots."""
+    shm = Path("/dev/shm")
+    exchange = (shm if shm.is_dir() else Path(tempfile.gettempdir())) / f"kfoundry-x-{os.geteuid()}"
+    return [Path(os.path.realpath(p)) for p in (settings().home, sandbox_root(), exchange)]
+
+
 def _readable() -> list[Path]:
-    """Everything bound read-only, outermost first, without duplicates or paths inside another."""
+    """Everything bound read-only, outermost first, without duplicates or paths inside another.
+
+    ``python -m`` puts the working directory on ``sys.path``; a path that is the working
+    directory or holds a private folder is left out, whatever put it there.
+    """
+    cwd = Path(os.path.realpath(os.getcwd()))
+    private = _private()
     candidates = {Path(os.path.realpath(p)) for p in [*_python_dirs(), *_package_dirs(), *_toolchain_dirs()] if os.path.isdir(p)}
     ordered = sorted(candidates, key=lambda p: (len(p.parts), str(p)))
     kept: list[Path] = []
     for path in ordered:
         if path == Path("/") or str(path).startswith(("/proc", "/sys", "/dev")):
+            continue
+        if path == cwd and not path.is_relative_to(Path(sys.prefix)) and not path.is_relative_to(Path(sys.base_prefix)):
+            continue
+        if any(p.is_relative_to(path) or path.is_relative_to(p) for p in private):
             continue
         if not any(path.is_relative_to(k) for k in kept):
             kept.append(path)
@@ -170,12 +198,20 @@ def _readable() -> list[Path]:
 def _identity_files(root: Path) -> Path:
     """A passwd/group pair naming the sandbox user (getpass and some toolchains look it up)."""
     folder = root / ".identity"
-    folder.mkdir(exist_ok=True)
     uid = settings().sandbox_uid if os.geteuid() == 0 else os.geteuid()
-    (folder / "passwd").write_text(f"root:x:0:0:root:/root:/bin/sh\nkfoundry:x:{uid}:{uid}:sandbox:/tmp:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/sh\n")
-    (folder / "group").write_text(f"root:x:0:\nkfoundry:x:{uid}:\nnogroup:x:65534:\n")
-    for name in ("passwd", "group"):
-        os.chmod(folder / name, 0o644)
+    wanted = {
+        "passwd": f"root:x:0:0:root:/root:/bin/sh\nkfoundry:x:{uid}:{uid}:sandbox:/tmp:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/sh\n",
+        "group": f"root:x:0:\nkfoundry:x:{uid}:\nnogroup:x:65534:\n",
+    }
+    if all((folder / name).is_file() and (folder / name).read_text() == text for name, text in wanted.items()):
+        return folder
+    folder.mkdir(exist_ok=True)
+    for name, text in wanted.items():
+        # Staged then renamed: a sandbox being built meanwhile binds the old file or the new one, never half of one.
+        staged = folder / f".{name}.{os.getpid()}"
+        staged.write_text(text)
+        os.chmod(staged, 0o644)
+        os.replace(staged, folder / name)
     return folder
 
 
@@ -194,6 +230,7 @@ class Jail:
     #: caps the shim sets before running the command (builds): address space in MiB and CPU seconds, 0 = none
     memory_mb: int = 0
     cpu_s: int = 0
+    file_mb: int = 0
 
     def command(self, inner: list[str]) -> list[str]:
         """``inner`` run inside the sandbox (the caller passes descriptors it must keep with ``pass_fds``)."""
@@ -216,7 +253,7 @@ class Jail:
         args += ["--perms", "0755", "--dir", "/etc"]
         for etc in _ETC:
             args += ["--ro-bind-try", etc, etc]
-        identity_dir = _identity_files(self.scratch.parent)
+        identity_dir = _identity_files(sandbox_root())
         args += ["--ro-bind", str(identity_dir / "passwd"), "/etc/passwd", "--ro-bind", str(identity_dir / "group"), "/etc/group"]
         args += ["--proc", "/proc", "--dev", "/dev", "--ro-bind-try", "/sys", "/sys"]
         for tmp in ("/tmp", "/dev/shm"):
@@ -241,8 +278,12 @@ class Jail:
         args += ["--chdir", str(self.scratch), "--"]
         if self.drops_itself:
             return [*args, *inner]
-        uid = settings().sandbox_uid if root else -1
-        return [*args, sys.executable, "-c", _SHIM, str(self.memory_mb), str(self.cpu_s), str(uid), *inner]
+        return [*args, *capped(inner, self.memory_mb, self.cpu_s, self.file_mb, settings().sandbox_uid if root else -1)]
+
+
+def capped(argv: list[str], memory_mb: int = 0, cpu_s: int = 0, file_mb: int = 0, uid: int = -1) -> list[str]:
+    """``argv`` started under the shim: its caps set and, for ``uid`` >= 0, run as that user."""
+    return [sys.executable, "-S", "-I", "-c", _SHIM, str(memory_mb), str(cpu_s), str(file_mb), str(uid), *argv]
 
 
 def drop_privileges() -> None:

@@ -23,7 +23,6 @@ import shutil
 import signal
 import stat
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -44,15 +43,6 @@ _DRAIN_GRACE_S = 1.0
 _SWEEP_S = 2.0
 _KEEP_ENV = ("PATH", "CUDA_HOME", "CUDA_PATH", "LD_LIBRARY_PATH")
 _NAME = re.compile(r"^[\w+-][\w.+-]*$")
-#: caps set before the tool runs: address space MiB, CPU seconds, file size MiB (0 = leave as is)
-_CAPS = (
-    "import os,sys,resource as r;m,c,f=map(int,sys.argv[1:4])\n"
-    "if m:r.setrlimit(r.RLIMIT_AS,(m<<20,m<<20))\n"
-    "if c:r.setrlimit(r.RLIMIT_CPU,(c,c+1))\n"
-    "if f:r.setrlimit(r.RLIMIT_FSIZE,(f<<20,f<<20))\n"
-    "r.setrlimit(r.RLIMIT_CORE,(0,0))\n"
-    "os.execvp(sys.argv[4],sys.argv[4:])"
-)
 #: a tool's own report of a cap (compiler drivers name the signal that stopped their subprocess)
 _OUT_OF_MEMORY = re.compile(r"out of memory|memory exhausted|bad_alloc|MemoryError|memory allocation fail|cannot allocate memory", re.I)
 _CPU = re.compile(r"CPU time limit exceeded")
@@ -98,14 +88,6 @@ class ToolResult:
         return self.stdout + self.stderr
 
 
-def sandbox_root() -> Path:
-    """Where work directories live (the worker sandboxes' root): ``KFOUNDRY_SANDBOX_ROOT`` or /tmp/kfoundry-<uid>."""
-    explicit = os.environ.get("KFOUNDRY_SANDBOX_ROOT")
-    root = Path(explicit) if explicit else Path(tempfile.gettempdir()) / f"kfoundry-{os.geteuid()}"
-    root.mkdir(parents=True, exist_ok=True)
-    return root
-
-
 def run_tool(
     argv: Sequence[str],
     *,
@@ -135,7 +117,7 @@ def run_tool(
         if not _NAME.match(name):
             raise ValueError(f"{name!r} is not a bare file name")
     sandboxed = jail.enabled()
-    work = Path(tempfile.mkdtemp(prefix="build-", dir=sandbox_root()))
+    work = Path(tempfile.mkdtemp(prefix="build-", dir=jail.sandbox_root()))
     try:
         for name, content in files.items():
             (work / name).write_bytes(content.encode() if isinstance(content, str) else content)
@@ -151,10 +133,9 @@ def run_tool(
 def _command(argv: list[str], work: Path, sandboxed: bool) -> list[str]:
     limits = settings()
     if sandboxed:
-        # the jail's shim sets the address-space and CPU caps before it drops to the sandbox user
-        capped = [sys.executable, "-S", "-I", "-c", _CAPS, "0", "0", str(MAX_FILE_MB), *argv]
-        return jail.Jail(scratch=work, memory_mb=limits.build_memory_mb, cpu_s=limits.build_cpu_s).command(capped)
-    return [sys.executable, "-S", "-I", "-c", _CAPS, str(limits.build_memory_mb), str(limits.build_cpu_s), str(MAX_FILE_MB), *argv]
+        # the jail's shim sets the caps before it drops to the sandbox user
+        return jail.Jail(scratch=work, memory_mb=limits.build_memory_mb, cpu_s=limits.build_cpu_s, file_mb=MAX_FILE_MB).command(argv)
+    return jail.capped(argv, limits.build_memory_mb, limits.build_cpu_s, MAX_FILE_MB)
 
 
 def _environment(work: Path, extra: Mapping[str, str] | None) -> dict[str, str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -90,7 +91,8 @@ class Worker:
         self.task_group = task_group
         self.wrapper = list(wrapper or [])
         self.logs = {"stdout": LogSink(), "stderr": LogSink()}
-        self.name = f"w{os.getpid()}-{next(_ids)}"
+        # the random part keeps a restarted server (same pid) clear of folders a killed one left behind
+        self.name = f"w{os.getpid()}-{next(_ids)}-{secrets.token_hex(3)}"
         self.dir = make_workdir(self.name)
         # Tensors this worker shares are files here; the trusted side links the other worker's into ``peer/``.
         self.exchange = exchange_root() / self.name
@@ -277,12 +279,14 @@ class Worker:
                 code = await self.process.wait()
         if code is None:
             return "still running"
-        if code < 0:
+        # bubblewrap, the sandbox's first process, reports a child killed by a signal as 128 + its number
+        signum = -code if code < 0 else code - 128 if self.sandboxed and 128 < code < 128 + 65 else 0
+        if signum:
             try:
-                name = signal.Signals(-code).name
+                name = signal.Signals(signum).name
             except ValueError:
                 name = "unknown"
-            return f"killed by signal {-code} ({name})"
+            return f"killed by signal {signum} ({name})"
         return f"exit code {code}"
 
     def log_tail(self, which: str = "stderr", limit: int = 4000) -> str:

@@ -13,23 +13,15 @@ import os
 import shutil
 import signal
 import sys
-import tempfile
 from pathlib import Path
 
 from kfoundry.config import settings
+from kfoundry.jail import sandbox_root
 
 logger = logging.getLogger(__name__)
 
 _CGROUP_ROOTS = (Path("/sys/fs/cgroup/pids"), Path("/sys/fs/cgroup"))
 _KEEP_ENV = ("PATH", "LANG", "LC_ALL", "CUDA_HOME", "CUDA_PATH", "LD_LIBRARY_PATH", "NVIDIA_VISIBLE_DEVICES", "VIRTUAL_ENV")
-
-
-def sandbox_root() -> Path:
-    """World-traversable scratch root: worker directories live here, not under the server's home."""
-    explicit = os.environ.get("KFOUNDRY_SANDBOX_ROOT")
-    root = Path(explicit) if explicit else Path(tempfile.gettempdir()) / f"kfoundry-{os.geteuid()}"
-    root.mkdir(parents=True, exist_ok=True)
-    return root
 
 
 def _cgroup_parent() -> Path | None:
@@ -341,13 +333,31 @@ def worker_env(workdir: Path, extra: dict[str, str], caches: Path) -> dict[str, 
             "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
             # The torch.compile baseline's cache (the reference worker's); backends add their own caches.
             "TORCHINDUCTOR_CACHE_DIR": str(shared / "inductor"),
-            "KFOUNDRY_HOME": str(workdir / "home"),
+            # a path the sandbox cannot reach; it tells a worker's processes apart from other servers'
+            "KFOUNDRY_HOME": str(settings().home),
             "USER": "kfoundry",
             "LOGNAME": "kfoundry",
         }
     )
     env.update(extra)
     return env
+
+
+def sweep_leftovers(*roots: Path) -> int:
+    """Remove worker folders (``w<pid>-...``) whose server is gone (a SIGKILLed server cannot clean up)."""
+    removed = 0
+    for root in roots:
+        try:
+            entries = list(root.iterdir())
+        except OSError:
+            continue
+        for entry in entries:
+            pid = entry.name[1:].split("-", 1)[0]
+            if not entry.name.startswith("w") or not pid.isdigit() or int(pid) == os.getpid() or Path(f"/proc/{pid}").exists():
+                continue
+            shutil.rmtree(entry, ignore_errors=True)
+            removed += 1
+    return removed
 
 
 def make_workdir(name: str) -> Path:

@@ -173,20 +173,18 @@ MEMORY_HOG = _candidate(
 )
 
 
-def fork_bomb(witness: str) -> str:
-    """Forks until the sandbox's process cap; every process appends its pid to ``witness`` first."""
-    return _candidate(
-        f"""
-        fd = os.open({witness!r}, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
-        os.write(fd, f"{{os.getpid()}}\\n".encode())
-        while True:
-            try:
-                if os.fork() == 0:
-                    os.write(fd, f"{{os.getpid()}}\\n".encode())
-            except OSError:
-                pass
-        """
-    )
+FORK_BOMB = _candidate(
+    """
+    os.write(1, f"forked {os.getpid()}\\n".encode())
+    while True:
+        try:
+            if os.fork() == 0:
+                os.write(1, f"forked {os.getpid()}\\n".encode())
+        except OSError:
+            pass
+    """
+)
+"""Forks until the sandbox's process cap; every process writes its pid to stdout (kept in the run's logs) first."""
 
 
 STDOUT_FLOOD = _candidate(

@@ -131,7 +131,9 @@ def sandbox_processes(home: Path | None = None) -> list[SandboxProcess]:
         if not entry.name.isdigit():
             continue
         try:
-            if WORKER_MODULE not in (entry / "cmdline").read_bytes():
+            cmdline = (entry / "cmdline").read_bytes()
+            # bubblewrap's own processes name the worker module in their arguments; they are the sandbox, not in it
+            if WORKER_MODULE not in cmdline or Path(cmdline.split(b"\0")[0].decode(errors="replace")).name == "bwrap":
                 continue
             if marker not in (entry / "environ").read_bytes().split(b"\0"):
                 continue
@@ -144,9 +146,26 @@ def sandbox_processes(home: Path | None = None) -> list[SandboxProcess]:
     return found
 
 
+def _started_by_server(process: SandboxProcess) -> bool:
+    """The worker's interpreter itself: started by this server, directly or through bubblewrap (its two processes)."""
+    if process.ppid == os.getpid():
+        return process.sid == process.pid
+    parent = process.ppid
+    for _ in range(2):
+        try:
+            if Path((Path("/proc") / str(parent) / "cmdline").read_bytes().split(b"\0")[0].decode()).name != "bwrap":
+                return False
+            parent = int((Path("/proc") / str(parent) / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            return False
+        if parent == os.getpid():
+            return True
+    return False
+
+
 def assert_only_spares_remain() -> None:
     """Every remaining sandbox process is a worker the server started itself, and no more than its spares."""
     remaining = sandbox_processes()
-    strays = [p for p in remaining if p.ppid != os.getpid() or p.sid != p.pid]
+    strays = [p for p in remaining if not _started_by_server(p)]
     assert strays == [], f"processes left behind by a killed worker: {strays}"
     assert len(remaining) <= settings().spares, remaining
