@@ -31,6 +31,7 @@ from kfoundry.config import settings
 from kfoundry.errors import KfoundryError
 
 _ETC = ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/alternatives", "/etc/localtime", "/etc/nsswitch.conf")
+_PR_SET_DUMPABLE = 4
 _MERGED = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 #: Run (``python -S -I``: no site, nothing from the environment) before the sandboxed command: caps
 #: (address space MiB, CPU seconds, file size MiB; 0 = none), then, in a sandbox built by root,
@@ -294,3 +295,9 @@ def drop_privileges() -> None:
     os.setgroups([])
     os.setresgid(uid, uid, uid)
     os.setresuid(uid, uid, uid)
+    # A change of uid makes the process non-dumpable: its /proc/self would stay root's and the
+    # sandbox user could not read its own descriptors or working directory through it (torch's
+    # compile workers do). The sandbox holds no other process this would expose it to.
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_DUMPABLE, 1, 0, 0, 0)

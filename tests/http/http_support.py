@@ -8,6 +8,7 @@ and the real worker pool, exactly as a laptop attached to the GPU box would meet
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -155,33 +156,73 @@ async def verify(client: Client, candidate: str, *, within: float = 120.0, progr
 PROBE_GUARDRAILS = {"rules": {"file_io": "off"}}
 
 
-def writes_pid_then_blocks(pid_file: Path) -> str:
-    """A candidate whose forward writes its process id to ``pid_file`` (atomically), then never returns.
+def probe_marker() -> str:
+    """A process name (15 characters at most) a probe candidate takes, so the test can find it from the host."""
+    return f"kfp{secrets.token_hex(6)}"
+
+
+def _named(marker: str) -> str:
+    # The sandbox hides the host's files from the candidate, but its process name shows in the host's /proc.
+    return f"""
+        import signal, time
+        signal.signal(signal.SIGUSR1, lambda *_: globals().__setitem__("_gate_open", True))
+        with open("/proc/self/comm", "w") as comm:
+            comm.write({marker!r})
+        """
+
+
+def writes_pid_then_blocks(marker: str) -> str:
+    """A candidate whose forward takes the process name ``marker`` (see ``find_pid``), then never returns.
 
     Verify it with ``guardrails=PROBE_GUARDRAILS``.
     """
     return _candidate(
-        f"""
-        import time
-        with open({str(pid_file) + ".tmp"!r}, "w") as f:
-            f.write(str(os.getpid()))
-        os.replace({str(pid_file) + ".tmp"!r}, {str(pid_file)!r})
+        _named(marker)
+        + """
         while True:
             time.sleep(0.01)
         """
     )
 
 
-def waits_for_gate(gate: Path) -> str:
-    """A correct candidate whose forward first waits until ``gate`` exists."""
+def waits_for_gate(marker: str) -> str:
+    """A correct candidate whose forward takes the process name ``marker`` and waits until ``open_gate`` signals it."""
     return _candidate(
-        f"""
-        import time
-        while not os.path.exists({str(gate)!r}):
+        _named(marker)
+        + """
+        while not globals().get("_gate_open"):
             time.sleep(0.02)
         return swish(x, self.scale_factor)
         """
     )
+
+
+def _named_pids(marker: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and (entry / "comm").read_text().strip() == marker:
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+async def find_pid(marker: str, within: float = 60.0) -> int:
+    """The host pid of the probe candidate that took the name ``marker``."""
+    with anyio.fail_after(within):
+        while not (pids := _named_pids(marker)):
+            await anyio.sleep(0.05)
+    return pids[0]
+
+
+async def open_gate(marker: str, waiting: int, within: float = 60.0) -> None:
+    """Signal the ``waiting`` candidates blocked in ``waits_for_gate(marker)`` to go on (once all of them wait)."""
+    with anyio.fail_after(within):
+        while len(pids := _named_pids(marker)) < waiting:
+            await anyio.sleep(0.05)
+    for pid in pids:
+        os.kill(pid, signal.SIGUSR1)
 
 
 def busy_for(seconds: float) -> str:
@@ -195,13 +236,6 @@ def busy_for(seconds: float) -> str:
         return swish(x, self.scale_factor)
         """
     )
-
-
-async def read_pid(pid_file: Path, within: float = 60.0) -> int:
-    with anyio.fail_after(within):
-        while not pid_file.exists():
-            await anyio.sleep(0.05)
-    return int(pid_file.read_text())
 
 
 def alive(pid: int) -> bool:

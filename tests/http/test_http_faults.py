@@ -16,7 +16,8 @@ from http_support import (
     alive,
     busy_for,
     connect,
-    read_pid,
+    find_pid,
+    probe_marker,
     start_server,
     stop_server,
     verify,
@@ -33,18 +34,18 @@ FREED_WITHIN_S = 20.0
 SPARES = 2  # KFOUNDRY_SPARES default: the only workers an idle server keeps
 
 
-async def test_a_worker_killed_mid_job_reports_runtime_error_and_the_next_job_runs(server: Server, tmp_path: Path) -> None:
-    pid_file = tmp_path / "worker.pid"
+async def test_a_worker_killed_mid_job_reports_runtime_error_and_the_next_job_runs(server: Server) -> None:
+    marker = probe_marker()
     outcome: dict[str, Any] = {}
     async with connect(server, "bob") as client:
         with anyio.fail_after(120):
             async with anyio.create_task_group() as group:
 
                 async def doomed() -> None:
-                    outcome["data"] = await verify(client, writes_pid_then_blocks(pid_file), within=110, guardrails=PROBE_GUARDRAILS)
+                    outcome["data"] = await verify(client, writes_pid_then_blocks(marker), within=110, guardrails=PROBE_GUARDRAILS)
 
                 group.start_soon(doomed)
-                os.kill(await read_pid(pid_file), signal.SIGKILL)
+                os.kill(await find_pid(marker), signal.SIGKILL)
         data = outcome["data"]
         assert data["state"] == "runtime_error", data
         assert data["error"]["type"] == "ProcessDied" and "SIGKILL" in data["error"]["message"], data["error"]
@@ -52,11 +53,11 @@ async def test_a_worker_killed_mid_job_reports_runtime_error_and_the_next_job_ru
     assert after["state"] == "correct", after
 
 
-async def test_a_client_that_disconnects_mid_job_gets_its_job_cancelled_and_its_worker_freed(server: Server, tmp_path: Path) -> None:
-    pid_file = tmp_path / "worker.pid"
+async def test_a_client_that_disconnects_mid_job_gets_its_job_cancelled_and_its_worker_freed(server: Server) -> None:
+    marker = probe_marker()
     async with connect(server, "alice") as client, anyio.create_task_group() as group:
-        group.start_soon(client.call_tool, "verify", verify_arguments(writes_pid_then_blocks(pid_file), timeout_s=120, guardrails=PROBE_GUARDRAILS))
-        pid = await read_pid(pid_file)
+        group.start_soon(client.call_tool, "verify", verify_arguments(writes_pid_then_blocks(marker), timeout_s=120, guardrails=PROBE_GUARDRAILS))
+        pid = await find_pid(marker)
         assert alive(pid)
         group.cancel_scope.cancel()  # the call is abandoned, then the client leaves
     with anyio.fail_after(FREED_WITHIN_S):
@@ -72,12 +73,12 @@ async def test_a_client_that_disconnects_mid_job_gets_its_job_cancelled_and_its_
     assert data["state"] == "correct", data
 
 
-async def test_a_dropped_connection_without_session_termination_still_frees_the_worker(server: Server, tmp_path: Path) -> None:
+async def test_a_dropped_connection_without_session_termination_still_frees_the_worker(server: Server) -> None:
     """The client vanishes without its DELETE (crashed laptop, killed agent): the open request stream closing is enough."""
-    pid_file = tmp_path / "worker.pid"
+    marker = probe_marker()
     async with connect(server, "bob", terminate_on_close=False) as client, anyio.create_task_group() as group:
-        group.start_soon(client.call_tool, "verify", verify_arguments(writes_pid_then_blocks(pid_file), timeout_s=120, guardrails=PROBE_GUARDRAILS))
-        pid = await read_pid(pid_file)
+        group.start_soon(client.call_tool, "verify", verify_arguments(writes_pid_then_blocks(marker), timeout_s=120, guardrails=PROBE_GUARDRAILS))
+        pid = await find_pid(marker)
         group.cancel_scope.cancel()
     with anyio.fail_after(FREED_WITHIN_S):
         while alive(pid):

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
+from functools import partial
+from typing import Any
 
 import anyio
 import pytest
 from candidates import CORRECT_CPP, WRONG_VALUES
-from http_support import Server, connect, verify, waits_for_gate
+from http_support import PROBE_GUARDRAILS, Server, connect, open_gate, probe_marker, verify, waits_for_gate
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
@@ -54,9 +55,9 @@ async def test_five_clients_with_ten_concurrent_verify_calls_each_all_get_their_
     assert health["devices"]["cpu"]["running"] == 0 and health["devices"]["cpu"]["queued"] == 0, health
 
 
-async def test_a_second_token_waiting_behind_a_busy_first_one_is_served_next_not_last(server: Server, tmp_path: Path) -> None:
+async def test_a_second_token_waiting_behind_a_busy_first_one_is_served_next_not_last(server: Server) -> None:
     """The scheduler knows callers by token name: bob's one call queues behind alice's backlog at position 2, not at its end."""
-    gate = tmp_path / "open"
+    gate = probe_marker()
     blockers, backlog = 2, 3  # the CPU device runs two jobs at once (KFOUNDRY_CPU_JOBS default)
     positions: list[int] = []
 
@@ -69,11 +70,11 @@ async def test_a_second_token_waiting_behind_a_busy_first_one_is_served_next_not
     with anyio.fail_after(150):
         async with connect(server, "alice") as alice, connect(server, "bob") as bob, anyio.create_task_group() as group:
 
-            async def alice_call(candidate: str) -> None:
-                states["alice"].append((await verify(alice, candidate, within=140))["state"])
+            async def alice_call(candidate: str, **options: Any) -> None:
+                states["alice"].append((await verify(alice, candidate, within=140, **options))["state"])
 
             for _ in range(blockers):
-                group.start_soon(alice_call, waits_for_gate(gate))
+                group.start_soon(partial(alice_call, waits_for_gate(gate), guardrails=PROBE_GUARDRAILS))
             for _ in range(backlog):
                 group.start_soon(alice_call, CORRECT_CPP)
             while True:  # alice holds both slots and has her backlog waiting
@@ -88,7 +89,7 @@ async def test_a_second_token_waiting_behind_a_busy_first_one_is_served_next_not
             group.start_soon(bob_call)
             while not positions:
                 await anyio.sleep(0.05)
-            gate.touch()
+            await open_gate(gate, blockers)
 
     assert positions[0] == 2, positions  # round robin: alice's first waiting call, then bob's (FIFO would say 4)
     assert states == {"alice": ["correct"] * (blockers + backlog), "bob": ["correct"]}, states
