@@ -159,6 +159,8 @@ def _toolchain_dirs() -> list[Path]:
     for env in ("CUDA_HOME", "CUDA_PATH"):
         if os.environ.get(env):
             found.append(Path(os.environ[env]))
+    # Nsight Compute's launcher script looks for its install here
+    found += [Path(p) for p in ("/opt/nvidia",) if os.path.isdir(p)]
     for tool in ("nvcc", "ncu", "g++", "ptxas", "hipcc"):
         where = shutil.which(tool)
         if where:
@@ -225,8 +227,6 @@ class Jail:
     gpu: bool = False
     #: the command drops to the sandbox user itself (the worker entry, which may sit under a trusted wrapper)
     drops_itself: bool = False
-    #: keep CAP_SYS_ADMIN for a trusted wrapper (ncu reads GPU counters) until the command drops it
-    admin_wrapper: bool = False
     tmp_mb: int = 1024
     #: caps the shim sets before running the command (builds): address space in MiB and CPU seconds, 0 = none
     memory_mb: int = 0
@@ -241,7 +241,7 @@ class Jail:
                 "--hostname", "kfoundry-sandbox"]
         if root:
             # the drop to the sandbox user needs SETUID/SETGID; entering its 0700 scratch before that, DAC_OVERRIDE
-            caps = ["CAP_SETUID", "CAP_SETGID", "CAP_DAC_OVERRIDE", *(["CAP_SYS_ADMIN"] if self.admin_wrapper else [])]
+            caps = ["CAP_SETUID", "CAP_SETGID", "CAP_DAC_OVERRIDE"]
             args += ["--cap-drop", "ALL"] + [part for cap in caps for part in ("--cap-add", cap)]
         else:
             args += ["--unshare-user"]

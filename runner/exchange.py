@@ -76,6 +76,8 @@ def _export(tensor: torch.Tensor, name: str) -> dict[str, Any]:
     if not _FILE_NAME.match(f"{name}.bin"):
         raise ExchangeError(f"bad exchange name {name!r}")
     held = _exports.get(name)
+    # Work the producer left on other streams belongs to the value it hands over: wait for all of it.
+    torch.cuda.synchronize(tensor.device)
     try:
         if held is not None and held[0].shape == tensor.shape and held[0].dtype == tensor.dtype and held[0].device == tensor.device:
             held[0].copy_(tensor)

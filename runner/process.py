@@ -147,6 +147,8 @@ class Worker:
         if self.wrapper:
             path = self.dir / "channel.sock"
             listener = await anyio.create_unix_listener(path)
+            if self.sandboxed:
+                jail.hand_to_sandbox(path)  # connecting takes write permission on the socket file
             args += ["--connect", str(path)]
             pass_fds: tuple[int, ...] = ()
         else:
@@ -156,8 +158,9 @@ class Worker:
         wrapper = [part.replace("{dir}", str(self.dir)) for part in self.wrapper]
         cmd = [*wrapper, sys.executable, "-m", "kfoundry.runner.entry", *args]
         if self.sandboxed:
-            cmd = jail.Jail(scratch=self.dir, writable=[self.exchange], gpu=self.device.startswith("cuda"), drops_itself=True,
-                            admin_wrapper=bool(wrapper)).command([*cmd, "--drop"])
+            # A wrapper (ncu) runs as the sandbox user too: its injected target must reach what it made.
+            cmd = jail.Jail(scratch=self.dir, writable=[self.exchange], gpu=self.device.startswith("cuda"),
+                            drops_itself=not wrapper).command([*cmd, "--drop"])
         self.process = await anyio.open_process(
             cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=self.dir,
             env=worker_env(self.dir, extra_env, caches), start_new_session=True, pass_fds=pass_fds,
@@ -169,8 +172,7 @@ class Worker:
         self.freezer.adopt(self.pid)
         if listener is not None:
             try:
-                with anyio.fail_after(READY_TIMEOUT_S):
-                    self.stream = await listener.accept()
+                self.stream = await self._dialled_back(listener)
             finally:
                 await listener.aclose()
         else:
@@ -184,6 +186,24 @@ class Worker:
         self.inner = inner_pid(self.pid, hello.pid) if self.sandboxed else self.pid
         self.own_processes = set(self.freezer.members())
         self.threads_at_start = thread_count(self.inner)
+
+    async def _dialled_back(self, listener: Any) -> UNIXSocketStream:
+        """The wrapped worker's connection, or WorkerGone as soon as the wrapper exits without one."""
+        assert self.process is not None
+        accepted: list[UNIXSocketStream] = []
+        with anyio.fail_after(READY_TIMEOUT_S):
+            async with anyio.create_task_group() as group:
+
+                async def accept() -> None:
+                    accepted.append(await listener.accept())
+                    group.cancel_scope.cancel()
+
+                group.start_soon(accept)
+                await self.process.wait()
+                group.cancel_scope.cancel()
+        if not accepted:
+            raise WorkerGone(f"the wrapper exited ({await self.exit_status(0)}) before its worker dialled back: {self.log_tail('stderr', 600)}")
+        return accepted[0]
 
     async def send(self, message: Wire, fds: list[int] | None = None) -> None:
         """Send ``message``; ``fds`` (one per device tensor it names) ride on its header."""

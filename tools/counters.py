@@ -13,6 +13,7 @@ import anyio
 from kfoundry.artifacts import Run
 from kfoundry.backends.base import Backend
 from kfoundry.profilers.textparse import kernel_counters, parse_ncu_csv
+from kfoundry.runner.process import WorkerGone
 from kfoundry.runner.session import Ending, Plan, Session
 from kfoundry.schema import KernelCounters
 from kfoundry.tools.runtime import Runtime
@@ -49,7 +50,10 @@ async def collect(rt: Runtime, device: str, backend: Backend, reference: str, ca
     if ncu is None:
         return [], "unavailable: ncu (Nsight Compute) is not installed or not on PATH"
     await rt.progress(0.85, "collecting hardware counters with Nsight Compute")
-    worker = await rt.pool.acquire(device, wrapper=ncu_command(ncu))
+    try:
+        worker = await rt.pool.acquire(device, wrapper=ncu_command(ncu))
+    except WorkerGone as exc:
+        return [], f"unavailable: Nsight Compute did not start the worker: {str(exc)[:500]}"
     ref_worker = await rt.pool.acquire(device)
     keep = run.path / "ncu-worker"
     try:
