@@ -53,6 +53,8 @@ def free_port() -> int:
 def server_env(home: Path, tokens: dict[str, str] | None = TOKENS, **extra: str) -> dict[str, str]:
     """A minimal environment for the server: no KFOUNDRY_* leaks in from the test process."""
     env = {"KFOUNDRY_HOME": str(home), "TRITON_INTERPRET": "1", "PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", str(home))}
+    if os.environ.get("PYTHONPATH"):
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]  # where the machine's packages live (a GPU box's offline install)
     if tokens:
         env["KFOUNDRY_TOKENS"] = ",".join(f"{name}:{token}" for name, token in tokens.items())
     env.update(extra)
