@@ -72,6 +72,7 @@ def settings() -> Settings:
         memory_limit_mb=_int_env("KFOUNDRY_MEMORY_LIMIT_MB", 8192),
         file_limit_mb=_int_env("KFOUNDRY_FILE_LIMIT_MB", 2048),
         max_processes=_int_env("KFOUNDRY_MAX_PROCESSES", 256),
+        sandbox_uid=_int_env("KFOUNDRY_SANDBOX_UID", 61000),
         unsafe_no_sandbox=os.environ.get("KFOUNDRY_UNSAFE_NO_SANDBOX", "") == "1",
         build_memory_mb=_int_env("KFOUNDRY_BUILD_MEMORY_MB", 4096),
         build_cpu_s=_int_env("KFOUNDRY_BUILD_CPU_S", 300),
