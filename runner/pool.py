@@ -14,7 +14,7 @@ from anyio.abc import TaskGroup
 from kfoundry.config import settings
 from kfoundry.jail import sandbox_root
 from kfoundry.runner.process import Worker
-from kfoundry.runner.sandbox import sweep_leftovers
+from kfoundry.runner.sandbox import cgroup_parents, sweep_leftovers
 from kfoundry.runner.scheduler import DeviceQueue, PositionFn
 
 logger = logging.getLogger(__name__)
@@ -51,7 +51,7 @@ class WorkerPool:
     async def __aenter__(self) -> WorkerPool:
         from kfoundry.runner.exchange import exchange_root  # imports torch: not at server start-up
 
-        await anyio.to_thread.run_sync(sweep_leftovers, sandbox_root(), exchange_root())
+        await anyio.to_thread.run_sync(lambda: sweep_leftovers(sandbox_root(), exchange_root(), *cgroup_parents()))
         self._tg = anyio.create_task_group()
         await self._tg.__aenter__()
         return self

@@ -355,9 +355,20 @@ def sweep_leftovers(*roots: Path) -> int:
             pid = entry.name[1:].split("-", 1)[0]
             if not entry.name.startswith("w") or not pid.isdigit() or int(pid) == os.getpid() or Path(f"/proc/{pid}").exists():
                 continue
-            shutil.rmtree(entry, ignore_errors=True)
+            if entry.parent.parent.is_relative_to("/sys/fs/cgroup"):
+                try:
+                    entry.rmdir()  # a cgroup folder goes with rmdir only, and only once empty
+                except OSError:
+                    continue
+            else:
+                shutil.rmtree(entry, ignore_errors=True)
             removed += 1
     return removed
+
+
+def cgroup_parents() -> list[Path]:
+    """The pids and freezer cgroup folders workers are put in, where this host has them."""
+    return [p for p in (_cgroup_parent(), _freezer_parent()) if p is not None]
 
 
 def make_workdir(name: str) -> Path:
