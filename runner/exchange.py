@@ -22,8 +22,10 @@ from kfoundry.runner.wire import PlainValue, TensorRef, Value
 
 _FILE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,80}\.bin$")
 #: a name the consumer opens: its own file, or one the trusted side linked in from the other worker
-_OPEN_NAME = re.compile(r"^(peer/)?[a-z0-9][a-z0-9_-]{0,80}\.bin$")
+_OPEN_NAME = re.compile(r"^(own|peer)/[a-z0-9][a-z0-9_-]{0,80}\.bin$")
 PEER = "peer"
+#: where a worker writes what it shares; the exchange folder itself and ``peer/`` belong to the trusted side
+OWN = "own"
 #: what this process exported, by name: the tensor, its descriptor and the allocation's size
 _exports: dict[str, tuple[torch.Tensor, int, int]] = {}
 #: descriptors that arrived for device tensors not yet mapped, by name
@@ -122,12 +124,13 @@ def _write_file(tensor: torch.Tensor, exchange: Path, name: str) -> str:
     file = f"{name}.bin"
     if not _FILE_NAME.match(file):
         raise ExchangeError(f"bad exchange file name {file!r}")
-    path = exchange / file
+    (exchange / OWN).mkdir(exist_ok=True)
+    path = exchange / OWN / file
     path.unlink(missing_ok=True)
     nbytes = tensor.numel() * tensor.element_size()
     mapped = torch.from_file(str(path), shared=True, size=nbytes, dtype=torch.uint8)
     mapped.view(tensor.dtype).view(tensor.shape).copy_(tensor)
-    return file
+    return f"{OWN}/{file}"
 
 
 def open_value(value: Value, exchange: Path) -> Any:
@@ -186,10 +189,11 @@ def hand_over(value: Value, source: Path, target: Path) -> Value:
     """
     if not isinstance(value, TensorRef) or value.storage != "file":
         return value
-    if value.file is None or not _FILE_NAME.match(value.file):
+    own, _, name = (value.file or "").partition("/")
+    if own != OWN or not _FILE_NAME.match(name):
         raise ExchangeError(f"bad exchange file name {value.file!r}")
     try:
-        fd = os.open(source / value.file, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(source / OWN / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as exc:
         raise ExchangeError(f"exchange file {value.file} cannot be opened: {exc.strerror}") from exc
     try:
@@ -198,10 +202,10 @@ def hand_over(value: Value, source: Path, target: Path) -> Value:
         os.close(fd)
     if not stat.S_ISREG(opened.st_mode):
         raise ExchangeError(f"exchange file {value.file} is not a regular file")
-    linked = target / PEER / value.file
+    linked = target / PEER / name
     try:
         linked.unlink(missing_ok=True)
-        os.link(source / value.file, linked, follow_symlinks=False)
+        os.link(source / OWN / name, linked, follow_symlinks=False)
         made = os.lstat(linked)
     except OSError as exc:
         raise ExchangeError(f"exchange file {value.file} cannot be handed over: {exc.strerror}") from exc
@@ -209,7 +213,7 @@ def hand_over(value: Value, source: Path, target: Path) -> Value:
     if (made.st_dev, made.st_ino) != (opened.st_dev, opened.st_ino):
         linked.unlink(missing_ok=True)
         raise ExchangeError(f"exchange file {value.file} changed while it was handed over")
-    return value.model_copy(update={"file": f"{PEER}/{value.file}"})
+    return value.model_copy(update={"file": f"{PEER}/{name}"})
 
 
 def exchange_root() -> Path:
@@ -240,8 +244,9 @@ def shared_empty(shape: list[int], dtype: torch.dtype, device: str, exchange: Pa
     file = f"{name}.bin"
     if not _FILE_NAME.match(file):
         raise ExchangeError(f"bad exchange file name {file!r}")
-    path = exchange / file
+    (exchange / OWN).mkdir(exist_ok=True)
+    path = exchange / OWN / file
     path.unlink(missing_ok=True)
     nbytes = math.prod(shape) * dtype.itemsize
     tensor = torch.from_file(str(path), shared=True, size=nbytes, dtype=torch.uint8).view(dtype).view(shape)
-    return tensor, TensorRef(storage="file", file=file, **common)
+    return tensor, TensorRef(storage="file", file=f"{OWN}/{file}", **common)

@@ -94,14 +94,17 @@ class Worker:
         # the random part keeps a restarted server (same pid) clear of folders a killed one left behind
         self.name = f"w{os.getpid()}-{next(_ids)}-{secrets.token_hex(3)}"
         self.dir = make_workdir(self.name)
-        # Tensors this worker shares are files here; the trusted side links the other worker's into ``peer/``.
+        # The worker writes what it shares into ``own/``; the trusted side links the other worker's files into
+        # ``peer/`` and delivers builds into ``built/``. Only ``own/`` is the worker's: it cannot swap the
+        # others for links to places the trusted side would then write into.
         self.exchange = exchange_root() / self.name
-        self.exchange.mkdir(mode=0o700)
-        (self.exchange / "peer").mkdir(mode=0o755)
+        self.exchange.mkdir(mode=0o755)
+        for sub in ("own", "peer", "built"):
+            (self.exchange / sub).mkdir(mode=0o755)
         self.sandboxed = jail.enabled()
         if self.sandboxed:
             jail.hand_to_sandbox(self.dir)
-            jail.hand_to_sandbox(self.exchange)
+            jail.hand_to_sandbox(self.exchange / "own")
         self.cage = Containment(self.name)
         self.freezer = Freezer(self.name, self.cage)
         self.process: Process | None = None

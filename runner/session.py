@@ -22,7 +22,7 @@ from typing import TypeVar
 
 import anyio
 
-from kfoundry import artifacts, jail
+from kfoundry import artifacts
 from kfoundry.backends import get_backend
 from kfoundry.backends.base import BuildRequest as ToolchainRequest
 from kfoundry.backends.base import TrustedBuild
@@ -233,7 +233,7 @@ class Session:
         outcome = await anyio.to_thread.run_sync(lambda: get_backend(self.backend).build(ToolchainRequest(message=message, candidate=candidate)))
         self.report.builds.append(outcome)
         assert self.cand is not None
-        return BuildReply(outcome=_delivered(outcome, self.cand.dir / "built").model_dump(mode="json"))
+        return BuildReply(outcome=_delivered(outcome, self.cand.exchange / "built").model_dump(mode="json"))
 
     # -- running --------------------------------------------------------------------------
     async def run(self, plan: Plan, timeout_s: float) -> Report:
@@ -246,6 +246,8 @@ class Session:
         finally:
             with anyio.CancelScope(shield=True):
                 for worker in workers:
+                    # Dead first: a live worker could swap a folder for a link while its files are read.
+                    await worker.kill()
                     await anyio.to_thread.run_sync(caches.keep, worker.caches, store)
 
     async def _run_lent(self, plan: Plan, timeout_s: float) -> Report:
@@ -488,7 +490,9 @@ class Session:
 def _delivered(outcome: TrustedBuild, into: Path) -> TrustedBuild:
     """``outcome`` with its built files copied into the worker's sandbox.
 
-    Copies, not links: the cache is shared by every job and must never be writable from one.
+    Copies, not links: the cache is shared by every job and must never be writable from one. ``into``
+    belongs to the trusted side (the worker can read it, not change it), so nothing on the way is a
+    link the worker planted.
     """
     moved: dict[str, str] = {}
     for name in outcome.artefact_fields:
@@ -496,12 +500,10 @@ def _delivered(outcome: TrustedBuild, into: Path) -> TrustedBuild:
         if not outcome.ok or not path.is_file():
             continue
         folder = into / (outcome.key or "build")
-        folder.mkdir(parents=True, exist_ok=True)
-        jail.hand_to_sandbox(folder)
+        folder.mkdir(mode=0o755, parents=True, exist_ok=True)
         copy = folder / path.name
         shutil.copyfile(path, copy)
         os.chmod(copy, 0o755)
-        jail.hand_to_sandbox(copy)
         moved[name] = str(copy)
     return outcome.model_copy(update=moved) if moved else outcome
 

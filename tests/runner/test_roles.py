@@ -258,3 +258,32 @@ async def test_a_2_gb_output_is_verified_without_the_parent_growing(client: Clie
     assert data["state"] == "correct", json.dumps(data)[:3000]
     # The outputs stay in the workers' memory; the parent only ever holds their summaries.
     assert grown[0] < 256, f"the parent grew by {grown[0]:.0f} MB while verifying a 2 GB output"
+
+
+def _swaps_trusted_folders(target: str) -> str:
+    return _candidate(
+        """
+    import glob
+    for folder in glob.glob("/dev/shm/kfoundry-x-*/w*"):
+        for sub in ("peer", "built"):
+            try:
+                os.rename(f"{folder}/{sub}", f"{folder}/{sub}-old")
+                os.symlink(TARGET, f"{folder}/{sub}")
+            except OSError:
+                pass
+    return swish(x, self.scale_factor)
+    """,
+        extra=f"TARGET = {target!r}\n",
+    )
+
+
+async def test_a_candidate_cannot_swap_the_folders_the_trusted_side_writes_into_for_links(client: Client, tmp_path: Any) -> None:
+    # A folder anyone may write: had the swap worked, the trusted side would link inputs and builds into it.
+    target = tmp_path / "elsewhere"
+    target.mkdir(mode=0o777)
+    target.chmod(0o777)
+
+    data = await _verify(client, _swaps_trusted_folders(str(target)))
+
+    assert data["state"] == "correct", json.dumps(data)[:3000]
+    assert list(target.iterdir()) == []
