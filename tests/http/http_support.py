@@ -97,12 +97,16 @@ async def start_server(home: Path, *extra_args: str, env: dict[str, str] | None 
     log = home / "server.log"
     with log.open("wb") as sink:
         proc = await anyio.open_process(serve_command(port, *extra_args), env=env or server_env(home), stdout=sink, stderr=subprocess.STDOUT)
-    server = Server(proc, f"http://127.0.0.1:{port}", home, log)
+    return await healthy(Server(proc, f"http://127.0.0.1:{port}", home, log), stop_server)
+
+
+async def healthy(server: Server, stop: Callable[[Server], Awaitable[Any]]) -> Server:
+    """``server`` once /healthz answers (bounded); stopped with ``stop`` if it exits or never answers."""
     try:
         with anyio.fail_after(START_WITHIN_S):
             async with httpx2.AsyncClient(timeout=2.0) as http:
                 while True:
-                    assert proc.returncode is None, f"server exited with {proc.returncode}:\n{server.log_tail()}"
+                    assert server.proc.returncode is None, f"server exited with {server.proc.returncode}:\n{server.log_tail()}"
                     try:
                         if (await http.get(f"{server.url}/healthz")).status_code == 200:
                             return server
@@ -110,7 +114,7 @@ async def start_server(home: Path, *extra_args: str, env: dict[str, str] | None 
                         pass
                     await anyio.sleep(0.1)
     except BaseException:
-        await stop_server(server)
+        await stop(server)
         raise
 
 

@@ -62,13 +62,13 @@ from attacks import (
 )
 from candidates import CORRECT_CPP, PRELUDE_CORRECT, REFERENCE
 from http_support import (
-    START_WITHIN_S,
     STOP_WITHIN_S,
     TOKENS,
     Server,
     alive,
     connect,
     free_port,
+    healthy,
     serve_command,
     server_env,
     verify,
@@ -188,21 +188,7 @@ async def start_contained(home: Path, env: dict[str, str], tokens: dict[str, str
     with log.open("wb") as sink:
         command = contained(serve_command(port), own_pids)
         proc = await anyio.open_process(command, env=env, stdout=sink, stderr=subprocess.STDOUT, cwd=cwd)
-    server = Server(proc, f"http://127.0.0.1:{port}", home, log, dict(tokens))
-    try:
-        with anyio.fail_after(START_WITHIN_S):
-            async with httpx2.AsyncClient(timeout=2.0) as http:
-                while True:
-                    assert proc.returncode is None, f"server exited with {proc.returncode}:\n{server.log_tail()}"
-                    try:
-                        if (await http.get(f"{server.url}/healthz")).status_code == 200:
-                            return server
-                    except httpx2.TransportError:
-                        pass
-                    await anyio.sleep(0.1)
-    except BaseException:
-        await stop_contained(server)
-        raise
+    return await healthy(Server(proc, f"http://127.0.0.1:{port}", home, log, dict(tokens)), stop_contained)
 
 
 def inside(server: Server) -> list[int]:
