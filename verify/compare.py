@@ -167,6 +167,85 @@ def compare_to_oracle(
     return MismatchDetail(reason="precision", message=message, max_abs_error=float((got.double() - oracle).abs().nan_to_num(0.0).max()), **base), check
 
 
+#: the narrower format a strict candidate's error is measured against, per output dtype
+_NARROWER_NAME = {torch.float64: "fp32", torch.float32: "TF32", torch.float16: "fp8", torch.bfloat16: "fp8"}
+#: fewest subnormal reference outputs for a flush-to-zero verdict, and the share that must come back as zero
+_MIN_SUBNORMALS = 4
+_FLUSHED_SHARE = 0.9
+
+
+def ieee_semantics(expected: torch.Tensor, got: torch.Tensor, oracle: torch.Tensor) -> str | None:
+    """What IEEE behaviour the candidate drops where the reference and the oracle both define it, or None.
+
+    Fast-math breaks more than rounding: ``-fno-signed-zeros`` folds ``x * 0`` to ``+0``, and
+    flush-to-zero (``-ffast-math``'s startup code, DAZ/FTZ bits, ``.ftz`` instructions) turns
+    subnormal results into zeros. Both are invisible to an error norm (the values are tiny),
+    so they are checked where they occur: a ``-0.0`` the reference and the oracle both
+    produce must come back negative, and when the reference returns subnormal values the
+    oracle agrees are nonzero, nearly all of them coming back as exact zeros is a flush.
+    NaN and infinity positions are ``compare_tensor``'s.
+    """
+    if not expected.is_floating_point() or expected.shape != got.shape or expected.shape != oracle.shape:
+        return None
+    e, g, o = expected.reshape(-1), got.reshape(-1), oracle.reshape(-1)
+    negative_zero = (e == 0) & torch.signbit(e) & (o == 0) & torch.signbit(o)
+    lost = negative_zero & ~torch.signbit(g)
+    if bool(lost.any()):
+        return (f"{int(lost.sum())} of the {int(negative_zero.sum())} outputs that are -0.0 in the reference and the float64 oracle "
+                "come back as +0.0: signed zeros are not kept (fast-math's -fno-signed-zeros, or x*0 folded to 0)")
+    tiny = torch.finfo(expected.dtype).tiny
+    subnormal = (e != 0) & (e.abs() < tiny) & (o != 0)
+    count = int(subnormal.sum())
+    flushed = int((subnormal & (g == 0)).sum())
+    if count >= _MIN_SUBNORMALS and flushed >= _FLUSHED_SHARE * count:
+        return (f"{flushed} of the {count} subnormal outputs of the reference come back as exact zeros: the candidate flushes "
+                "denormals to zero (fast-math, FTZ/DAZ flags or .ftz instructions)")
+    return None
+
+
+def compare_strict(
+    expected: torch.Tensor, got: torch.Tensor, oracle: torch.Tensor, atol: float | None, rtol: float | None,
+    honest: torch.Tensor | None = None,
+) -> tuple[MismatchDetail | None, PrecisionCheck | None]:
+    """Judge ``got`` under the strict policy: the dtype tolerances, then the error against the float64 oracle.
+
+    ``honest`` is an honest run at the problem's precision; the reference's own output
+    (``expected``) is one, so it stands in when none is given. The tolerances alone cannot
+    tell precision apart on outputs far below ``atol`` (softmax rows of 8192 values, each
+    about 1e-4, pass atol=1e-4 whatever is computed), so a candidate inside them must also
+    keep its RMS error against the oracle within ``precision.strict_bound``. Compensated
+    reduced-precision internals (3xTF32, bf16x3 split GEMMs) reach fp32's error and pass; bf16
+    or TF32 operands do not. IEEE behaviour the reference defines is checked too (``ieee_semantics``).
+    """
+    detail = compare_tensor(expected, got, atol, rtol)
+    floating = expected.is_floating_point() and got.dtype == expected.dtype and got.shape == expected.shape == oracle.shape
+    if not floating:
+        return detail, None
+    honest = expected if honest is None or honest.shape != oracle.shape else honest
+    error, honest_error = numerics.rms_error(got, oracle), numerics.rms_error(honest, oracle)
+    bound, coarse = numerics.strict_bound(honest_error, oracle, expected.dtype)
+    check = PrecisionCheck(output_index=0, trial=0, candidate_error=error, honest_error=honest_error, bound=bound, passed=False)
+    if detail is not None:
+        return detail, check
+    base = {"expected_shape": list(expected.shape), "got_shape": list(got.shape), "expected_dtype": str(expected.dtype).removeprefix("torch."), "got_dtype": str(got.dtype).removeprefix("torch.")}
+    semantics = ieee_semantics(expected, got, oracle)
+    if semantics is not None:
+        return MismatchDetail(reason="values", message=semantics, **base), check
+    check.passed = error <= bound
+    if check.passed:
+        return None, check
+    dtype = base["expected_dtype"]
+    message = (
+        f"RMS error against the float64 oracle is {error:.3g}: inside atol/rtol, but outside {dtype} behaviour. The reference's own "
+        f"{dtype} error is {honest_error:.3g}; one rounding of the outputs to {_NARROWER_NAME.get(expected.dtype, 'a narrower format')} "
+        f"errs {coarse:.3g}; strict accepts up to {bound:.3g} (their geometric midpoint). The candidate computes below the problem's "
+        f"precision (narrower operands or accumulator, approximate math), or is wrong. Compensated schemes (3xTF32, bf16x3) that reach "
+        f"{dtype}'s error pass; otherwise compute in {dtype}, or pass a relaxed precision policy if the problem allows it"
+    )
+    worst = float((got.double() - oracle.double()).abs().nan_to_num(0.0).max())
+    return MismatchDetail(reason="precision", message=message, max_abs_error=worst, **base), check
+
+
 @dataclass
 class Verdict:
     state: State
@@ -178,14 +257,20 @@ class Verdict:
 
 @dataclass
 class Oracle:
-    """Per trial, the float64 oracle's outputs and an honest run's at the policy (absent trials: none computed)."""
+    """Per trial, the float64 oracle's outputs and an honest run's at the policy (absent trials: none computed).
+
+    Under strict the reference's own outputs are the honest run at the problem's precision,
+    so ``honest`` may stay empty: the oracle alone lets a trial be judged by the numbers.
+    """
 
     policy: numerics.Policy = numerics.STRICT
     oracle: dict[int, list[torch.Tensor | None]] = field(default_factory=dict)
     honest: dict[int, list[torch.Tensor | None]] = field(default_factory=dict)
 
     def judges(self, trial: int) -> bool:
-        return self.policy.relaxed and trial in self.oracle and trial in self.honest
+        if not self.policy.relaxed:
+            return trial in self.oracle
+        return trial in self.oracle and trial in self.honest
 
 
 def worst_checks(checks: list[PrecisionCheck]) -> list[PrecisionCheck]:
@@ -209,9 +294,11 @@ def judge(
 ) -> Verdict:
     """Compare per trial; the first failing trial decides the verdict.
 
-    ``got`` holds (tensor, is_plain_tensor, type_name) per output. Under a relaxed policy
-    the trials with oracle outputs are judged against the oracle; under strict the
-    tolerances decide and the oracle's errors are only reported.
+    ``got`` holds (tensor, is_plain_tensor, type_name) per output. Trials with oracle outputs
+    are judged by the numbers: under a relaxed policy against the honest run at its precision
+    (``compare_to_oracle``); under strict by the dtype tolerances and the error against the
+    oracle relative to the reference's own (``compare_strict``). Trials without an oracle fall
+    back to the tolerances.
     """
     oracle = oracle or Oracle()
     checks: list[PrecisionCheck] = []
@@ -235,9 +322,13 @@ def _judge(expected: list[list[torch.Tensor | None]], got: list[list[tuple[torch
                 detail = MismatchDetail(trial=trial, output_index=i, reason="type", message=f"the reference returns a non-tensor as output {i}")
                 return Verdict(State.mismatch, passed, detail)
             o, h = _item(oracle.oracle.get(trial, []), i), _item(oracle.honest.get(trial, []), i)
-            if oracle.judges(trial) and o is not None and h is not None:
+            if oracle.judges(trial) and o is not None and h is not None and oracle.policy.relaxed:
                 detail, check = compare_to_oracle(e, g, o, h, oracle.policy)
                 checks.append(check.model_copy(update={"output_index": i, "trial": trial}))
+            elif oracle.judges(trial) and o is not None and not oracle.policy.relaxed:
+                detail, strict_check = compare_strict(e, g, o, atol, rtol, h)
+                if strict_check is not None:
+                    checks.append(strict_check.model_copy(update={"output_index": i, "trial": trial}))
             else:
                 if oracle.policy.relaxed:
                     # No oracle (an op without float64 kernels): the 16-bit tolerances stand in.

@@ -24,6 +24,11 @@ PolicyName = Literal["strict", "tf32", "bf16", "fp16"]
 #: times the honest error at its precision (as ``torch._dynamo.utils.same``'s RMSE gate).
 ERROR_FACTOR = 2.0
 
+#: explicit mantissa bits per floating type, and of the next narrower format a shortcut would use
+#: (fp64 -> fp32, fp32 -> TF32, the 16-bit types -> fp8 e4m3)
+_MANTISSA: dict[torch.dtype, int] = {torch.float64: 52, torch.float32: 23, torch.float16: 10, torch.bfloat16: 7}
+_NARROWER: dict[torch.dtype, int] = {torch.float64: 23, torch.float32: 10, torch.float16: 3, torch.bfloat16: 3}
+
 
 class Policy(BaseModel):
     """A named numerics contract, shared by verify, profile, the guardrails and the roofline."""
@@ -193,3 +198,37 @@ def error_bound(honest_error: float, oracle: torch.Tensor, p: Policy) -> float:
     still leaves room for storing results at the precision the policy allows.
     """
     return ERROR_FACTOR * max(honest_error, rounding_error(oracle, p))
+
+
+def round_mantissa(t: torch.Tensor, bits: int) -> torch.Tensor:
+    """``t`` (float64) rounded to nearest onto ``bits`` explicit mantissa bits, exponent range unlimited."""
+    mantissa, exponent = torch.frexp(t.double())
+    scale = float(2 ** (bits + 1))  # frexp's mantissa is in [0.5, 1): one more bit sits above the point
+    return torch.ldexp(torch.round(mantissa * scale) / scale, exponent)
+
+
+def strict_bound(honest_error: float, oracle: torch.Tensor, dtype: torch.dtype) -> tuple[float, float]:
+    """(bound, coarse): the most RMS error a strict candidate may make in ``dtype``, and the reduced-precision yardstick.
+
+    A candidate that keeps the problem's precision may still sum in another order than the
+    reference (a plain loop against a blocked BLAS: a few to tens of times the reference's
+    error on long reductions), while one that rounds its operands to a narrower format
+    (TF32, bf16, fp8 for 16-bit problems) lands near one rounding of the outputs to that
+    format: hundreds to thousands of times more. The bound is the geometric midpoint of
+    the two, ``sqrt(floor * coarse)``, at least ``ERROR_FACTOR * floor``: a candidate must
+    be closer, on a log scale, to the honest error at the problem's precision than to the
+    narrower format's. ``floor`` is the honest error, at least one rounding of the oracle to
+    ``dtype`` and half an ulp of the oracle's RMS magnitude (so an exact reference leaves
+    room for a last-bit difference); ``coarse`` is the RMS error of rounding the oracle to the
+    narrower format's mantissa once. Magnitudes come from this output's oracle, so an output
+    of values far below ``atol`` (softmax rows) is judged at its own scale.
+    """
+    bits = _MANTISSA.get(dtype, 23)
+    values = oracle.double().reshape(-1)
+    values = values[torch.isfinite(values)]
+    if values.numel() == 0:
+        return 0.0, 0.0
+    half_ulp = float(values.pow(2).mean().sqrt()) * 2.0 ** -(bits + 1)
+    floor = max(honest_error, rms_error(values.to(dtype), values), half_ulp)
+    coarse = rms_error(round_mantissa(values, _NARROWER.get(dtype, 10)), values)
+    return max(ERROR_FACTOR * floor, (floor * coarse) ** 0.5), coarse

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from kfoundry.schema import State
-from kfoundry.verify.compare import compare_tensor, judge
+from kfoundry.verify.compare import Oracle, Verdict, compare_tensor, judge
 
 
 def test_values_within_fp32_tolerance_match() -> None:
@@ -79,3 +80,126 @@ def test_judge_reports_a_wrong_number_of_outputs() -> None:
     t = torch.ones(3)
     verdict = judge([[t, t]], [[(t, True, "Tensor")]], None, None)
     assert verdict.state is State.mismatch and verdict.mismatch is not None and verdict.mismatch.reason == "count"
+
+
+# -- strict judged by the numbers ---------------------------------------------------------
+
+def _bf16(t: torch.Tensor) -> torch.Tensor:
+    return t.bfloat16().float()
+
+
+def _tf32(t: torch.Tensor) -> torch.Tensor:
+    return (t.contiguous().view(torch.int32) & ~((1 << 13) - 1)).view(torch.float32)
+
+
+def _strict(expected: torch.Tensor, got: torch.Tensor, oracle: torch.Tensor) -> Verdict:
+    return judge([[expected]], [[(got, True, "Tensor")]], None, None, Oracle(oracle={0: [oracle]}))
+
+
+def _softmax_rows() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rows of 8192 logits: every output is about 1.2e-4, near atol, so the tolerances alone see nothing."""
+    x = torch.randn(8, 8192, generator=torch.Generator().manual_seed(3))
+    return x, torch.softmax(x, -1), torch.softmax(x.double(), -1)
+
+
+def test_strict_rejects_bf16_operands_whose_error_is_inside_atol_but_far_outside_fp32_behaviour() -> None:
+    x, expected, oracle = _softmax_rows()
+    got = torch.softmax(_bf16(x), -1)
+    assert compare_tensor(expected, got, None, None) is None  # the tolerances alone would accept it
+
+    verdict = _strict(expected, got, oracle)
+
+    assert verdict.state is State.mismatch and verdict.mismatch is not None
+    assert verdict.mismatch.reason == "precision" and "outside float32 behaviour" in verdict.mismatch.message
+    [check] = verdict.checks
+    assert not check.passed and check.bound is not None and check.candidate_error > 100 * check.honest_error
+
+
+def test_strict_accepts_an_fp32_computation_that_sums_in_another_order() -> None:
+    x, expected, oracle = _softmax_rows()
+    e = torch.exp(x - x.max(-1, keepdim=True).values)
+    # A plain left-to-right loop, as a hand-written kernel sums: several times the vectorised reference's error.
+    total = torch.from_numpy(np.add.accumulate(e.numpy(), axis=1, dtype=np.float32)[:, -1:])
+    got = e / total
+
+    verdict = _strict(expected, got, oracle)
+
+    assert verdict.state is State.correct, verdict.mismatch
+    [check] = verdict.checks
+    assert check.passed and check.candidate_error > check.honest_error
+
+
+def test_strict_accepts_a_compensated_3xtf32_gemm_and_rejects_the_plain_tf32_one() -> None:
+    g = torch.Generator().manual_seed(5)
+    a, b = torch.randn(64, 2048, generator=g), torch.randn(2048, 48, generator=g)
+    expected, oracle = a @ b, a.double() @ b.double()
+    a_hi, b_hi = _tf32(a), _tf32(b)
+    a_lo, b_lo = _tf32(a - a_hi), _tf32(b - b_hi)
+    compensated = a_hi @ b_hi + (a_hi @ b_lo + a_lo @ b_hi)
+
+    assert _strict(expected, compensated, oracle).state is State.correct
+    plain = _strict(expected, a_hi @ b_hi, oracle)
+    assert plain.state is State.mismatch and plain.mismatch is not None and plain.mismatch.reason in ("values", "precision")
+
+
+def test_strict_outside_the_tolerances_stays_a_values_mismatch_and_still_reports_the_oracle_error() -> None:
+    expected = torch.linspace(-1, 1, 64)
+    got = expected.clone()
+    got[7] += 0.5
+
+    verdict = _strict(expected, got, expected.double())
+
+    assert verdict.mismatch is not None and verdict.mismatch.reason == "values" and verdict.mismatch.first_bad_index == [7]
+    assert verdict.checks and not verdict.checks[0].passed
+
+
+def test_strict_leaves_room_for_a_last_bit_difference_where_the_reference_is_exact() -> None:
+    expected = torch.arange(1.0, 65.0) / 3
+    oracle = torch.arange(1.0, 65.0, dtype=torch.float64) / 3
+    got = torch.arange(1.0, 65.0) * (1 / 3)  # another rounding, at most an ulp away
+
+    assert _strict(expected, got, oracle).state is State.correct
+
+
+def test_strict_per_output_scale_judges_a_tiny_output_beside_a_large_one() -> None:
+    x, small, small_oracle = _softmax_rows()
+    large = x * 1000
+    verdict = judge([[large, small]], [[(large.clone(), True, "Tensor"), (torch.softmax(_bf16(x), -1), True, "Tensor")]],
+                    None, None, Oracle(oracle={0: [large.double(), small_oracle]}))
+
+    assert verdict.mismatch is not None and verdict.mismatch.output_index == 1 and verdict.mismatch.reason == "precision"
+
+
+def test_strict_without_an_oracle_for_the_trial_is_judged_by_the_tolerances() -> None:
+    x, expected, oracle = _softmax_rows()
+    verdict = judge([[expected], [expected]], [[(expected, True, "Tensor")], [(torch.softmax(_bf16(x), -1), True, "Tensor")]],
+                    None, None, Oracle(oracle={0: [oracle]}))
+
+    assert verdict.state is State.correct and verdict.trials_passed == 2
+
+
+def test_a_lost_negative_zero_is_a_values_mismatch_naming_signed_zeros() -> None:
+    expected = torch.tensor([-0.0, 1.0, -0.0, 2.0])
+    got = torch.tensor([0.0, 1.0, -0.0, 2.0])
+
+    verdict = _strict(expected, got, expected.double())
+
+    assert verdict.mismatch is not None and verdict.mismatch.reason == "values" and "signed zeros" in verdict.mismatch.message
+
+
+def test_a_negative_zero_where_the_reference_has_a_positive_one_is_accepted() -> None:
+    expected = torch.tensor([0.0, 1.0, 0.0])  # relu written as x * (x > 0) gives -0.0 for negative x: honest
+    got = torch.tensor([-0.0, 1.0, -0.0])
+
+    assert _strict(expected, got, expected.double()).state is State.correct
+
+
+def test_subnormal_outputs_flushed_to_zero_are_a_values_mismatch() -> None:
+    tiny = torch.finfo(torch.float32).tiny
+    expected = torch.tensor([tiny / 4, tiny / 8, -tiny / 16, tiny / 2, 1.0])
+    got = torch.tensor([0.0, 0.0, 0.0, 0.0, 1.0])
+
+    verdict = _strict(expected, got, expected.double())
+
+    assert verdict.mismatch is not None and "flushes denormals" in verdict.mismatch.message
+    assert _strict(expected, expected.clone(), expected.double()).state is State.correct
