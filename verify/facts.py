@@ -46,6 +46,8 @@ class CallCheck(BaseModel):
     late_write: list[int] = Field(default_factory=list)
     #: the reference's own outputs are non-finite (a stress family that is dropped)
     reference_nonfinite: bool = False
+    #: the reference raised on this call's inputs ("Type: message"); only stress families may, and they are dropped
+    reference_error: str = ""
     oracle_error: str = ""
     #: dtype of the reference's first output (reported tolerances follow it)
     output_dtype: str | None = None

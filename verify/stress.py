@@ -1,9 +1,14 @@
 """Stress input families: the problem's own inputs, pushed where kernels tend to break.
 
-Each family rescales or re-signs the floating-point tensors ``get_inputs`` returned, so
-shapes, integer arguments and any structure the problem builds (triangular, symmetric,
-sorted) stay as the problem made them. Scales are powers of two: exact in every float
-type, so the reference and the candidate see bit-identical stressed inputs.
+Each family transforms the floating-point tensors ``get_inputs`` returned, so shapes,
+integer arguments and any structure the problem builds (triangular, symmetric, sorted)
+keep their layout. Scales are powers of two: exact in every float type, so the reference
+and the candidate see bit-identical stressed inputs.
+
+``DEFAULT_FAMILIES`` run on every verify beside the problem's own trials: an approximation
+that only holds on the problem's distribution (``torch.rand`` never goes negative or past
+1) must not pass. A family on which the reference itself goes non-finite or raises is
+dropped with a finding, never held against the candidate.
 """
 
 from __future__ import annotations
@@ -12,16 +17,59 @@ from typing import Any, Literal
 
 import torch
 
-Family = Literal["signed", "large", "tiny"]
-FAMILIES: tuple[Family, ...] = ("signed", "large", "tiny")
+Family = Literal["signed", "large", "tiny", "wide", "special"]
+FAMILIES: tuple[Family, ...] = ("signed", "large", "tiny", "wide", "special")
+#: run by every verify, one trial each, after the problem's own trials
+DEFAULT_FAMILIES: tuple[Family, ...] = ("wide",)
 STANDARD = "standard"
 
 #: power-of-two exponents per family, for fp32/fp64 and for the 16-bit types (narrower range)
 _EXPONENT: dict[str, tuple[int, int]] = {"large": (16, 6), "tiny": (-20, -6)}
+#: ``wide``: each element's exponent moves by up to this much either way, and each input as a whole by 0..this
+_SPREAD = 2
+#: ``special``: positions per input that get each IEEE special value
+_SPECIAL_EACH = 2
 
 
 def _narrow(dtype: torch.dtype) -> bool:
     return dtype in (torch.float16, torch.bfloat16)
+
+
+def _signs(t: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    return torch.randint(0, 2, t.shape, generator=generator, device="cpu").to(t.device, t.dtype) * 2 - 1
+
+
+def _wide(t: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Signed, spread over a few octaves per element, and shifted by a scale of its own per input.
+
+    Kernels that assume [0, 1) (a relu skipped on ``torch.rand``, a polynomial fitted to the
+    unit interval, an unsigned trick) meet values of both signs up to 2^(2 * _SPREAD) times
+    larger and 2^_SPREAD times smaller than the problem's, and two inputs no longer share a
+    scale (a shortcut that relies on ``a`` and ``b`` being alike breaks too).
+    """
+    shift = int(torch.randint(0, _SPREAD + 1, (1,), generator=generator))
+    octaves = torch.randint(-_SPREAD, _SPREAD + 1, t.shape, generator=generator, device="cpu") + shift
+    return t * _signs(t, generator) * torch.pow(2.0, octaves.to(torch.float64)).to(t.device, t.dtype)
+
+
+def _special(t: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """A few positions set to NaN, +inf, -inf, -0.0 and signed subnormals: the IEEE semantics fast-math drops.
+
+    The reference's outputs say what each must become; ``compare`` checks NaN/inf
+    positions, kept negative zeros and unflushed subnormals where the reference defines them.
+    """
+    specials = [float("nan"), float("inf"), float("-inf"), -0.0]
+    tiny = torch.finfo(t.dtype).tiny
+    specials += [tiny / 4, -tiny / 8]
+    out = t.clone()
+    flat = out.view(-1)
+    count = min(flat.numel(), _SPECIAL_EACH * len(specials))
+    if count == 0:
+        return out
+    positions = torch.randperm(flat.numel(), generator=generator, device="cpu")[:count].tolist()
+    for k, position in enumerate(positions):
+        flat[position] = specials[k % len(specials)]
+    return out
 
 
 def _transform(t: torch.Tensor, family: str, generator: torch.Generator) -> torch.Tensor:
@@ -29,8 +77,11 @@ def _transform(t: torch.Tensor, family: str, generator: torch.Generator) -> torc
         return t
     if family == "signed":
         # Random signs on every element: all-positive inputs (torch.rand) become signed too.
-        signs = torch.randint(0, 2, t.shape, generator=generator, device="cpu").to(t.device, t.dtype) * 2 - 1
-        return t * signs
+        return t * _signs(t, generator)
+    if family == "wide":
+        return _wide(t, generator)
+    if family == "special":
+        return _special(t.contiguous(), generator)
     wide, narrow = _EXPONENT[family]
     return t * (2.0 ** (narrow if _narrow(t.dtype) else wide))
 
@@ -47,3 +98,8 @@ def stressed(values: list[Any], family: str, seed: int) -> list[Any]:
         raise ValueError(f"unknown stress family {family!r}; known: {', '.join(FAMILIES)}")
     generator = torch.Generator().manual_seed(seed)
     return [_transform(v, family, generator) if isinstance(v, torch.Tensor) else v for v in values]
+
+
+def default_plan(requested: list[str] | None) -> list[str]:
+    """The families a verify runs: ``DEFAULT_FAMILIES`` first, then the caller's, each once."""
+    return list(dict.fromkeys([*DEFAULT_FAMILIES, *(requested or [])]))

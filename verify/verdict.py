@@ -78,18 +78,31 @@ def process_findings(label: str, leftover: int, rules: Guardrails) -> list[Findi
     return [finding] if finding is not None else []
 
 
-def _stress_outcomes(trials: list[Trial]) -> tuple[list[StressOutcome], set[str]]:
-    """Stress families whose reference outputs stay finite are checked; the others are dropped."""
+def _stress_outcomes(trials: list[Trial]) -> tuple[list[StressOutcome], set[str], list[Finding]]:
+    """Stress families whose reference outputs stay finite are checked; the others are dropped, each with a finding.
+
+    A family is dropped only for what the reference itself does on its inputs (non-finite
+    outputs where the problem's own trials are finite, or an exception), never for the candidate.
+    """
     standard_finite = all(not t.check.reference_nonfinite for t in trials if t.family == STANDARD)
     outcomes: list[StressOutcome] = []
     dropped: set[str] = set()
+    findings: list[Finding] = []
     for family in dict.fromkeys(t.family for t in trials if t.family != STANDARD):
-        if standard_finite and any(t.check.reference_nonfinite for t in trials if t.family == family):
-            dropped.add(family)
-            outcomes.append(StressOutcome(family=family, status="dropped", reason="the reference's outputs go non-finite on these inputs"))
+        own = [t for t in trials if t.family == family]
+        raised = next((t.check.reference_error for t in own if t.check.reference_error), "")
+        if raised:
+            reason = f"the reference raises on these inputs ({raised[:200]})"
+        elif standard_finite and any(t.check.reference_nonfinite for t in own):
+            reason = "the reference's outputs go non-finite on these inputs"
         else:
             outcomes.append(StressOutcome(family=family, status="checked"))
-    return outcomes, dropped
+            continue
+        dropped.add(family)
+        outcomes.append(StressOutcome(family=family, status="dropped", reason=reason))
+        findings.append(Finding(code="stress_dropped", blocking=False,
+                                message=f"input family '{family}' was not checked: {reason}; the verdict rests on the other trials"))
+    return outcomes, dropped, findings
 
 
 def _output_findings(trials: list[Trial], rules: Guardrails) -> list[Finding]:
@@ -135,7 +148,8 @@ def decide(trials: list[Trial], rules: Guardrails, *, wanted: int, leftover_proc
     findings += process_findings("forward", leftover_processes, rules)
     coverage = coverage[:1]  # the first trial's is enough
     findings += _output_findings(trials, rules)
-    stress, dropped = _stress_outcomes(trials)
+    stress, dropped, dropped_findings = _stress_outcomes(trials)
+    findings += dropped_findings
     kept = [t for t in trials if t.family not in dropped]
     checks = worst_checks([c.model_copy(update={"trial": t.index}) for t in kept for c in t.check.precision_checks])
     decided = {"checks": checks, "stress": stress}
