@@ -14,11 +14,22 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
+from mcp import MCPError
 from mcp.server.auth.provider import TokenVerifier
 from mcp.server.lowlevel.helper_types import ReadResourceContents
 from mcp.server.mcpserver import Context, MCPServer, Resolve, Sample
-from mcp.server.mcpserver.exceptions import ResourceError, ToolError, UnexpectedToolError
-from mcp.types import CallToolResult, CreateMessageResult, InputRequiredResult, SamplingMessage, TextContent, ToolAnnotations
+from mcp.server.mcpserver.exceptions import ResourceNotFoundError, ToolError, UnexpectedToolError
+from mcp.types import (
+    INVALID_PARAMS,
+    CallToolResult,
+    CreateMessageResult,
+    GetPromptResult,
+    InputRequiredResult,
+    SamplingMessage,
+    TextContent,
+    ToolAnnotations,
+)
+from mcp.types import Tool as ListedTool
 from pydantic import AnyUrl, BaseModel, ValidationError
 
 from kfoundry import __version__
@@ -28,7 +39,8 @@ from kfoundry.errors import KfoundryError
 from kfoundry.runner.pool import WorkerPool, gpu_count
 from kfoundry.schema import AnalysisResult, BackendsResult, CompileResult, ProfileResult, TranslateResult, VerifyResult
 from kfoundry.server.auth import auth_settings, caller
-from kfoundry.server.descriptions import DESCRIPTIONS, INSTRUCTIONS
+from kfoundry.server.descriptions import DESCRIPTIONS, INSTRUCTIONS, TITLES
+from kfoundry.server.listing import SCHEMA_URI, compact_input, outline_output, result_text
 from kfoundry.tools.analyze import analyze_profile as analyze_tool
 from kfoundry.tools.backends import list_backends
 from kfoundry.tools.compile import compile_candidate
@@ -99,7 +111,43 @@ class KfoundryServer(MCPServer):
 
         return register
 
+    async def list_tools(self) -> list[ListedTool]:
+        """The tools with compact schemas (``listing``); the full ones are the ``kfoundry://schemas/{tool}`` resources."""
+        return [
+            tool.model_copy(update={
+                "input_schema": compact_input(tool.input_schema),
+                "output_schema": outline_output(tool.output_schema, tool.name) if tool.output_schema else None,
+            })
+            for tool in await super().list_tools()
+        ]
+
+    async def full_schemas(self, name: str) -> dict[str, Any]:
+        """A tool's input and output schemas as pydantic writes them, every field described."""
+        tool = next((t for t in await super().list_tools() if t.name == name), None)
+        if tool is None:
+            known = ", ".join(t.name for t in await super().list_tools())
+            raise ResourceNotFoundError(f"no tool named {name!r}; schemas exist for: {known}")
+        return {"input": tool.input_schema, "output": tool.output_schema}
+
     async def call_tool(
+        self, name: str, arguments: dict[str, Any], context: Context[Any, Any] | None = None
+    ) -> CallToolResult | InputRequiredResult:
+        result = await self._call_tool(name, arguments, context)
+        if isinstance(result, CallToolResult) and not result.is_error and result.structured_content is not None:
+            result.content = [TextContent(type="text", text=result_text(name, result.structured_content))]
+        return result
+
+    async def get_prompt(
+        self, name: str, arguments: dict[str, Any] | None = None, context: Context[Any, Any] | None = None
+    ) -> GetPromptResult | InputRequiredResult:
+        # The SDK answers an unknown name with error code 0 and a logged traceback; it is a bad parameter.
+        if self._prompt_manager.get_prompt(name) is None:
+            known = [p.name for p in await self.list_prompts()]
+            offered = f"one of: {', '.join(known)}" if known else "none: this server offers tools and resources, no prompts"
+            raise MCPError(code=INVALID_PARAMS, message=f"unknown prompt {name!r}; prompts offered: {offered}", data={"name": name})
+        return await super().get_prompt(name, arguments, context)
+
+    async def _call_tool(
         self, name: str, arguments: dict[str, Any], context: Context[Any, Any] | None = None
     ) -> CallToolResult | InputRequiredResult:
         try:
@@ -124,8 +172,22 @@ class KfoundryServer(MCPServer):
 
 
 def _progress(ctx: Context) -> Any:
+    """Progress out of a total of 1.0 that only rises, as the protocol requires.
+
+    A stage that reports a fraction at or below the last one sent (a queue position, another
+    trial of the same stage) moves it up by a fiftieth of what is left, so it never reaches 1.0,
+    which is sent once, with the outcome.
+    """
+    last = [-1.0]
+
     async def report(fraction: float, message: str) -> None:
-        await ctx.report_progress(fraction, 1.0, message)
+        if last[0] >= 1.0:
+            return
+        value = 1.0 if fraction >= 1.0 else min(max(fraction, 0.0), 0.999)
+        if value <= last[0]:
+            value = last[0] + (1.0 - last[0]) / 50
+        last[0] = value
+        await ctx.report_progress(round(value, 6) if value < 1.0 else 1.0, 1.0, message)
 
     return report
 
@@ -185,31 +247,40 @@ def build_server(token_verifier: TokenVerifier | None = None, live: Live | None 
 
     auth = {"token_verifier": token_verifier, "auth": auth_settings()} if token_verifier is not None else {}
     mcp = KfoundryServer("kernel-foundry", version=__version__, instructions=INSTRUCTIONS, lifespan=lifespan, **auth)
-    heavy = ToolAnnotations(read_only_hint=True, open_world_hint=False, idempotent_hint=False)
+    # Hints, set on purpose: compile/verify/profile/translate_reference run submitted code in sandboxed workers
+    # and every call records a new run (so neither read-only nor idempotent); nothing is overwritten or deleted
+    # on the caller's behalf (quota eviction of old runs is housekeeping), and no tool reaches outside this host.
+    runs_code = ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=False)
+    records = ToolAnnotations(read_only_hint=False, destructive_hint=False, idempotent_hint=False, open_world_hint=False)
+    reads = ToolAnnotations(read_only_hint=True, destructive_hint=False, idempotent_hint=True, open_world_hint=False)
 
-    @mcp.request_tool(name="compile", description=DESCRIPTIONS["compile"], annotations=heavy)
+    def options(name: str, annotations: ToolAnnotations) -> dict[str, Any]:
+        return {"name": name, "title": TITLES[name], "description": DESCRIPTIONS[name], "annotations": annotations}
+
+    @mcp.request_tool(**options("compile", runs_code))
     async def compile_(request: CompileRequest, ctx: Context) -> CompileResult:
         return await compile_candidate(_runtime(ctx), request)
 
-    @mcp.request_tool(name="verify", description=DESCRIPTIONS["verify"], annotations=heavy)
+    @mcp.request_tool(**options("verify", runs_code))
     async def verify(request: VerifyRequest, ctx: Context) -> VerifyResult:
         return await verify_tool(_runtime(ctx), request)
 
-    @mcp.request_tool(name="profile", description=DESCRIPTIONS["profile"], annotations=heavy)
+    @mcp.request_tool(**options("profile", runs_code))
     async def profile(request: ProfileRequest, ctx: Context) -> ProfileResult:
         return await profile_tool(_runtime(ctx), request)
 
-    @mcp.request_tool(name="analyze_profile", description=DESCRIPTIONS["analyze_profile"], annotations=ToolAnnotations(read_only_hint=True))
+    # Runs no submitted code, but records the analysis as a run of the caller's.
+    @mcp.request_tool(**options("analyze_profile", records))
     async def analyze_profile(request: AnalyzeRequest) -> AnalysisResult:
         return await analyze_tool(request)
 
-    @mcp.request_tool(name="translate_reference", description=DESCRIPTIONS["translate_reference"], annotations=heavy)
+    @mcp.request_tool(**options("translate_reference", runs_code))
     async def translate_reference(
         request: TranslateRequest, ctx: Context, drafted: Annotated[CreateMessageResult | None, Resolve(_ask_client_model)] = None
     ) -> TranslateResult:
         return await translate_tool(_runtime(ctx), request, translation=_sampled_text(drafted))
 
-    @mcp.tool(name="backends", description=DESCRIPTIONS["backends"], annotations=ToolAnnotations(read_only_hint=True, idempotent_hint=True))
+    @mcp.tool(**options("backends", reads))
     async def backends(ctx: Context) -> BackendsResult:
         return list_backends(_runtime(ctx).pool)
 
@@ -218,7 +289,10 @@ def build_server(token_verifier: TokenVerifier | None = None, live: Live | None 
 
 
 def _resources(mcp: KfoundryServer) -> None:
-    """Runs and the bundled problem library, as MCP resources."""
+    """Runs, the bundled problem library and the tools' full schemas, as MCP resources.
+
+    A name or id that names nothing is ``ResourceNotFoundError`` (JSON-RPC -32602, invalid params).
+    """
 
     @mcp.resource("kfoundry://runs", mime_type="application/json", description="The most recent run ids, newest first.")
     def runs() -> str:
@@ -229,10 +303,11 @@ def _resources(mcp: KfoundryServer) -> None:
         try:
             run = open_run(run_id)
         except KfoundryError as exc:
-            raise ResourceError(str(exc)) from exc
+            raise ResourceNotFoundError(str(exc)) from exc
         path = (run.path / artifact).resolve()
         if path.parent != run.path.resolve() or not path.is_file():
-            raise ResourceError(f"run {run_id} has no artifact {artifact!r}; try result.json")
+            present = sorted(p.name for p in run.path.iterdir() if p.is_file())
+            raise ResourceNotFoundError(f"run {run_id} has no artifact {artifact!r}; it has: {', '.join(present) or 'none yet'}")
         return path.read_text(errors="replace")
 
     @mcp.resource("kfoundry://problems", mime_type="application/json", description="Bundled example problems.")
@@ -244,4 +319,9 @@ def _resources(mcp: KfoundryServer) -> None:
         try:
             return problem_library.source(name, part)
         except KeyError as exc:
-            raise ResourceError(str(exc)) from exc
+            # str(KeyError) quotes its message a second time
+            raise ResourceNotFoundError(str(exc.args[0]) if exc.args else f"no problem part {name}/{part}") from exc
+
+    @mcp.resource(SCHEMA_URI, mime_type="application/json", description="A tool's full input and output JSON schemas, every field described.")
+    async def tool_schemas(tool: str) -> str:
+        return json.dumps(await mcp.full_schemas(tool))

@@ -81,7 +81,7 @@ _CANDIDATE = "the full Python module source defining class ModelNew"
 
 BackendName = Annotated[
     str, AfterValidator(_backend),
-    Field(description=f"Kernel backend: one of {_BACKENDS}. Call `backends` for which are available on this host and which to try first."),
+    Field(description=f"Kernel backend: one of {_BACKENDS} (`backends` says which run here)."),
 ]
 Reference = Annotated[
     str, _source(_REFERENCE),
@@ -89,8 +89,8 @@ Reference = Annotated[
 ]
 Candidate = Annotated[
     str, _source(_CANDIDATE),
-    Field(description="Full Python module source defining class ModelNew (or NewModel) with Model's __init__ signature, "
-                      "whose forward computes Model's outputs with a kernel of the chosen backend."),
+    Field(description="Full Python module source defining class ModelNew with Model's __init__ signature, whose forward "
+                      "computes Model's outputs with a kernel of the chosen backend."),
 ]
 Trials = Annotated[int, Field(ge=1, le=100)]
 Tolerance = Annotated[float | None, Field(ge=0, lt=1e6)]
@@ -100,21 +100,19 @@ Timeout = Annotated[
 ]
 Precision = Annotated[
     PrecisionName,
-    Field(description="Numerics policy. 'strict' (default): the problem's dtypes, no TF32, no downcasts, atol/rtol decide. "
-                      "'tf32', 'bf16', 'fp16': the candidate may compute at that precision (accumulating in fp32); it is judged "
-                      "against a float64 oracle within 2x the error of an honest run at that precision, and timed against "
-                      "baselines given the same freedom and against strict ones."),
+    Field(description="'strict': the problem's dtypes, no TF32, atol/rtol decide. 'tf32'/'bf16'/'fp16': may compute at that "
+                      "precision; judged against a float64 oracle within 2x an honest run's error, timed against baselines "
+                      "given the same freedom and strict ones."),
 ]
 Stress = Annotated[
     list[StressFamily] | None, AfterValidator(_unique),
-    Field(description="Extra trials on stress inputs: 'signed' (random signs), 'large' (x 2^16), 'tiny' (x 2^-20). A family "
-                      "is dropped, and said so, when the reference itself goes non-finite on it."),
+    Field(description="Extra trials on 'signed' (random signs), 'large' (x 2^16) or 'tiny' (x 2^-20) inputs; a family the "
+                      "reference itself goes non-finite on is dropped, and said so."),
 ]
 Rules = Annotated[
     Guardrails | None,
-    Field(description="Rules on top of the defaults and the server's KFOUNDRY_GUARDRAILS file: `required`/`banned` regexes, "
-                      "per-rule severities in `rules` ({rule id: 'block' | 'warn' | 'off'}), `allow_torch_ops`, "
-                      "`min_own_kernel_share`. Omit for the defaults."),
+    Field(description="Rules on top of the server's: `required`/`banned` regexes, `rules` {rule id: 'block'|'warn'|'off'}, "
+                      "`allow_torch_ops`, `min_own_kernel_share`; rule ids at kfoundry://schemas/verify. Omit for the defaults."),
 ]
 ATOL = "Absolute tolerance; omit for the dtype's default (1e-4 fp32, 1e-2 fp16/bf16)."
 RTOL = "Relative tolerance; omit for the dtype's default (as atol)."
@@ -221,7 +219,7 @@ def explain(error: ValidationError, request: type[BaseModel] | None = None) -> s
     documentation links) is left out.
     """
     problems = error.errors(include_url=False)
-    lines = [f"invalid argument{'s' if len(problems) > 1 else ''}; fix and call again:"]
+    lines = []
     for problem in problems:
         where = _where(problem["loc"])
         kind, message = problem["type"], problem["msg"].removeprefix("Value error, ")
@@ -231,8 +229,10 @@ def explain(error: ValidationError, request: type[BaseModel] | None = None) -> s
             message = "required but missing"
         elif kind not in _OWN_ERRORS:
             message += f" (got {_shown(problem['input'])})"
-        lines.append(f"- {where + ': ' if where else ''}{message}.{wants}")
-    return "\n".join(lines)
+        lines.append(f"{where + ': ' if where else ''}{message.rstrip('.')}.{wants}")
+    if len(lines) == 1:
+        return f"invalid argument {lines[0]}"
+    return "\n- ".join(["invalid arguments; fix and call again:", *lines])
 
 
 def _where(loc: tuple[int | str, ...]) -> str:

@@ -51,13 +51,14 @@ async def translate_reference(rt: Runtime, request: TranslateRequest, translatio
         translation=translation, translation_source="sampling" if translation else "none", run_id=run.id,
     )
     run.write("result.json", result)
+    await rt.progress(1.0, "prompt ready" if failure is None else "prompt ready, without an analysis")
     return result
 
 
 async def _analyze(rt: Runtime, reference: str, backend: Backend, timeout_s: float, run: Any) -> tuple[ProblemAnalysis | None, ErrorDetail | None]:
     """Run the reference once in a reference worker (it is user code) under FLOP counting and op tracing."""
-    await rt.progress(0.1, "analyzing the reference")
     async with rt.slot(backend, exclusive=False) as device:
+        await rt.progress(0.1, "analyzing the reference")
         worker = await rt.pool.acquire(device)
         try:
             session = Session(backend=backend.name, device=device, precision="strict", problem=reference, candidate=None,

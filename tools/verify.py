@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -39,6 +40,19 @@ class Checked:
     result: VerifyResult
     report: Report
     decision: Decision | None
+
+
+def stage_fraction(message: str, timed: bool) -> float:
+    """How far a job is when its session reports ``message``: trials fill 0.1 to 0.9 (to 0.4 before timing)."""
+    trial = re.match(r"trial (\d+)/(\d+)", message)
+    if trial:
+        top = 0.4 if timed else 0.9
+        return 0.1 + (top - 0.1) * (int(trial[1]) - 1) / max(int(trial[2]), 1)
+    if message.startswith("timing"):
+        return 0.65
+    if message.startswith("per-kernel"):
+        return 0.8
+    return 0.1
 
 
 def trials_of(calls: list[Call]) -> list[Trial]:
@@ -101,7 +115,7 @@ async def run_check(
         cand_worker = await rt.pool.acquire(device)
 
         async def stage(message: str) -> None:
-            await rt.progress(0.3, message)
+            await rt.progress(stage_fraction(message, timed=timing is not None), message)
 
         async def quiesce() -> None:
             await rt.progress(0.6, "timing")
