@@ -48,11 +48,16 @@ RULES: dict[str, Rule] = {r.id: r for r in (
     Rule("ctypes_libc", "block", "no ctypes.CDLL/cdll/pythonapi: loading libc or the interpreter directly"),
     Rule("file_io", "block", "no file or network I/O (open(), pathlib reads/writes, socket, torch.load/save)"),
     Rule("precision_flags", "block", "no global numerics flag changes (TF32, matmul precision, default dtype, denormals)"),
-    Rule("precision_downcast", "block", "no computing below the declared precision policy (downcasts, TF32, fp8, fast-math)"),
+    # An early warning: the verdict on precision comes from the measured error against the float64 oracle
+    # (a compensated 3xTF32 GEMM spells TF32 yet computes at fp32's accuracy; bit tricks spell nothing).
+    Rule("precision_downcast", "warn", "reduced precision below the declared policy (downcasts, TF32, fp8, fast-math): an early "
+         "warning, the measured error against the float64 oracle decides"),
     Rule("reference_use", "block", "no import of the reference, no Model subclass, no Model(...) call"),
     Rule("monkeypatch", "block", "no assignment to attributes of torch/time/triton/sys/builtins/... (patching timers or comparators)"),
     Rule("introspection", "block", "no gc.get_objects/get_referrers, sys._getframe, inspect frames (reading the harness's tensors)"),
     Rule("output_cache", "block", "no caches keyed by data_ptr() or id() (output caching across calls)"),
+    Rule("dynamic_name", "block", "no names built at run time where the rules above read names: getattr/setattr/delattr with a computed "
+         "name on a module or builtins, __import__/import_module of a computed name, eval/exec/compile, globals()/vars() lookups"),
 )}
 
 _CONCURRENCY_MODULES = {"threading", "_thread", "multiprocessing", "subprocess", "concurrent", "asyncio", "pty", "sched"}
@@ -76,6 +81,12 @@ _PATCH_ROOTS = {"torch", "time", "triton", "tl", "sys", "builtins", "kfoundry", 
 _INTROSPECTION = {("gc", "get_objects"), ("gc", "get_referrers"), ("gc", "get_referents"), ("sys", "_getframe"),
                   ("inspect", "currentframe"), ("inspect", "stack"), ("inspect", "getouterframes"), ("sys", "settrace"),
                   ("sys", "setprofile"), ("sys", "modules")}
+# Modules whose attributes the other rules judge by name: reaching one by a computed name hides it from them.
+_NAMED_ROOTS = _PATCH_ROOTS | {"__builtins__", "io", "socket", "subprocess", "ctypes", "shutil", "pathlib", "threading",
+                               "multiprocessing", "pickle", "marshal", "mmap", "signal", "resource", "operator", "_thread"}
+_ATTR_BY_NAME = {"getattr", "setattr", "delattr", "hasattr"}
+_CODE_RUNNERS = {"eval", "exec", "compile", "execfile"}
+_NAMESPACES = {"globals", "vars", "locals"}
 _TORCH_ROOTS = {"torch", "F", "nn", "functional", "Model", "reference", "super", "np", "numpy"}
 _ALLOC = {"empty", "empty_like", "zeros", "zeros_like", "ones", "ones_like", "full", "full_like", "tensor", "as_tensor",
           "device", "dtype", "Size", "cuda", "is_tensor", "get_default_dtype"}
@@ -262,8 +273,35 @@ class _Scan(ast.NodeVisitor):
                 self.hit("reference_use", node, f"calls {name}(...) (the reference model)")
             if parts in (["__import__"], ["importlib", "import_module"]) and node.args and isinstance(node.args[0], ast.Constant):
                 self._module(node, str(node.args[0].value))
+            self._dynamic(node, parts)
             if last in ("get", "setdefault", "pop", "__contains__") and len(parts) >= 2 and node.args and self._is_key(node.args[0]):
                 self.hit("output_cache", node, f"{name}() keyed by data_ptr()/id() (output cache)")
+        self.generic_visit(node)
+
+
+    def _dynamic(self, node: ast.Call, parts: list[str]) -> None:
+        """Names built at run time: the structure gives them away whatever string they spell.
+
+        ``getattr(builtins, "op" + "en")`` names no banned function in the source; what
+        shows is a computed name on a module the rules read by name. Computed names on the
+        candidate's own objects (``getattr(self.lib, "kernel_" + dtype)``) stay allowed.
+        """
+        literal = bool(node.args) and isinstance(node.args[0], ast.Constant)
+        if parts in (["__import__"], ["importlib", "import_module"]) and node.args and not literal:
+            self.hit("dynamic_name", node, f"{'.'.join(parts)}() of a name computed at run time")
+        elif len(parts) == 1 and parts[0] in _CODE_RUNNERS:
+            self.hit("dynamic_name", node, f"calls {parts[0]}() (code built at run time)")
+        elif len(parts) == 1 and parts[0] in _ATTR_BY_NAME and len(node.args) >= 2 and not isinstance(node.args[1], ast.Constant):
+            target = self.root(node.args[0])
+            imported = isinstance(node.args[0], ast.Call) and self.root(node.args[0].func)[-1:] in (["__import__"], ["import_module"])
+            if (target and target[0] in _NAMED_ROOTS) or imported:
+                self.hit("dynamic_name", node, f"{parts[0]}() on {'.'.join(target) or 'an imported module'} with a name computed at run time")
+        elif len(parts) == 1 and parts[0] in _NAMESPACES:
+            self.hit("dynamic_name", node, f"calls {parts[0]}() (a namespace read by computed names)")
+
+    def visit_Attribute(self, node: ast.Attribute) -> None:
+        if node.attr in ("__dict__", "__builtins__") and self.root(node.value)[:1] and self.root(node.value)[0] in _NAMED_ROOTS:
+            self.hit("dynamic_name", node, f"reads {'.'.join(self.root(node))} (a module's namespace by computed names)")
         self.generic_visit(node)
 
 

@@ -176,9 +176,21 @@ class ModelNew(nn.Module):
         def late():
             time.sleep(1.0)
             out.copy_(swish(x, self.scale_factor))
-        __import__("thr" + "eading").Thread(target=late).start()
+        # threading reached as an attribute of a module torch already imported: no import for the static scan to see
+        torch.utils.data.dataloader.threading.Thread(target=late).start()
         return out
         """, extra="import time\n"), REJECTED, {"thread_leak"}),
+    "thread_module_by_computed_name": ("cpp", _candidate(
+        """
+        out = torch.empty_like(x)
+        __import__("thr" + "eading").Thread(target=lambda: out.copy_(swish(x, self.scale_factor))).start()
+        return out
+        """), REJECTED, {"dynamic_name"}),
+    "open_by_computed_name": ("cpp", _candidate(
+        """
+        getattr(builtins, "op" + "en")("/tmp/kfoundry-leak", "w").write("x")
+        return swish(x, self.scale_factor)
+        """, extra="import builtins\n"), REJECTED, {"dynamic_name"}),
     "forks_a_worker": ("cpp", _candidate(
         """
         if os.fork() == 0:
