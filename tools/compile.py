@@ -6,12 +6,13 @@ import time
 
 import anyio
 
-from kfoundry.artifacts import new_run
+from kfoundry.artifacts import Run, new_run
 from kfoundry.backends import get_backend
-from kfoundry.runner.session import Ending, Plan, Session, Side
+from kfoundry.backends.base import Backend
+from kfoundry.runner.session import Ending, Plan, Report, Session, Side
 from kfoundry.schema import CompileResult, State
 from kfoundry.tools.requests import CompileRequest
-from kfoundry.tools.runtime import Runtime, probe, resolve_backend, timeout_or_default
+from kfoundry.tools.runtime import Runtime, probe, recording_cancellation, resolve_backend, timeout_or_default
 from kfoundry.verify.guardrails import Guardrails, check
 
 DEFAULT_TIMEOUT_S = 120.0
@@ -34,8 +35,9 @@ async def _compile_only(rt: Runtime, name: str, candidate: str, timeout: float) 
     run = new_run("compile")
     run.write("candidate.py", candidate)
     start = time.perf_counter()
-    await rt.progress(0.2, f"compiling {name} sources (compile-only: no device on this host)")
-    outcome = await anyio.to_thread.run_sync(lambda: backend.compile_only(candidate, timeout_s=timeout))
+    with recording_cancellation(run, "compile"):
+        await rt.progress(0.2, f"compiling {name} sources (compile-only: no device on this host)")
+        outcome = await anyio.to_thread.run_sync(lambda: backend.compile_only(candidate, timeout_s=timeout))
     state = State.compiled if outcome.ok else State.compilation_failure
     next_step = NEXT[state] if not outcome.ok else f"Built (compile-only). verify and profile need a host with a device for {name}."
     result = CompileResult(
@@ -47,16 +49,8 @@ async def _compile_only(rt: Runtime, name: str, candidate: str, timeout: float) 
     return result
 
 
-async def compile_candidate(rt: Runtime, request: CompileRequest) -> CompileResult:
-    timeout = timeout_or_default(request.timeout_s, DEFAULT_TIMEOUT_S)
-    name, candidate, reference = request.backend, request.candidate, request.reference
-    if probe(name).compile_only and not probe(name).available:
-        return await _compile_only(rt, name, candidate, max(timeout, COMPILE_ONLY_MIN_TIMEOUT_S))
-    chosen = resolve_backend(name)
-    run = new_run("compile")
-    run.write("candidate.py", candidate)
-    start = time.perf_counter()
-    diagnostics = [f"candidate.py: warning: {f.message}" for f in check(candidate, chosen, Guardrails())]
+async def _build(rt: Runtime, run: Run, chosen: Backend, candidate: str, reference: str | None, timeout: float) -> Report:
+    """Import the candidate in a worker (and launch it once on the reference's inputs when given)."""
     async with rt.slot(chosen, exclusive=False) as device:
         # The candidate's worker never sees the problem: with a reference, a reference worker makes
         # the inputs of the one launch that builds kernels compiled on first use.
@@ -71,6 +65,21 @@ async def compile_candidate(rt: Runtime, request: CompileRequest) -> CompileResu
             await rt.pool.release(cand_worker, run.path / "worker")
             if ref_worker is not None:
                 await rt.pool.release(ref_worker, run.path / "reference-worker")
+    return report
+
+
+async def compile_candidate(rt: Runtime, request: CompileRequest) -> CompileResult:
+    timeout = timeout_or_default(request.timeout_s, DEFAULT_TIMEOUT_S)
+    name, candidate, reference = request.backend, request.candidate, request.reference
+    if probe(name).compile_only and not probe(name).available:
+        return await _compile_only(rt, name, candidate, max(timeout, COMPILE_ONLY_MIN_TIMEOUT_S))
+    chosen = resolve_backend(name)
+    run = new_run("compile")
+    run.write("candidate.py", candidate)
+    start = time.perf_counter()
+    diagnostics = [f"candidate.py: warning: {f.message}" for f in check(candidate, chosen, Guardrails())]
+    with recording_cancellation(run, "compile"):
+        report = await _build(rt, run, chosen, candidate, reference, timeout)
     if report.ending is Ending.done:
         state = State.compiled
     elif report.side is Side.reference:

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from functools import cache
 
+import anyio
+
+from kfoundry.artifacts import Run
 from kfoundry.backends import UnknownBackendError, get_backend, names
 from kfoundry.backends.base import Backend
 from kfoundry.errors import BadRequest, Unavailable
 from kfoundry.runner.pool import WorkerPool
 from kfoundry.schema import ToolchainInfo
+
+logger = logging.getLogger(__name__)
 
 Progress = Callable[[float, str], Awaitable[None]]
 
@@ -45,6 +52,30 @@ class Runtime:
         async with self.pool.slot(device, exclusive, self.owner, position):
             await self.progress(0.05, f"admitted on {device}")
             yield device
+
+
+CANCELLED = "cancelled.json"
+
+
+@contextmanager
+def recording_cancellation(run: Run, tool: str) -> Iterator[None]:
+    """Leave ``cancelled.json`` in ``run`` when the call is cancelled, so the run says why it has no result.
+
+    A call is cancelled when its client cancels it or goes away, or when the server stops; the
+    record is written without awaiting anything, so the cancellation itself cannot interrupt it.
+    """
+    start = time.monotonic()
+    try:
+        yield
+    except anyio.get_cancelled_exc_class():
+        try:
+            run.write(CANCELLED, {
+                "state": "cancelled", "tool": tool, "after_s": round(time.monotonic() - start, 3),
+                "reason": "the call was cancelled: its client cancelled it or went away, or the server stopped",
+            })
+        except (BadRequest, OSError):
+            logger.warning("could not record the cancellation of run %s", run.id, exc_info=True)
+        raise
 
 
 @cache

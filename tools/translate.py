@@ -11,7 +11,7 @@ from kfoundry.backends.base import Backend
 from kfoundry.runner.session import Ending, Plan, Session
 from kfoundry.schema import ErrorDetail, ProblemAnalysis, TranslateResult
 from kfoundry.tools.requests import TranslateRequest
-from kfoundry.tools.runtime import Runtime, resolve_backend, timeout_or_default
+from kfoundry.tools.runtime import Runtime, recording_cancellation, resolve_backend, timeout_or_default
 
 DEFAULT_TIMEOUT_S = 120.0
 
@@ -43,7 +43,8 @@ async def translate_reference(rt: Runtime, request: TranslateRequest, translatio
     run.write("reference.py", reference)
     if source_code:
         run.write(f"source-{source_backend}.py", source_code)
-    analysis, failure = await _analyze(rt, reference, target, timeout_or_default(request.timeout_s, DEFAULT_TIMEOUT_S), run)
+    with recording_cancellation(run, "translate_reference"):
+        analysis, failure = await _analyze(rt, reference, target, timeout_or_default(request.timeout_s, DEFAULT_TIMEOUT_S), run)
     prompt = render_prompt(reference, target.name, source_backend, source_code, analysis)
     run.write("prompt.md", prompt)
     result = TranslateResult(

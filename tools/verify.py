@@ -15,7 +15,7 @@ from kfoundry.backends.base import Backend
 from kfoundry.runner.session import Call, Ending, Plan, Report, Session, Side, TimingPlan
 from kfoundry.schema import ErrorDetail, Finding, State, VerifyResult
 from kfoundry.tools.requests import VerifyRequest
-from kfoundry.tools.runtime import Runtime, device_kind, probe, resolve_backend, timeout_or_default
+from kfoundry.tools.runtime import Runtime, device_kind, probe, recording_cancellation, resolve_backend, timeout_or_default
 from kfoundry.verify import precision as numerics
 from kfoundry.verify.compare import tolerance
 from kfoundry.verify.guardrails import Guardrails, check, effective
@@ -86,7 +86,18 @@ async def run_check(
     """Verify and, when ``timing`` is given and the trials are correct, time in the same workers.
 
     ``guardrails`` are the effective ones (tool arguments merged with the config file by the caller).
+    A cancelled check leaves a record in ``run`` (``runtime.recording_cancellation``).
     """
+    with recording_cancellation(run, "profile" if timing is not None else "verify"):
+        return await _check(rt, run, backend, reference, candidate, trials=trials, atol=atol, rtol=rtol, timeout_s=timeout_s,
+                            guardrails=guardrails, precision=precision, stress=stress, timing=timing, analyze=analyze, then=then)
+
+
+async def _check(
+    rt: Runtime, run: Run, backend: Backend, reference: str, candidate: str, *, trials: int, atol: float | None,
+    rtol: float | None, timeout_s: float, guardrails: Guardrails, precision: numerics.Policy, stress: list[str] | None,
+    timing: TimingPlan | None, analyze: bool, then: Callable[[str, Report], Awaitable[None]] | None,
+) -> Checked:
     start = time.perf_counter()
     run.write("reference.py", reference)
     run.write("candidate.py", candidate)
