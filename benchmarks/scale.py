@@ -323,7 +323,7 @@ def anchor_child(args: argparse.Namespace) -> int:
         measure_performance=True,
         num_correct_trials=args.kb_correct_trials,
         num_perf_trials=args.kb_perf_trials,
-        backend="triton",
+        backend=args.anchor_backend,
         timing_method="cuda_event",
         verbose=False,
         device=torch.device("cuda:0"),
@@ -341,13 +341,13 @@ def anchor_child(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_anchor(problem: Path, candidate: Path, args: argparse.Namespace, record: dict[str, Any]) -> None:
+def run_anchor(problem: Path, candidate: Path, args: argparse.Namespace, record: dict[str, Any], backend: str = "triton") -> None:
     with tempfile.TemporaryDirectory(prefix="kfscale-kb-") as tmp:
         out_json = Path(tmp) / "anchor.json"
         log = Path(tmp) / "anchor.log"
         cmd = [sys.executable, str(Path(__file__).resolve()), "--anchor-child", "--anchor-problem", str(problem), "--anchor-candidate", str(candidate),
                "--anchor-json", str(out_json), "--kb-root", str(args.kb_root), "--kb-correct-trials", str(args.kb_correct_trials),
-               "--kb-perf-trials", str(args.kb_perf_trials), "--out", os.devnull]
+               "--kb-perf-trials", str(args.kb_perf_trials), "--anchor-backend", backend, "--out", os.devnull]
         env = {k: v for k, v in os.environ.items() if k not in ("KFOUNDRY_HOME",)}
         t0 = time.perf_counter()
         with open(log, "w") as f:
@@ -435,6 +435,7 @@ def main() -> int:
     parser.add_argument("--anchor-problem", help=argparse.SUPPRESS)
     parser.add_argument("--anchor-candidate", help=argparse.SUPPRESS)
     parser.add_argument("--anchor-json", help=argparse.SUPPRESS)
+    parser.add_argument("--anchor-backend", default="triton", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.anchor_child:
         return anchor_child(args)

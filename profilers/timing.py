@@ -93,6 +93,67 @@ def bench(
     return samples
 
 
+def run_queued(
+    fn: Callable[[int], Any],
+    count: int,
+    flush: CacheFlusher | None,
+    device: str,
+    *,
+    before: Callable[[int], None] | None = None,
+    after: Callable[[int, Any], None] | None = None,
+) -> list[float]:
+    """Time ``fn(0) .. fn(count - 1)`` as ``triton.testing.do_bench`` does and return the ms of each call.
+
+    On a GPU the calls are queued back to back, each between its own pair of events with the
+    cache flush queued before it, and the host waits once, at the end: the host runs ahead of
+    the device, so launch latency is hidden exactly as in do_bench, and an event waits for the
+    device rather than for Python. Work a call leaves on the streams it created is joined before
+    its end event (billed to it); the device-wide synchronize at the end means nothing can still
+    be running when the events are read. ``before(k)`` runs before call ``k``'s flush and
+    ``after(k, output)`` right after its end event, both outside the timed window; on a GPU
+    whatever they queue runs between the calls, so they must not wait for the device.
+
+    On the CPU each call is flushed and then timed by the host clock.
+    """
+    samples: list[float] = []
+    if not device.startswith("cuda"):
+        for k in range(count):
+            if before is not None:
+                before(k)
+            if flush is not None:
+                flush()
+            start = _clock()
+            out = fn(k)
+            samples.append((_clock() - start) * 1e3)
+            if after is not None:
+                after(k, out)
+            del out
+        return samples
+    _synchronize()
+    if flush is not None:
+        # Persisting L2 lines survive the overwrite; the reset may wait for the device, so once per turn.
+        flush.reset()
+    current = torch.cuda.current_stream()
+    events = [(_Event(enable_timing=True), _Event(enable_timing=True)) for _ in range(count)]
+    for k in range(count):
+        if before is not None:
+            before(k)
+        if flush is not None:
+            flush.queue()
+        for stream in _side_streams():
+            stream.wait_stream(current)
+        _record(events[k][0])
+        out = fn(k)
+        for stream in _side_streams():
+            current.wait_stream(stream)
+        _record(events[k][1])
+        if after is not None:
+            after(k, out)
+        del out
+    _synchronize()
+    return [float(_elapsed(start, end)) for start, end in events]
+
+
 def _time_host(fn: Contender, inputs: Sequence[Any]) -> tuple[float, Any]:
     start = _clock()
     out = fn(inputs)
@@ -210,13 +271,21 @@ class CacheFlusher:
         )
 
     def __call__(self) -> None:
+        self.queue()
+        self.reset()
+
+    def queue(self) -> None:
+        """Overwrite the buffer (on a GPU: queued, not waited for)."""
         if self._cuda:
             self.buffer.zero_()
-            if self._reset_l2 is not None:
-                self._reset_l2()
         else:
             # A read-modify-write, so dirty lines of the problem's data are evicted as well.
             self.buffer.add_(1)
+
+    def reset(self) -> None:
+        """Drop persisting L2 lines (a GPU's access-policy window), which an overwrite leaves in place."""
+        if self._reset_l2 is not None:
+            self._reset_l2()
 
 
 def cache_flusher(device: str = "cpu") -> CacheFlusher:

@@ -21,10 +21,24 @@ import torch
 from kfoundry.backends import get_backend
 
 # Bound before any candidate code can patch them: the timer, the flush, the event API.
-from kfoundry.profilers.timing import cache_flusher, graphed, time_call, track_streams
+from kfoundry.profilers.timing import cache_flusher, graphed, run_queued, time_call, track_streams
 from kfoundry.runner import exchange
 from kfoundry.runner.loading import JobFailed, as_list, copy_matching, failure, import_source
-from kfoundry.runner.wire import CandidateJob, Channel, Forward, Loaded, ProfileCall, Profiled, Returned, Stage, Stop, TensorRef, Wire
+from kfoundry.runner.wire import (
+    CandidateJob,
+    Channel,
+    Forward,
+    ForwardBatch,
+    Loaded,
+    ProfileCall,
+    Profiled,
+    Returned,
+    ReturnedBatch,
+    Stage,
+    Stop,
+    TensorRef,
+    Wire,
+)
 from kfoundry.schema import ErrorDetail, State
 from kfoundry.verify import precision as numerics
 from kfoundry.verify import runtime_checks as rc
@@ -87,6 +101,8 @@ class Candidate:
             message = self.channel.recv()
             if isinstance(message, Forward):
                 self.channel.send(self.forward(message))
+            elif isinstance(message, ForwardBatch):
+                self.channel.send(self.forward_batch(message))
             elif isinstance(message, ProfileCall):
                 self.channel.send(self.profile(message))
             elif isinstance(message, Stop):
@@ -161,6 +177,67 @@ class Candidate:
         self.kept = outputs if rc.output_bytes(outputs) <= _KEEP_OUTPUT_BYTES and not self.graphs else []
         return Returned(call=message.call, outputs=shared, elapsed_ms=float(elapsed), facts=facts)
 
+    def forward_batch(self, message: ForwardBatch) -> ReturnedBatch:
+        """A timing turn: the calls queued back to back (see ``run_queued``), each output captured as it was."""
+        assert self.model is not None
+        model = self.model
+        calls = message.calls
+        inputs = [[self._open(v) for v in f.inputs] for f in calls]
+        if self.job.poison and inputs:
+            size = max(rc.output_bytes(inputs[0]), rc.output_bytes(self.kept), 1 << 16)
+            rc.poison(size, _POISONS[self.calls % 2], self.device)
+        traces = [rc.OpTrace() if self._traced() else None for _ in calls]
+        graphs: list[Any] = []
+        if self.job.cuda_graph and self.device.startswith("cuda"):
+            for f, args in zip(calls, inputs, strict=True):
+                key = tuple(v.model_dump_json() for v in f.inputs)
+                try:
+                    if key not in self.graphs:
+                        self.graphs[key] = graphed(lambda a: model(*a), args)
+                except BaseException as exc:  # noqa: BLE001
+                    raise failure(exc, "CUDA-graph capture", candidate=True) from exc
+                graphs.append(self.graphs[key])
+        staged: list[list[Any]] = []
+        aliases: list[list[str]] = []
+        kept = self.kept
+
+        def run(k: int) -> Any:
+            if graphs:
+                return graphs[k](inputs[k])
+            trace = traces[k]
+            with trace if trace is not None else contextlib.nullcontext():
+                return model(*inputs[k])
+
+        def after(k: int, out: Any) -> None:
+            # Host-side only (no waiting for the device): the queue must stay ahead of the device.
+            nonlocal kept
+            outputs = as_list(out)
+            aliases.append(_aliases(outputs, inputs[k], kept))
+            staged.append([exchange.stage(v, self.exchange, f"out-{k}-{i}") for i, v in enumerate(outputs)])
+            # Kept alive until the next call's check: a reused buffer shows as an alias.
+            kept = outputs if rc.output_bytes(outputs) <= _KEEP_OUTPUT_BYTES and not graphs else []
+
+        start = self.calls
+        try:
+            with torch.no_grad(), self._profiler_range():
+                elapsed = run_queued(run, len(calls), self.flush, self.device, after=after)
+            shared = [[make() for make in made] for made in staged]
+        except BaseException as exc:  # noqa: BLE001 - any failure of candidate code is a reported outcome
+            raise failure(exc, f"call {start + len(staged) + 1}", candidate=True) from exc
+        self.kept = kept
+        self.calls += len(calls)
+        common = self._facts([], [], None)
+        items = []
+        for k, f in enumerate(calls):
+            trace = traces[k]
+            facts = common.model_copy(update={
+                "aliases": aliases[k],
+                "compute_ops": trace.compute_ops() if trace is not None else {},
+                "traced": trace is not None,
+            })
+            items.append(Returned(call=f.call, outputs=shared[k], elapsed_ms=float(elapsed[k]), facts=facts))
+        return ReturnedBatch(items=items)
+
     @contextlib.contextmanager
     def _profiler_range(self) -> Any:
         if self.job.profiled_from < 0 or self.calls < self.job.profiled_from:
@@ -175,15 +252,7 @@ class Candidate:
 
     def _facts(self, inputs: list[Any], outputs: list[Any], trace: rc.OpTrace | None) -> RuntimeFacts:
         threads, children = rc.threads_and_children()
-        input_spans = rc.spans(inputs)
-        earlier = rc.spans(self.kept)
-        aliases = []
-        for i, value in enumerate(outputs):
-            if isinstance(value, torch.Tensor):
-                if rc.overlaps(value, input_spans):
-                    aliases.append(f"output {i} shares memory with an input")
-                elif rc.overlaps(value, earlier):
-                    aliases.append(f"output {i} shares memory with an output of an earlier call")
+        aliases = _aliases(outputs, inputs, self.kept)
         flags = rc.numerics_flags()
         functions = rc.function_identities()
         return RuntimeFacts(
@@ -209,6 +278,19 @@ class Candidate:
         except Exception as exc:  # noqa: BLE001 - a failed breakdown leaves the timings valid
             return Profiled(shares=[], warnings=[f"per-kernel breakdown failed: {type(exc).__name__}: {str(exc)[:300]}"])
         return Profiled(shares=shares)
+
+
+def _aliases(outputs: list[Any], inputs: list[Any], earlier_outputs: list[Any]) -> list[str]:
+    input_spans = rc.spans(inputs)
+    earlier = rc.spans(earlier_outputs)
+    found = []
+    for i, value in enumerate(outputs):
+        if isinstance(value, torch.Tensor):
+            if rc.overlaps(value, input_spans):
+                found.append(f"output {i} shares memory with an input")
+            elif rc.overlaps(value, earlier):
+                found.append(f"output {i} shares memory with an output of an earlier call")
+    return found
 
 
 @functools.cache

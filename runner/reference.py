@@ -16,17 +16,22 @@ from typing import Any
 
 import torch
 
-from kfoundry.profilers.timing import cache_flusher, graphed, time_call
+from kfoundry.profilers.timing import cache_flusher, graphed, run_queued
 from kfoundry.runner import exchange
 from kfoundry.runner.loading import JobFailed, as_list, error_detail, failure, import_text, sync
 from kfoundry.runner.wire import (
     Analysis,
     Analyze,
     BaselinesReady,
+    BaselinesTimed,
+    BatchReady,
     Channel,
     Collect,
+    CollectBatch,
     Collected,
+    CollectedBatch,
     InputsReady,
+    MakeBatch,
     MakeInputs,
     NamedRef,
     PlainValue,
@@ -38,6 +43,7 @@ from kfoundry.runner.wire import (
     Stage,
     Stop,
     TensorRef,
+    TimeBaselines,
     Value,
     Wire,
 )
@@ -51,6 +57,8 @@ _clock = time.perf_counter
 REFERENCE_FILE = "reference.py"
 #: under the strict policy the float64 oracle only reports errors; above this output size it is skipped
 _ORACLE_MAX_BYTES = 1 << 30
+#: queued calls of the eager reference that plan the repetition count
+_PILOT_CALLS = 5
 
 
 def _nbytes(values: list[Any]) -> int:
@@ -74,6 +82,19 @@ def _under(policy: numerics.Policy, fn: Any, device: str) -> Any:
                 return fn(*args)
 
     return call
+
+
+def _free_bytes(device: str) -> int:
+    if device.startswith("cuda"):
+        return int(torch.cuda.mem_get_info(torch.device(device))[0])
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
 
 
 def _same_bytes(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -105,6 +126,8 @@ class Reference:
         #: CUDA-graph mode: the static inputs every captured contender reads (each call's values are copied in)
         self.static_inputs: list[Any] | None = None
         self.expected_from = ""
+        #: call -> the expected outputs its baseline turn produced (the strict eager baseline's)
+        self.expected: dict[int, list[Any]] = {}
         #: the candidate's device outputs mapped here, by name: (reference as received, tensor)
         self.outputs: dict[str, tuple[str, torch.Tensor]] = {}
         self.flush: Any = None
@@ -124,7 +147,10 @@ class Reference:
         self.channel.send(self._prepared())
         handlers = {
             MakeInputs: lambda m: self.inputs_ready(m),
+            MakeBatch: lambda m: BatchReady(items=[self.inputs_ready(item) for item in m.items]),
             Collect: lambda m: self.collect(m),
+            CollectBatch: lambda m: CollectedBatch(items=[self.collect(item) for item in m.items]),
+            TimeBaselines: lambda m: self.time_baselines(m),
             PrepareBaselines: lambda m: self.prepare_baselines(m),
             ProfileCall: lambda m: self.profile(m),
             Analyze: lambda m: self.analyze(),
@@ -273,7 +299,7 @@ class Reference:
         before = [fingerprint(t) if t is not None else "" for t, _, _ in got]
         # Before the reference runs: a problem whose own forward writes its inputs must not look like the candidate's doing.
         mutated = any(t is not None and isinstance(v, torch.Tensor) and not _same_bytes(t, v) for (t, _), v in zip(self.slots.get(slot, []), own, strict=False))
-        baseline_ms, expected = self._time_baselines(own, message.call) if message.time_baselines else ({}, None)
+        expected = self.expected.pop(message.call, None)
         if expected is None:
             with torch.no_grad():
                 expected = as_list(self.model(*own))
@@ -287,7 +313,7 @@ class Reference:
             check.expected_fingerprints = [fingerprint(e) if isinstance(e, torch.Tensor) else repr(e)[:80] for e in expected]
         output_bytes = _nbytes(expected)
         del got, expected, own
-        return Collected(call=message.call, check=check, baseline_ms=baseline_ms, output_bytes=output_bytes, next=self._next(message))
+        return Collected(call=message.call, check=check, output_bytes=output_bytes, next=self._next(message))
 
     def _next(self, message: Collect) -> InputsReady | None:
         return self.inputs_ready(message.next) if message.next is not None else None
@@ -343,6 +369,12 @@ class Reference:
         if not self.policy.relaxed and _nbytes(expected) > _ORACLE_MAX_BYTES:
             self.oracle_error = f"skipped: the outputs are over {_ORACLE_MAX_BYTES >> 30} GiB (strict judges by the tolerances)"
             return
+        needed = self._oracle_bytes(own, expected)
+        free = _free_bytes(self.device)
+        if self.device.startswith("cuda") and needed > 0.8 * free:
+            self.oracle_error = (f"skipped: the float64 oracle needs about {needed} bytes of device memory (its own weights, inputs and "
+                                 f"outputs), {free} are free")
+            return
         try:
             if self._oracle is None:
                 self._oracle = numerics.oracle_model(self.model)
@@ -358,6 +390,16 @@ class Reference:
             self.oracle_error = f"{type(exc).__name__}: {str(exc)[:300]}"
             oracle.oracle.clear()
             oracle.honest.clear()
+
+    def _oracle_bytes(self, own: list[Any], expected: list[Any]) -> int:
+        """Float64 copies of the weights (once), of the inputs and of the outputs, held at once by an oracle run."""
+        assert self.model is not None
+
+        def wide(values: Any) -> int:
+            return sum(t.numel() * 8 for t in values if isinstance(t, torch.Tensor) and t.is_floating_point())
+
+        weights = 0 if self._oracle is not None else wide(self.model.state_dict().values())
+        return weights + wide(own) + 2 * wide(expected)
 
     # -- baselines ------------------------------------------------------------------------
     def prepare_baselines(self, message: PrepareBaselines) -> BaselinesReady:
@@ -397,28 +439,61 @@ class Reference:
             except Exception as exc:  # noqa: BLE001 - capture fails for host syncs or dynamic shapes; time eagerly instead
                 warnings.append(f"CUDA-graph capture of the baselines failed, they are timed without graphs: {type(exc).__name__}: {str(exc)[:300]}")
         self.flush = cache_flusher(self.device)
-        return BaselinesReady(names=list(self.contenders), warnings=warnings)
+        pilot_ms, output_bytes, tensors = self._pilot(warm)
+        return BaselinesReady(
+            names=list(self.contenders), warnings=warnings, pilot_ms=pilot_ms, free_bytes=_free_bytes(self.device),
+            call_bytes=2 * _nbytes(warm) + 3 * output_bytes, tensors_per_call=tensors,
+        )
 
-    def _time_baselines(self, own: list[Any], call: int) -> tuple[dict[str, float], list[Any] | None]:
-        names = list(self.contenders)
-        if not names:
-            return {}, None
-        timings: dict[str, float] = {}
-        expected = None
-        if self.static_inputs is not None:
-            for dst, src in zip(self.static_inputs, own, strict=False):
-                if isinstance(dst, torch.Tensor) and isinstance(src, torch.Tensor):
-                    dst.copy_(src)
-            own = self.static_inputs
+    def _pilot(self, warm: list[Any]) -> tuple[float, int, int]:
+        """The reference's own time per call (eager under the policy, queued and flushed as every timed call is).
+
+        The repetition count is planned from this, never from the candidate's first calls.
+        """
+        assert self.model is not None
+        call = _under(self.policy, self.model, self.device)
+        outputs: list[Any] = []
+
+        def keep(k: int, out: Any) -> None:
+            if not outputs:
+                outputs.extend(as_list(out))
+
         with torch.no_grad():
-            for k in range(len(names)):
-                name = names[(call + k) % len(names)]
-                ms, out = time_call(self.contenders[name], own, self.flush, self.device)
-                timings[name] = float(ms)
-                if name == self.expected_from:
-                    expected = [v.clone() if isinstance(v, torch.Tensor) and self.static_inputs is not None else v for v in as_list(out)]
-                del out
-        return timings, expected
+            call(warm)
+            samples = run_queued(lambda k: call(warm), _PILOT_CALLS, self.flush, self.device, after=keep)
+        tensors = sum(isinstance(v, torch.Tensor) for v in [*warm, *outputs])
+        return sorted(samples)[len(samples) // 2], _nbytes(outputs), tensors
+
+    def time_baselines(self, message: TimeBaselines) -> BaselinesTimed:
+        """Every baseline over the inputs of ``message.calls``, queued; the strict eager outputs become the expected ones."""
+        names = list(self.contenders)
+        owns = [self.pending[c][0] for c in message.calls if c in self.pending]
+        if len(owns) != len(message.calls):
+            raise JobFailed(State.runtime_error, ErrorDetail(type="ProtocolError", message="baselines asked for calls without inputs"))
+        static = self.static_inputs
+        ms: dict[str, list[float]] = {}
+        for k in range(len(names)):
+            name = names[(message.turn + k) % len(names)]
+            fn = self.contenders[name]
+            kept: list[list[Any]] = []
+
+            def before(i: int) -> None:
+                if static is not None:
+                    for dst, src in zip(static, owns[i], strict=False):
+                        if isinstance(dst, torch.Tensor) and isinstance(src, torch.Tensor):
+                            dst.copy_(src)
+
+            def after(i: int, out: Any, keep: bool = name == self.expected_from) -> None:
+                if keep:
+                    # Graph replays write one captured buffer: each call's values are copied out (queued).
+                    kept.append([v.clone() if isinstance(v, torch.Tensor) and static is not None else v for v in as_list(out)])
+
+            with torch.no_grad():
+                ms[name] = run_queued(lambda i, fn=fn: fn(static if static is not None else owns[i]), len(owns), self.flush, self.device,
+                                      before=before, after=after)
+            for call, out in zip(message.calls, kept, strict=False):
+                self.expected[call] = out
+        return BaselinesTimed(ms=ms)
 
     # -- profiling and analysis -----------------------------------------------------------
     def profile(self, message: ProfileCall) -> Profiled:

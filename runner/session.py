@@ -32,17 +32,23 @@ from kfoundry.runner.wire import (
     Analysis,
     Analyze,
     BaselinesReady,
+    BaselinesTimed,
+    BatchReady,
     BuildReply,
     BuildRequest,
     CandidateJob,
     Collect,
+    CollectBatch,
     Collected,
+    CollectedBatch,
     Done,
     Failed,
     Forward,
+    ForwardBatch,
     InputsReady,
     Judge,
     Loaded,
+    MakeBatch,
     MakeInputs,
     PrepareBaselines,
     Prepared,
@@ -50,8 +56,10 @@ from kfoundry.runner.wire import (
     Profiled,
     ReferenceJob,
     Returned,
+    ReturnedBatch,
     Stage,
     Stop,
+    TimeBaselines,
     Wire,
     WireError,
     device_refs,
@@ -91,21 +99,59 @@ class Call:
     returned: Returned
     check: CallCheck
     baseline_ms: dict[str, float]
-    #: the parent's clock from sending ``Forward`` to receiving ``Returned``
+    #: the parent's clock from sending ``Forward`` (or the batch it was in) to receiving the answer
     wall_ms: float
     #: processes of the candidate's worker besides itself, when it was frozen
     leftover_processes: int = 0
+    #: the timing turn it was queued in (-1: a call on its own)
+    batch: int = -1
 
 
 @dataclass
 class TimingPlan:
     warmup: int
-    reps: int
+    #: timed calls per contender; None: planned from ``budget_ms`` and the reference's pilot time
+    reps: int | None
     baselines: list[str]
     breakdown: bool = True
     allow_ops: list[str] = field(default_factory=list)
     #: time by CUDA-graph replay (each contender captured once per input slot)
     cuda_graph: bool = False
+    #: device time per contender the planned repetition count aims at
+    budget_ms: float = 200.0
+
+
+@dataclass
+class Timed:
+    """How the timing phase ran: what the plan was made from and what it came to."""
+
+    reps: int
+    warmup: int
+    #: calls queued back to back per turn
+    batch: int
+    pilot_ms: float
+    budget_ms: float
+
+
+#: planned repetitions are kept within these bounds (GPU, CPU)
+REPS_GPU = (10, 400)
+REPS_CPU = (10, 50)
+#: calls queued per turn at most
+MAX_BATCH = 32
+#: descriptors one turn may carry (the wire's limit is 256)
+_TURN_FDS = 200
+
+
+def planned_reps(pilot_ms: float, budget_ms: float, device: str) -> int:
+    """Timed calls per contender: enough of the reference's own time to fill ``budget_ms``, within bounds."""
+    low, high = REPS_GPU if device.startswith("cuda") else REPS_CPU
+    return int(min(high, max(low, budget_ms // max(pilot_ms, 1e-4))))
+
+
+def batch_size(reps: int, call_bytes: int, free_bytes: int, tensors_per_call: int) -> int:
+    """Calls per turn: as many as memory (70% of what is free) and the descriptor limit allow, at most ``MAX_BATCH``."""
+    fit = int(0.7 * free_bytes) // max(call_bytes, 1) if free_bytes > 0 else MAX_BATCH
+    return max(1, min(reps, MAX_BATCH, fit, _TURN_FDS // max(tensors_per_call, 1)))
 
 
 @dataclass
@@ -145,6 +191,7 @@ class Report:
     baseline_breakdown: list[KernelShare] = field(default_factory=list)
     analysis: ProblemAnalysis | None = None
     stdout_bytes: int = 0
+    timing: Timed | None = None
 
 
 class Ended(Exception):
@@ -363,7 +410,7 @@ class Session:
         await self._say(Side.reference, MakeInputs(call=call, seed=seed, family=family, slot=call % self.slots))
         return await self._expect(Side.reference, InputsReady)
 
-    async def _call(self, ready: InputsReady, seed: int, family: str, judge: Judge, time_baselines: bool,
+    async def _call(self, ready: InputsReady, seed: int, family: str, judge: Judge,
                     following: tuple[int, str] | None) -> tuple[Call, InputsReady | None]:
         """One forward of the candidate, judged by the reference while the candidate is frozen."""
         assert self.cand is not None
@@ -380,14 +427,14 @@ class Session:
             next_call = self.calls + 1
             after = MakeInputs(call=next_call, seed=following[0], family=following[1], slot=next_call % self.slots) if following else None
             self.stage = f"judging call {ready.call + 1}"
-            await self._say(Side.reference, Collect(call=ready.call, outputs=self._to_reference(returned.outputs), judge=judge, time_baselines=time_baselines, next=after))
+            await self._say(Side.reference, Collect(call=ready.call, outputs=self._to_reference(returned.outputs), judge=judge, next=after))
             collected = await self._expect(Side.reference, Collected)
         finally:
             self.cand.thaw()
         self.calls += 1
         self.output_bytes = max(self.output_bytes, collected.output_bytes)
         self._within_budget(ready, returned)
-        record = Call(ready.call, seed, family, returned, collected.check, collected.baseline_ms, wall_ms, leftover)
+        record = Call(ready.call, seed, family, returned, collected.check, {}, wall_ms, leftover)
         return record, collected.next
 
     def _within_budget(self, ready: InputsReady, returned: Returned) -> None:
@@ -413,30 +460,31 @@ class Session:
             if self.progress is not None:
                 await self.progress(f"trial {index + 1}/{len(plan.trials)}" + ("" if family == "standard" else f" ({family} inputs)"))
             judge = Judge(oracle=index < plan.oracle_trials, trial=True)
-            record, ready = await self._call(ready, seed, family, judge, False, following)
+            record, ready = await self._call(ready, seed, family, judge, following)
             self.report.trials.append(record)
 
     async def _time(self, plan: Plan, timing: TimingPlan) -> None:
+        """Turns of queued calls: fresh inputs for every call made ahead, the reference's baselines and the
+        candidate alternating which goes first, every output judged while the candidate is frozen."""
         assert self.ref is not None and self.cand is not None
         await self._say(Side.reference, PrepareBaselines(baselines=timing.baselines, warmup=timing.warmup, cuda_graph=timing.cuda_graph))
         ready_baselines = await self._expect(Side.reference, BaselinesReady)
         self.report.baselines = ready_baselines.names
         self.report.warnings += ready_baselines.warnings
+        reps = timing.reps or planned_reps(ready_baselines.pilot_ms, timing.budget_ms, self.device)
+        batch = batch_size(reps, ready_baselines.call_bytes, ready_baselines.free_bytes, ready_baselines.tensors_per_call)
+        self.report.timing = Timed(reps=reps, warmup=timing.warmup, batch=batch, pilot_ms=ready_baselines.pilot_ms, budget_ms=timing.budget_ms)
         if plan.before_timing is not None:
             await plan.before_timing()
         if self.progress is not None:
-            await self.progress(f"timing: {timing.reps} calls of the candidate, interleaved with {', '.join(ready_baselines.names) or 'no baselines'}")
-        # Fresh inputs for every call, from seeds only this process knows; warm-ups look the same.
-        seeds = [secrets.randbits(31) for _ in range(timing.warmup + timing.reps)]
-        self.slots = MAX_SLOTS
-        ready = await self._make(self.calls, seeds[0], "standard")
-        for n, seed in enumerate(seeds):
-            following = (seeds[n + 1], "standard") if n + 1 < len(seeds) else None
-            timed = n >= timing.warmup
-            record, next_ready = await self._call(ready, seed, "standard", Judge(), timed, following)
-            (self.report.timed if timed else self.report.warmups).append(record)
-            if next_ready is not None:
-                ready = next_ready
+            await self.progress(f"timing: {reps} calls of the candidate in turns of {batch}, alternating with "
+                                f"{', '.join(ready_baselines.names) or 'no baselines'}")
+        self.slots = max(MAX_SLOTS, batch)
+        turns = ([timing.warmup] if timing.warmup > 0 else []) + [min(batch, reps - done) for done in range(0, reps, batch)]
+        for turn, size in enumerate(turns):
+            warm = timing.warmup > 0 and turn == 0
+            records = await self._turn(turn, size)
+            (self.report.warmups if warm else self.report.timed).extend(records)
         if timing.breakdown:
             if self.progress is not None:
                 await self.progress("per-kernel breakdown")
@@ -447,6 +495,64 @@ class Session:
             await self._say(Side.reference, ProfileCall())
             baseline = await self._expect(Side.reference, Profiled)
             self.report.baseline_breakdown, self.report.warnings = baseline.shares[:64], self.report.warnings + baseline.warnings
+
+    async def _turn(self, turn: int, size: int) -> list[Call]:
+        """One turn of ``size`` calls: inputs made ahead (from seeds only this process knows), both sides timed, all judged."""
+        assert self.ref is not None and self.cand is not None
+        seeds = [secrets.randbits(31) for _ in range(size)]
+        first = self.calls
+        items = [MakeInputs(call=first + k, seed=seed, family="standard", slot=k) for k, seed in enumerate(seeds)]
+        await self._say(Side.reference, MakeBatch(items=items))
+        made = (await self._expect(Side.reference, BatchReady)).items
+        if [m.call for m in made] != [m.call for m in items]:
+            raise WireError("the reference made inputs for other calls than asked")
+        calls = [m.call for m in made]
+        baselines_first = turn % 2 == 0
+        baseline_ms: dict[str, list[float]] = {}
+        self.stage = f"timing turn {turn + 1}"
+        if baselines_first:
+            baseline_ms = await self._baselines_frozen(calls, turn)
+        start = anyio.current_time()
+        await self._say(Side.candidate, ForwardBatch(calls=[Forward(call=m.call, inputs=self._to_candidate(m.inputs)) for m in made]))
+        returned = (await self._expect(Side.candidate, ReturnedBatch)).items
+        wall_ms = (anyio.current_time() - start) * 1e3
+        if [r.call for r in returned] != calls:
+            raise WireError("the candidate answered other calls than it was given")
+        await self.cand.freeze()
+        try:
+            leftover = self.cand.other_processes()
+            if not baselines_first:
+                baseline_ms = await self._baselines(calls, turn)
+            self.stage = f"judging timing turn {turn + 1}"
+            collects = [Collect(call=r.call, outputs=self._to_reference(r.outputs), judge=Judge()) for r in returned]
+            await self._say(Side.reference, CollectBatch(items=collects))
+            collected = (await self._expect(Side.reference, CollectedBatch)).items
+        finally:
+            self.cand.thaw()
+        if [c.call for c in collected] != calls:
+            raise WireError("the reference judged other calls than it was given")
+        self.calls += size
+        records = []
+        for k, (ready, ret, col) in enumerate(zip(made, returned, collected, strict=True)):
+            self.output_bytes = max(self.output_bytes, col.output_bytes)
+            self._within_budget(ready, ret)
+            ms = {name: values[k] for name, values in baseline_ms.items() if k < len(values)}
+            records.append(Call(ready.call, seeds[k], "standard", ret, col.check, ms, wall_ms, leftover, batch=turn))
+        return records
+
+    async def _baselines(self, calls: list[int], turn: int) -> dict[str, list[float]]:
+        await self._say(Side.reference, TimeBaselines(calls=calls, turn=turn))
+        timed = await self._expect(Side.reference, BaselinesTimed)
+        return {name: [float(v) for v in values[: len(calls)]] for name, values in timed.ms.items() if name in self.report.baselines}
+
+    async def _baselines_frozen(self, calls: list[int], turn: int) -> dict[str, list[float]]:
+        """The reference's turn with the candidate frozen: nothing of the candidate's runs beside the baselines."""
+        assert self.cand is not None
+        await self.cand.freeze()
+        try:
+            return await self._baselines(calls, turn)
+        finally:
+            self.cand.thaw()
 
     async def first_launch(self, ready: InputsReady | None) -> None:
         """One call on real inputs, unjudged: kernels that build on first launch (Triton on a GPU) build now."""

@@ -135,13 +135,12 @@ class Judge(Wire):
 
 
 class Collect(Wire):
-    """The candidate (frozen now) returned these outputs for ``call``: judge them; time baselines; prepare the next."""
+    """The candidate (frozen now) returned these outputs for ``call``: judge them; prepare the next."""
 
     kind: Literal["collect"] = "collect"
     call: int
     outputs: list[Value]
     judge: Judge = Field(default_factory=Judge)
-    time_baselines: bool = False
     next: MakeInputs | None = None
 
 
@@ -150,6 +149,34 @@ class PrepareBaselines(Wire):
     baselines: list[str]
     warmup: int = 3
     cuda_graph: bool = False
+
+
+class MakeBatch(Wire):
+    """Fresh inputs for every call of one timing turn, made ahead of it (one slot per call)."""
+
+    kind: Literal["make_batch"] = "make_batch"
+    items: list[MakeInputs]
+
+
+class TimeBaselines(Wire):
+    """The reference's turn: every baseline, queued back to back over the inputs of ``calls``."""
+
+    kind: Literal["time_baselines"] = "time_baselines"
+    calls: list[int]
+    #: rotates which baseline goes first
+    turn: int = 0
+
+
+class ForwardBatch(Wire):
+    """The candidate's turn: these calls queued back to back, each timed on its own."""
+
+    kind: Literal["forward_batch"] = "forward_batch"
+    calls: list[Forward]
+
+
+class CollectBatch(Wire):
+    kind: Literal["collect_batch"] = "collect_batch"
+    items: list[Collect]
 
 
 class ProfileCall(Wire):
@@ -227,7 +254,6 @@ class Collected(Wire):
     kind: Literal["collected"] = "collected"
     call: int
     check: CallCheck
-    baseline_ms: dict[str, float] = Field(default_factory=dict)
     #: bytes of the reference's own outputs for this call (what the candidate's reply is measured against)
     output_bytes: int = 0
     next: InputsReady | None = None
@@ -237,6 +263,35 @@ class BaselinesReady(Wire):
     kind: Literal["baselines_ready"] = "baselines_ready"
     names: list[str]
     warnings: list[str] = Field(default_factory=list)
+    #: the reference's own time per call (eager, queued, flushed): what the repetition count is planned from
+    pilot_ms: float = 0.0
+    #: device bytes one queued call holds on both sides (inputs twice, outputs three times)
+    call_bytes: int = 0
+    #: free device (or host) memory after the baselines were prepared
+    free_bytes: int = 0
+    #: tensors among one call's inputs and outputs (each crosses as a descriptor)
+    tensors_per_call: int = 0
+
+
+class BatchReady(Wire):
+    kind: Literal["batch_ready"] = "batch_ready"
+    items: list[InputsReady]
+
+
+class BaselinesTimed(Wire):
+    kind: Literal["baselines_timed"] = "baselines_timed"
+    #: baseline name -> ms of each call, in the order of ``TimeBaselines.calls``
+    ms: dict[str, list[float]]
+
+
+class ReturnedBatch(Wire):
+    kind: Literal["returned_batch"] = "returned_batch"
+    items: list[Returned]
+
+
+class CollectedBatch(Wire):
+    kind: Literal["collected_batch"] = "collected_batch"
+    items: list[Collected]
 
 
 class Profiled(Wire):
@@ -265,7 +320,9 @@ class Done(Wire):
 
 Message = Annotated[
     CandidateJob | ReferenceJob | MakeInputs | Forward | Collect | PrepareBaselines | ProfileCall | Analyze | Stop | BuildReply
+    | MakeBatch | TimeBaselines | ForwardBatch | CollectBatch
     | Ready | Stage | BuildRequest | Prepared | InputsReady | Loaded | Returned | Collected | BaselinesReady | Profiled
+    | BatchReady | BaselinesTimed | ReturnedBatch | CollectedBatch
     | Analysis | Failed | Done,
     Field(discriminator="kind"),
 ]

@@ -9,7 +9,7 @@ import anyio
 from kfoundry.artifacts import new_run
 from kfoundry.profilers.roofline import cpu_peaks, gpu_peaks, roofline
 from kfoundry.profilers.timing import summarize
-from kfoundry.runner.session import Ending, Report, TimingPlan
+from kfoundry.runner.session import Call, Ending, Report, TimingPlan
 from kfoundry.schema import ErrorDetail, Finding, KernelCounters, ProfileResult, Speedup, State, Timing
 from kfoundry.tools.counters import collect as collect_counters
 from kfoundry.tools.requests import ProfileRequest
@@ -21,6 +21,8 @@ from kfoundry.verify.guardrails import effective
 from kfoundry.verify.verdict import kernel_coverage, process_findings, timed_findings
 
 DEFAULT_TIMEOUT_S = 600.0
+#: a contender whose samples vary more than this gets a warning
+NOISY_COV = 0.02
 
 
 def _next_step(result: ProfileResult) -> str:
@@ -39,7 +41,9 @@ async def profile(rt: Runtime, request: ProfileRequest) -> ProfileResult:
     rules = effective(request.guardrails, chosen.name)
     run = new_run("profile")
     start = time.perf_counter()
-    timing = TimingPlan(warmup=request.warmup, reps=request.reps, baselines=chosen_baselines, breakdown=True,
+    # Reps given explicitly are kept; otherwise they are planned from the reference's own time per call.
+    asked_reps = request.reps if "reps" in request.model_fields_set else None
+    timing = TimingPlan(warmup=request.warmup, reps=asked_reps, baselines=chosen_baselines, breakdown=True,
                         allow_ops=list(rules.allow_torch_ops), cuda_graph=request.cuda_graph)
     counters: list[KernelCounters] = []
     status = ["not requested"]
@@ -60,13 +64,14 @@ async def profile(rt: Runtime, request: ProfileRequest) -> ProfileResult:
         state=verified.state, backend=chosen.name, device=verified.device, verify=verified, error=verified.error,
         findings=list(verified.findings), interpreted=verified.interpreted, duration_s=0.0, run_id=run.id, precision=policy.name,
     )
-    if verified.state is State.correct and (not report.timed or len(report.timed) < request.reps):
+    reps = report.timing.reps if report.timing is not None else (asked_reps or 1)
+    if verified.state is State.correct and (not report.timed or len(report.timed) < reps):
         result.state = State.timeout if report.ending is Ending.timeout else State.runtime_error
         if report.ending is Ending.protocol:
             result.state = State.rejected
             result.findings.append(Finding(code="protocol", message=report.error.message if report.error else "the candidate broke the protocol"))
         result.error = report.error or ErrorDetail(type="TimingError", message="the timed calls did not complete")
-    if report.timed and len(report.timed) == request.reps:
+    if report.timed and len(report.timed) == reps:
         samples = {"candidate": [c.returned.elapsed_ms for c in report.timed]}
         for name in report.baselines:
             samples[name] = [c.baseline_ms[name] for c in report.timed if name in c.baseline_ms]
@@ -92,14 +97,18 @@ async def profile(rt: Runtime, request: ProfileRequest) -> ProfileResult:
 
 
 def _check_clocks(result: ProfileResult, report: Report) -> None:
-    """The candidate's own timer must agree with the parent's clock, call by call, and with CUPTI's kernel times."""
-    late = [c for c in report.timed if c.returned.elapsed_ms > c.wall_ms * 1.02 + 0.05]
+    """The candidate's own timer must agree with the parent's clock, turn by turn, and with CUPTI's kernel times."""
+    turns: dict[int, list[Call]] = {}
+    for c in report.timed:
+        turns.setdefault(c.batch if c.batch >= 0 else -1 - c.call, []).append(c)
+    late = [(sum(c.returned.elapsed_ms for c in calls), calls[0].wall_ms, len(calls)) for calls in turns.values()]
+    late = [t for t in late if t[0] > t[1] * 1.02 + 0.05]
     if late:
-        worst = max(late, key=lambda c: c.returned.elapsed_ms - c.wall_ms)
+        reported, wall, n = max(late, key=lambda t: t[0] - t[1])
         result.findings.append(Finding(
             code="timer_integrity",
-            message=f"{len(late)} timed call(s) reported more time than passed on the trusted side's clock "
-                    f"(e.g. {worst.returned.elapsed_ms:.3f} ms reported, {worst.wall_ms:.3f} ms between the request and the answer)",
+            message=f"{len(late)} timing turn(s) reported more time than passed on the trusted side's clock "
+                    f"(e.g. {reported:.3f} ms reported for {n} call(s), {wall:.3f} ms between the request and the answer)",
         ))
     cand = result.candidate
     if cand is not None and result.device.startswith("cuda") and result.breakdown:
@@ -137,8 +146,9 @@ async def _fill(result: ProfileResult, samples: dict[str, list[float]], report: 
         result.speedup_vs_compile = round(result.compiled.median_ms / cand.median_ms, 4)
     if result.interpreted:
         result.warnings.append("Triton ran in its CPU interpreter: these timings are not representative of GPU performance.")
-    if cand.cov > 0.1:
-        result.warnings.append(f"Noisy timing: coefficient of variation {cand.cov:.0%}; compare medians with care.")
+    noisy = [f"{name} {t.cov:.1%}" for name, t in summaries.items() if t.cov > NOISY_COV]
+    if noisy:
+        result.warnings.append(f"Noisy timing (coefficient of variation over {NOISY_COV:.0%}): {', '.join(noisy)}; compare medians with care.")
     if analysis is None:
         result.warnings.append("No FLOP/byte analysis of the reference: speed of light not computed.")
         return

@@ -200,13 +200,6 @@ def error_bound(honest_error: float, oracle: torch.Tensor, p: Policy) -> float:
     return ERROR_FACTOR * max(honest_error, rounding_error(oracle, p))
 
 
-def round_mantissa(t: torch.Tensor, bits: int) -> torch.Tensor:
-    """``t`` (float64) rounded to nearest onto ``bits`` explicit mantissa bits, exponent range unlimited."""
-    mantissa, exponent = torch.frexp(t.double())
-    scale = float(2 ** (bits + 1))  # frexp's mantissa is in [0.5, 1): one more bit sits above the point
-    return torch.ldexp(torch.round(mantissa * scale) / scale, exponent)
-
-
 def strict_bound(honest_error: float, oracle: torch.Tensor, dtype: torch.dtype) -> tuple[float, float]:
     """(bound, coarse): the most RMS error a strict candidate may make in ``dtype``, and the reduced-precision yardstick.
 
@@ -219,8 +212,8 @@ def strict_bound(honest_error: float, oracle: torch.Tensor, dtype: torch.dtype) 
     be closer, on a log scale, to the honest error at the problem's precision than to the
     narrower format's. ``floor`` is the honest error, at least one rounding of the oracle to
     ``dtype`` and half an ulp of the oracle's RMS magnitude (so an exact reference leaves
-    room for a last-bit difference); ``coarse`` is the RMS error of rounding the oracle to the
-    narrower format's mantissa once. Magnitudes come from this output's oracle, so an output
+    room for a last-bit difference); ``coarse`` is the expected RMS error of rounding values of
+    the oracle's RMS magnitude to the narrower format's mantissa once. Magnitudes come from this output's oracle, so an output
     of values far below ``atol`` (softmax rows) is judged at its own scale.
     """
     bits = _MANTISSA.get(dtype, 23)
@@ -228,7 +221,10 @@ def strict_bound(honest_error: float, oracle: torch.Tensor, dtype: torch.dtype) 
     values = values[torch.isfinite(values)]
     if values.numel() == 0:
         return 0.0, 0.0
-    half_ulp = float(values.pow(2).mean().sqrt()) * 2.0 ** -(bits + 1)
+    magnitude = float(values.pow(2).mean().sqrt())
+    half_ulp = magnitude * 2.0 ** -(bits + 1)
     floor = max(honest_error, rms_error(values.to(dtype), values), half_ulp)
-    coarse = rms_error(round_mantissa(values, _NARROWER.get(dtype, 10)), values)
+    # The expected RMS of one rounding (uniform error within half an ulp), not the realised one:
+    # a scalar output may happen to sit on the narrower grid and would leave no room at all.
+    coarse = magnitude * 2.0 ** -(_NARROWER.get(dtype, 10) + 1) / 3**0.5
     return max(ERROR_FACTOR * floor, (floor * coarse) ** 0.5), coarse

@@ -28,7 +28,7 @@ _EXPONENT: dict[str, tuple[int, int]] = {"large": (16, 6), "tiny": (-20, -6)}
 #: ``wide``: each element's exponent moves by up to this much either way, and each input as a whole by 0..this
 _SPREAD = 2
 #: ``special``: positions per input that get each IEEE special value
-_SPECIAL_EACH = 2
+_SPECIAL_EACH = 4
 
 
 def _narrow(dtype: torch.dtype) -> bool:

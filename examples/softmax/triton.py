@@ -22,6 +22,10 @@ def _softmax_kernel(x_ptr, y_ptr, n_rows, n_cols, ROWS: tl.constexpr, BLOCK: tl.
     tl.store(y_ptr + offs, y, mask=row_ok[:, None] & col_ok)
 
 
+def _warps(block: int) -> int:
+    return max(4, min(16, block // 512))
+
+
 class ModelNew(nn.Module):
     def __init__(self):
         super().__init__()
@@ -34,5 +38,6 @@ class ModelNew(nn.Module):
         block = triton.next_power_of_2(n_cols)
         # Several short rows per program keep each program busy; one row alone fills a program at 8K columns.
         rows = max(1, min(16, 8192 // block))
-        _softmax_kernel[(triton.cdiv(n_rows, rows),)](x, y, n_rows, n_cols, ROWS=rows, BLOCK=block)
+        # Long rows: more warps share a row, so each thread holds a few dozen values rather than hundreds (no spills).
+        _softmax_kernel[(triton.cdiv(n_rows, rows),)](x, y, n_rows, n_cols, ROWS=rows, BLOCK=block, num_warps=_warps(block))
         return y

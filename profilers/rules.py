@@ -1,0 +1,179 @@
+"""Rules every backend kind shares (host work, launch count, fusion, library kernels, stopping) and the dispatch to the kind's own.
+
+Each rule reads only the digest (and the candidate's source for what it names) and returns options
+with an expected gain in milliseconds; ``advice.choose`` picks among them.
+"""
+
+from __future__ import annotations
+
+import re
+
+from kfoundry.profilers import cpu_rules, gpu_rules
+from kfoundry.profilers.advice import Action, Option, saving
+from kfoundry.profilers.digest import Digest, Regime, Role, bandwidth, ms, size
+from kfoundry.schema import Bottleneck
+
+#: Fixed cost of one call that no kernel change removes: one launch plus the timer's own overhead.
+CALL_FLOOR_MS = {"gpu": 0.010, "cpu": 0.005}
+#: Achievable fraction of peak bandwidth for a streaming kernel.
+STREAM = {"gpu": 0.85, "cpu": 0.70}
+#: Kernels shorter than this are launch-sized: their count, not their bodies, sets the time.
+SMALL_KERNEL_MS = {"gpu": 0.020, "cpu": 0.050}
+#: Host time beyond eager's that counts as the candidate's own host work.
+HOST_MIN_MS = {"gpu": 0.020, "cpu": 0.050}
+NEAR_SOL = {"gpu": 0.70, "cpu": 0.50}
+
+_HOST_HABITS = (
+    (re.compile(r"\.tolist\(\)|\[\s*[^]\n]*\bfor\b[^]\n]*\bin\b"), "builds Python lists"),
+    (re.compile(r"torch\.(tensor|as_tensor)\("), "creates tensors from Python data"),
+    (re.compile(r"\.item\(\)|\.cpu\(\)|\.numpy\(\)|synchronize\("), "synchronises with the device (.item()/.cpu())"),
+    (re.compile(r"^\s+for\b.*\bin\b", re.M), "loops in Python"),
+)
+
+
+def options(d: Digest, source: str) -> list[Option]:
+    shared = [o for o in (_host(d, source), _launches(d), _fusion(d), _library(d)) if o is not None]
+    own = gpu_rules.options(d, source) if d.kind == "gpu" else cpu_rules.options(d, source)
+    return shared + own
+
+
+def stop(d: Digest) -> Option:
+    """The answer when no option pays: why this kernel is done, in numbers."""
+    median = d.median_ms or 0.0
+    kernel = d.gap_kernel or (d.candidate.kernels[0].name if d.candidate.kernels else "the kernel")
+    bottleneck = Bottleneck(d.regime.value) if d.regime else Bottleneck.unknown
+    if d.achieved_fraction is not None and d.achieved_fraction >= NEAR_SOL[d.kind]:
+        lever = "moving fewer bytes" if d.regime is Regime.memory else "a faster math mode the policy allows"
+        text = (
+            f"Stop tuning {kernel}: the call runs at {d.achieved_fraction:.0%} of speed of light ({ms(d.sol_ms or 0)} of "
+            f"{ms(median)}), so only {lever} could make it much faster; no rule found a change worth more than "
+            f"{WORTHWHILE_PCT}% of the call."
+        )
+        return Option(action=Action.stop, bottleneck=bottleneck, gain_ms=0.0, kernel=kernel, text=text)
+    floor = CALL_FLOOR_MS[d.kind]
+    c = d.candidate
+    if median and median < 4 * floor + (d.sol_ms or 0):
+        text = (
+            f"Stop tuning {kernel}: the whole call takes {ms(median)} with {ms(c.kernel_ms)} in kernels, near the "
+            f"~{ms(floor)} fixed cost of one call that eager pays too; "
+            + ("time it with cuda_graph=true to see the kernel without launch overhead." if d.kind == "gpu" else "nothing left in the kernel pays.")
+        )
+        return Option(action=Action.stop, bottleneck=Bottleneck.launch_overhead if d.kind == "gpu" else Bottleneck.host_overhead,
+                      gain_ms=0.0, kernel=kernel, text=text)
+    versus = ""
+    if d.baseline and d.baseline.median_ms:
+        versus = f", {d.baseline.median_ms / median:.2f}x eager" if median else ""
+    frac = f" at {d.achieved_fraction:.0%} of speed of light" if d.achieved_fraction is not None else ""
+    text = (
+        f"Keep {kernel} as it is{frac}{versus}: no rule found a change worth more than {WORTHWHILE_PCT}% of the "
+        f"{ms(median)} call from these measurements; profile with hardware_counters=true for stall reasons before "
+        "changing it."
+    )
+    return Option(action=Action.stop, bottleneck=bottleneck, gain_ms=0.0, kernel=kernel, text=text)
+
+
+WORTHWHILE_PCT = 10
+
+
+# -- shared rules ----------------------------------------------------------------------------------
+
+
+def _host(d: Digest, source: str) -> Option | None:
+    c, b = d.candidate, d.baseline
+    if c.median_ms is None or c.outside_ms is None:
+        return None
+    harness = b.outside_ms if b is not None and b.outside_ms is not None and d.kind == "gpu" else 0.0
+    excess = c.outside_ms - max(harness, 0.0)
+    if excess < HOST_MIN_MS[d.kind] or excess < 0.25 * c.median_ms:
+        return None
+    habits = [what for pattern, what in _HOST_HABITS if pattern.search(_forward(source))]
+    found = f"; forward {', '.join(habits)}" if habits else ""
+    versus = f" against {ms(harness)} for eager (the timer's own share)" if d.kind == "gpu" and b is not None else ""
+    text = (
+        f"Move the host work out of forward (compute constants once in __init__, keep data on the device, no "
+        f"per-call syncs): {ms(excess)} of the {ms(c.median_ms)} call is spent outside any kernel{versus}{found}; "
+        f"removing it {saving(excess, c.median_ms)}."
+    )
+    return Option(action=Action.host_overhead, bottleneck=Bottleneck.host_overhead, gain_ms=excess, text=text)
+
+
+def _forward(source: str) -> str:
+    """The body of ``forward`` (what runs every call); the whole source when there is none."""
+    match = re.search(r"def forward\(.*?\n((?:[ \t]+.*\n?|\n)*)", source)
+    return match.group(1) if match else source
+
+
+def _launches(d: Digest) -> Option | None:
+    c = d.candidate
+    own = c.own()
+    calls = sum(k.calls for k in own)
+    if c.median_ms is None or calls < 3 or not own:
+        return None
+    mean = sum(k.time_ms for k in own) / calls
+    if mean >= SMALL_KERNEL_MS[d.kind]:
+        return None
+    fused = max(max(k.time_ms / k.calls for k in own), (d.sol_ms or 0.0) / STREAM[d.kind]) + CALL_FLOOR_MS[d.kind]
+    gain = c.median_ms - fused
+    if gain <= 0:
+        return None
+    unit = "kernel launches" if d.kind == "gpu" else "calls into the library"
+    text = (
+        f"Fuse the {calls} {unit} per forward into one ({'or capture them in a CUDA graph' if d.kind == 'gpu' else 'one pass over the data'}): "
+        f"they average {ms(mean)} each, so per-{'launch' if d.kind == 'gpu' else 'call'} overhead and the round trips between "
+        f"them set the {ms(c.median_ms)}; one {'launch' if d.kind == 'gpu' else 'call'} of ~{ms(fused)} {saving(gain, c.median_ms)}."
+    )
+    return Option(action=Action.launch_count, bottleneck=Bottleneck.launch_overhead, gain_ms=gain, text=text)
+
+
+def _fusion(d: Digest) -> Option | None:
+    c = d.candidate
+    if c.median_ms is None or c.kernel_ms <= 0 or d.bytes is None:
+        return None
+    if d.regime is Regime.compute:
+        # Passes beside the main kernel (casts, epilogues) disappear into its prologue or epilogue.
+        main = max((k for k in c.kernels if k.role is Role.gemm), key=lambda k: k.time_ms, default=None)
+        extra = [k for k in c.kernels if k is not main and k.time_ms >= 0.03 * c.kernel_ms]
+        if main is None or not extra:
+            return None
+        gain = sum(k.time_ms for k in extra)
+        names = ", ".join(k.name.rsplit("::", 1)[-1] for k in extra[:3])
+        text = (
+            f"Fold {names} into {main.name.rsplit('::', 1)[-1]} (load and convert in its prologue, finish in its epilogue): "
+            f"{'they take' if len(extra) > 1 else 'it takes'} {ms(gain)} beside the main kernel's {ms(main.time_ms)}, "
+            f"each a separate pass over memory; fusing {saving(gain, c.median_ms)}."
+        )
+        return Option(action=Action.fusion, bottleneck=Bottleneck.memory, gain_ms=gain, kernel=extra[0].name, text=text)
+    passes = [k for k in c.kernels if k.time_ms >= 0.10 * c.kernel_ms]
+    if len(passes) < 2 or sum(k.calls for k in passes) < 2:
+        return None
+    bound = d.bytes / (STREAM[d.kind] * d.peak.bandwidth) * 1e3 if d.peak else 0.0
+    fused = max(max(k.time_ms for k in passes), bound)
+    gain = c.kernel_ms - fused
+    if gain <= 0:
+        return None
+    names = ", ".join(k.name.rsplit("::", 1)[-1] for k in passes[:4])
+    text = (
+        f"Fuse {names} into one kernel that reads each input once and writes each output once: {len(passes)} passes take "
+        f"{ms(c.kernel_ms)} where the compulsory {size(d.bytes)} needs {ms(bound)} at {bandwidth(STREAM[d.kind] * d.peak.bandwidth) if d.peak else '?'}; "
+        f"a fused kernel no slower than the longest pass ({ms(max(k.time_ms for k in passes))}) {saving(gain, c.median_ms)}."
+    )
+    return Option(action=Action.fusion, bottleneck=Bottleneck.memory, gain_ms=gain, kernel=passes[0].name, text=text)
+
+
+def _library(d: Digest) -> Option | None:
+    c = d.candidate
+    if c.median_ms is None or not c.kernels:
+        return None
+    lib = [k for k in c.kernels if not k.own]
+    lib_ms = sum(k.time_ms for k in lib)
+    if not lib or lib_ms < 0.25 * c.kernel_ms:
+        return None
+    top = max(lib, key=lambda k: k.time_ms)
+    if c.own():
+        return None  # own kernels beside library ones: the fusion rule weighs folding them in
+    text = (
+        f"Replace {top.name} ({ms(top.time_ms)}, {top.share:.0%} of kernel time) with your own {d.backend} kernel: the "
+        f"profile shows only library work ({', '.join(k.name for k in lib[:3])}), so the candidate has not started."
+    )
+    return Option(action=Action.library, bottleneck=Bottleneck(d.regime.value) if d.regime else Bottleneck.unknown,
+                  gain_ms=0.5 * lib_ms, kernel=top.name, text=text)
