@@ -9,8 +9,14 @@ written to show). One ``kfoundry serve`` is started over stdio from --kfoundry-r
 KFOUNDRY_HOME, as a client would run it; for each case it calls ``profile`` (baselines eager only,
 hardware_counters false) and then ``analyze_profile`` on the returned run_id, and writes OUT/NAME.json:
 the case, both sources, both results and the wall times. A case that fails is written with its error and
-the next one runs. Cases of one problem run in the order listed, so ``analyze_profile`` sees the earlier
+the next one runs. Each record also names the host's cores and fp32 vector lanes (what a CPU
+analysis weighs threads and vectors against). Cases of one problem run in the order listed, so ``analyze_profile`` sees the earlier
 ones as that problem's history, as it would in a session.
+
+    python benchmarks/analysis_capture.py --out OUT --to-fixtures tests/analysis/profiles
+
+turns the records in OUT into the labelled set's fixtures (case, host, candidate source and profile
+result; the analysis is dropped, since the tests run the rules afresh); labels live beside them.
 
 The package maps kfoundry.server -> server/ etc. through setuptools package-dir, so --kfoundry-root must be
 pip-installed (``pip install --no-deps --no-build-isolation -e ROOT``); the script checks that first.
@@ -56,6 +62,34 @@ def load_cases(path: Path, only: set[str] | None) -> list[tuple[Case, str, str]]
     return [(c, (path.parent / c.problem).read_text(), (path.parent / c.candidate).read_text()) for c in cases]
 
 
+def host_facts() -> dict[str, int]:
+    """Cores this process may use and the fp32 lanes of the widest vector unit, as the server's analysis reads them."""
+    try:
+        flags = set(next((ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("flags")), "").split())
+    except OSError:
+        flags = set()
+    lanes = 16 if "avx512f" in flags else 8 if flags & {"avx2", "avx"} else 4
+    return {"cores": len(os.sched_getaffinity(0)), "vector_lanes": lanes}
+
+
+def to_fixtures(records: Path, fixtures: Path) -> list[str]:
+    """Write one fixture per correct record in ``records``; return the names written."""
+    fixtures.mkdir(parents=True, exist_ok=True)
+    written = []
+    for path in sorted(records.glob("*.json")):
+        record = json.loads(path.read_text())
+        profiled = record.get("profile") or {}
+        if "case" not in record or profiled.get("state") != "correct":
+            continue
+        fixture = {
+            "case": record["case"], "devices": record.get("devices", []), "host": record.get("host") or host_facts(),
+            "candidate_source": record["candidate_source"], "profile": profiled,
+        }
+        (fixtures / path.name).write_text(json.dumps(fixture, indent=1) + "\n")
+        written.append(record["case"]["name"])
+    return written
+
+
 def _server_env(root: Path, home: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIXES) or k in ENV_NAMES}
     env["PYTHONPATH"] = os.pathsep.join([str(root), *[p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]])
@@ -90,20 +124,21 @@ async def _call(client: Any, tool: str, arguments: dict[str, Any], timeout_s: fl
     return result.structured_content or {}, None, wall
 
 
-async def capture(root: Path, cases: list[tuple[Case, str, str]], out: Path, args: argparse.Namespace) -> list[str]:
-    """Run every case through one server; return one summary line per case."""
+async def capture(root: Path, cases: list[tuple[Case, str, str]], out: Path, args: argparse.Namespace) -> None:
+    """Run every case through one server, printing one summary line per case as it finishes."""
     from mcp import Client, StdioServerParameters
 
     home = Path(tempfile.mkdtemp(prefix="kf-analysis-"))
     params = StdioServerParameters(command=sys.executable, args=["-m", "kfoundry.cli", "serve"], env=_server_env(root, home), cwd=str(root))
-    lines: list[str] = []
     # The server answers only after a profile's build, trials and timed calls: allow the whole job plus slack.
     limit = args.timeout_s + 300
     async with Client(params, read_timeout_seconds=120) as client:
         backends, error, _ = await _call(client, "backends", {}, 300)
         devices = (backends or {}).get("devices", [])
         for case, problem, candidate in cases:
-            record: dict[str, Any] = {"case": case.model_dump(), "problem_source": problem, "candidate_source": candidate, "devices": devices}
+            record: dict[str, Any] = {
+                "case": case.model_dump(), "problem_source": problem, "candidate_source": candidate, "devices": devices, "host": host_facts(),
+            }
             arguments = {
                 "backend": case.backend, "reference": problem, "candidate": candidate, "precision": case.precision,
                 "baselines": ["eager"], "hardware_counters": False, "reps": args.reps, "timeout_s": args.timeout_s,
@@ -119,10 +154,9 @@ async def capture(root: Path, cases: list[tuple[Case, str, str]], out: Path, arg
             except Exception as exc:  # noqa: BLE001 - keep the record: a dead server still says which case killed it
                 record["exception"] = f"{type(exc).__name__}: {exc}"[:4000]
             (out / f"{case.name}.json").write_text(json.dumps(record, indent=1))
-            lines.append(_summary(case, record))
+            print(_summary(case, record), flush=True)
             if "exception" in record:
                 break
-    return lines
 
 
 def _summary(case: Case, record: dict[str, Any]) -> str:
@@ -141,19 +175,25 @@ def _summary(case: Case, record: dict[str, Any]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--cases", type=Path, required=True, help="JSON list of cases")
+    parser.add_argument("--cases", type=Path, help="JSON list of cases")
     parser.add_argument("--out", type=Path, required=True, help="folder for one JSON per case")
     parser.add_argument("--only", default="", help="comma-separated case names to run (default: all)")
     parser.add_argument("--reps", type=int, default=20)
     parser.add_argument("--timeout-s", type=float, default=600.0, help="per profile call")
     parser.add_argument("--kfoundry-root", type=Path, default=HERE.parent)
+    parser.add_argument("--to-fixtures", type=Path, default=None, help="convert the records in --out into fixtures here, and stop")
     args = parser.parse_args()
+    if args.to_fixtures is not None:
+        for name in to_fixtures(args.out, args.to_fixtures):
+            print(name)
+        return
+    if args.cases is None:
+        parser.error("--cases is required to capture")
     root = args.kfoundry_root.resolve()
     cases = load_cases(args.cases.resolve(), {n for n in args.only.split(",") if n} or None)
     check_install(root)
     args.out.mkdir(parents=True, exist_ok=True)
-    for line in anyio.run(capture, root, cases, args.out, args):
-        print(line, flush=True)
+    anyio.run(capture, root, cases, args.out, args)
 
 
 if __name__ == "__main__":
