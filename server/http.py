@@ -18,11 +18,14 @@ from kfoundry import __version__
 from kfoundry.errors import BadRequest
 from kfoundry.server.app import Live, build_server
 from kfoundry.server.auth import NamedTokenVerifier, load_tokens
+from kfoundry.server.events import SessionEvents, SessionScope
 
 logger = logging.getLogger(__name__)
 
 MCP_PATH = "/mcp"
 DEFAULT_MAX_BODY = 16 << 20
+#: how long a client whose stream dropped waits before resuming it (the SSE ``retry`` field)
+RETRY_MS = 1000
 
 
 @dataclass
@@ -113,8 +116,11 @@ def build_app(options: HttpOptions, tokens: dict[str, str] | None = None) -> obj
         hosts.append(f"{options.host}:*")
     origins = ["http://127.0.0.1:*", "http://localhost:*", "https://localhost:*", *options.allowed_origins]
     security = TransportSecuritySettings(enable_dns_rebinding_protection=True, allowed_hosts=hosts, allowed_origins=origins)
-    app = mcp.streamable_http_app(streamable_http_path=MCP_PATH, transport_security=security, max_request_body_size=options.max_body_bytes)
-    return ExplainOversize(app, options.max_body_bytes)
+    app = mcp.streamable_http_app(
+        streamable_http_path=MCP_PATH, transport_security=security, max_request_body_size=options.max_body_bytes,
+        event_store=SessionEvents(), retry_interval=RETRY_MS,
+    )
+    return ExplainOversize(SessionScope(app), options.max_body_bytes)
 
 
 def serve_http(options: HttpOptions) -> None:

@@ -171,7 +171,8 @@ def _named(marker: str) -> str:
     # The sandbox hides the host's files from the candidate, but its process name shows in the host's /proc.
     return f"""
         import signal, time
-        signal.signal(signal.SIGUSR1, lambda *_: globals().__setitem__("_gate_open", True))
+        opened = []
+        signal.signal(signal.SIGUSR1, lambda *_: opened.append(True))
         with open("/proc/self/comm", "w") as comm:
             comm.write({marker!r})
         """
@@ -196,7 +197,7 @@ def waits_for_gate(marker: str) -> str:
     return _candidate(
         _named(marker)
         + """
-        while not globals().get("_gate_open"):
+        while not opened:
             time.sleep(0.02)
         return swish(x, self.scale_factor)
         """
