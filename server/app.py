@@ -9,6 +9,7 @@ from __future__ import annotations
 import inspect
 import json
 import logging
+import time
 import typing
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
@@ -84,6 +85,29 @@ def _flattened(fn: RequestTool) -> tuple[type[BaseModel], RequestTool]:
     return request, tool
 
 
+#: a tool call refused while the server drains starts with this; ``clients.session`` retries such calls
+DRAINING = "the server is shutting down"
+
+
+class Live:
+    """The running server's state for what sits outside MCP requests: health checks and a draining shutdown.
+
+    ``requests`` counts HTTP requests in flight other than SSE streams (which stay open), and
+    ``tool_calls`` the tool calls in flight on any transport.
+    """
+
+    def __init__(self) -> None:
+        self.runtime: Runtime | None = None
+        self.draining = False
+        self.tool_calls = 0
+        self.requests = 0
+        self.last_activity = time.monotonic()
+
+    def quiet_for(self) -> float:
+        """Seconds since anything was in flight (0 while something is)."""
+        return 0.0 if self.tool_calls or self.requests else time.monotonic() - self.last_activity
+
+
 class KfoundryServer(MCPServer):
     """An ``MCPServer`` whose tools take request models, and whose tool errors tell the caller what to send.
 
@@ -96,9 +120,10 @@ class KfoundryServer(MCPServer):
     the caller's and the runs they open or list are only the caller's ("local", over stdio: all).
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, live: Live | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._requests: dict[str, type[BaseModel]] = {}
+        self.live = live or Live()
 
     def request_tool(self, name: str, **options: Any) -> Callable[[RequestTool], RequestTool]:
         """Register ``fn(request: SomeRequest, ...)`` as tool ``name`` (``options`` as for ``tool()``)."""
@@ -132,7 +157,15 @@ class KfoundryServer(MCPServer):
     async def call_tool(
         self, name: str, arguments: dict[str, Any], context: Context[Any, Any] | None = None
     ) -> CallToolResult | InputRequiredResult:
-        result = await self._call_tool(name, arguments, context)
+        live = self.live
+        if live.draining:
+            raise ToolError(f"Error executing tool {name}: {DRAINING}; calls in flight are answered, new ones refused. Call again once it is back")
+        live.tool_calls += 1
+        try:
+            result = await self._call_tool(name, arguments, context)
+        finally:
+            live.tool_calls -= 1
+            live.last_activity = time.monotonic()
         if isinstance(result, CallToolResult) and not result.is_error and result.structured_content is not None:
             result.content = [TextContent(type="text", text=result_text(name, result.structured_content))]
         return result
@@ -223,12 +256,6 @@ def _runtime(ctx: Context) -> Runtime:
     return runtime.for_call(_progress(ctx), caller())
 
 
-class Live:
-    """The running server's runtime, for routes that sit outside MCP requests (health checks)."""
-
-    runtime: Runtime | None = None
-
-
 def build_server(token_verifier: TokenVerifier | None = None, live: Live | None = None) -> KfoundryServer:
     """The MCP server; with ``token_verifier`` its HTTP transport requires bearer tokens."""
     holder = live or Live()
@@ -246,7 +273,7 @@ def build_server(token_verifier: TokenVerifier | None = None, live: Live | None 
                 holder.runtime = None
 
     auth = {"token_verifier": token_verifier, "auth": auth_settings()} if token_verifier is not None else {}
-    mcp = KfoundryServer("kernel-foundry", version=__version__, instructions=INSTRUCTIONS, lifespan=lifespan, **auth)
+    mcp = KfoundryServer("kernel-foundry", version=__version__, instructions=INSTRUCTIONS, lifespan=lifespan, live=holder, **auth)
     # Hints, set on purpose: compile/verify/profile/translate_reference run submitted code in sandboxed workers
     # and every call records a new run (so neither read-only nor idempotent); nothing is overwritten or deleted
     # on the caller's behalf (quota eviction of old runs is housekeeping), and no tool reaches outside this host.
