@@ -6,7 +6,9 @@ profile) and lets each role use the model that suits it.
 
 from __future__ import annotations
 
-from pydantic import BaseModel
+import re
+
+from pydantic import BaseModel, Field
 
 from kfoundry.clients.providers import Model, ModelError, ModelReply, ModelRequest
 from kfoundry.schema import AnalysisResult
@@ -19,10 +21,14 @@ GENERATION_SYSTEM = (
 )
 
 ANALYSIS_SYSTEM = (
-    "You are a performance analysis agent for GPU and CPU kernels. You read a compact profile digest of a correct "
-    "kernel and its source, and you give exactly ONE recommendation: the single change most likely to make it "
-    "faster, concrete enough to implement (what to change, where, and the expected effect with numbers from the "
-    "digest). Do not write the kernel. Do not list alternatives. Answer in at most five sentences."
+    "You are a performance analysis agent for GPU and CPU kernels. You read a digest of a correct kernel's profile: "
+    "each kernel's time, achieved FLOP/s or bytes/s and share of the peak the backend, device and precision policy "
+    "allow, set against the eager baseline, and the kernel holding the gap. You give exactly ONE recommendation: the "
+    "single change most likely to make it faster, concrete enough to implement (what to change, where), with the "
+    "expected gain. Cite the digest's own numbers for every claim; do not invent measurements. Respect the precision "
+    "policy (under strict: no TF32, bf16/fp16 rounding or fast-math for fp32 data). Give CPU advice for CPU backends "
+    "and GPU advice for GPU backends. Do not repeat a change the history says did not pay. Do not write the kernel. "
+    "Do not list alternatives. Answer in at most five sentences."
 )
 
 ANALYSIS_PROMPT = """Backend: {backend}{device}
@@ -34,7 +40,7 @@ Bottleneck (rule-based): {bottleneck}
 ## Evidence
 {evidence}
 
-## The rule-based suggestion
+## The rule-based suggestion (from the digest's numbers; yours may differ if the source shows better)
 {rules}
 
 ## The current kernel
@@ -51,6 +57,16 @@ class Recommendation(BaseModel):
     prompt: str | None = None
     reply: ModelReply | None = None
     error: str | None = None
+    cites_digest: bool | None = Field(default=None, description="Whether a model's reply quotes at least one number from the digest.")
+
+
+_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+
+
+def cites(reply: str, digest: str) -> bool:
+    """Whether ``reply`` quotes a measured number of ``digest`` (one with a decimal point or of two or more digits)."""
+    measured = {n for n in _NUMBER.findall(digest) if "." in n or len(n) > 1}
+    return any(n in measured for n in _NUMBER.findall(reply))
 
 
 class GenerationAgent:
@@ -93,4 +109,4 @@ class AnalysisAgent:
         text = reply.text.strip()
         if not text:
             return Recommendation(text=analysis.recommendation, source="rules", prompt=prompt, reply=reply, error="empty reply")
-        return Recommendation(text=text, source=self.spec, prompt=prompt, reply=reply)
+        return Recommendation(text=text, source=self.spec, prompt=prompt, reply=reply, cites_digest=cites(text, analysis.digest))

@@ -96,8 +96,11 @@ def options(d: Digest, source: str) -> list[Option]:
         return []
     facts = cpp_facts(source)
     top = max(own, key=lambda k: k.time_ms)
-    found = [o for o in (_threads(d, facts, top), _vectorise(d, facts, top), _blocking(d, facts, top)) if o is not None]
-    return found
+    # Without the source only the numbers speak: threads is the lever they can price; vectorising needs the loop.
+    found = [_threads(d, facts, top, bool(source.strip()))]
+    if source.strip():
+        found += [_vectorise(d, facts, top), _blocking(d, facts, top)]
+    return [o for o in found if o is not None]
 
 
 def _cores(d: Digest) -> int:
@@ -112,7 +115,7 @@ def _own_ms(d: Digest) -> float:
     return sum(k.time_ms for k in d.candidate.own())
 
 
-def _threads(d: Digest, facts: CppFacts, top: KernelLine) -> Option | None:
+def _threads(d: Digest, facts: CppFacts, top: KernelLine, source_known: bool) -> Option | None:
     cores = _cores(d)
     if facts.parallel or cores < 2:
         return None
@@ -129,6 +132,8 @@ def _threads(d: Digest, facts: CppFacts, top: KernelLine) -> Option | None:
     gain = own_ms - new_ms
     if gain <= 0:
         return None
+    if not source_known:
+        why = why.replace("on one core", "on one core if its loops are serial (no source was given to check)")
     return Option(action=Action.threads, bottleneck=Bottleneck(d.regime.value) if d.regime else Bottleneck.unknown, gain_ms=gain,
                   kernel=top.name, text=(
         f"Parallelise {_name(top)}'s outer loop with `#pragma omp parallel for schedule(static)`: {why}; "

@@ -147,9 +147,8 @@ def digest(
     stats = profile.verify.kernels if profile.verify else []
     base_median = profile.eager.median_ms if profile.eager else None
     cand_median = profile.candidate.median_ms if profile.candidate else None
-    calib = _calibration(kind, profile.baseline_breakdown, base_median)
-    candidate = _side("candidate", profile.breakdown, cand_median, kind, calib, stats, profile.counters)
-    baseline = _side("eager", profile.baseline_breakdown, base_median, kind, calib, [], []) if profile.baseline_breakdown else None
+    candidate = _side("candidate", profile.breakdown, cand_median, kind, stats, profile.counters)
+    baseline = _side("eager", profile.baseline_breakdown, base_median, kind, [], []) if profile.baseline_breakdown or base_median else None
     d = Digest(
         title=f"{profile.backend} on {profile.device}",
         backend=profile.backend,
@@ -198,32 +197,22 @@ def _peak(profile: ProfileResult, kind: str) -> Peak | None:
     return Peak(flops=r.peak_flops, label=label, bandwidth=r.peak_bandwidth, source=r.peak_source, fma_flops=fma)
 
 
-def _calibration(kind: str, baseline: list[KernelShare], baseline_median: float | None) -> float | None:
-    """CPU only: measured-op time per millisecond of median, from the eager baseline (which does no host work of its own).
-
-    A CPU breakdown comes from separate profiled calls whose times can run well above or below
-    the timed median on a busy host; shares are reliable, absolute times are not. Eager's ratio
-    tells how the profiled pass compares with the timed one, and the candidate is read through it.
-    """
-    if kind != "cpu" or not baseline or not baseline_median:
-        return None
-    total = sum(k.time_ms for k in baseline if not _NO_WORK.match(k.name))
-    return total / baseline_median if total > 0 else None
-
-
 def _side(
-    label: str, rows: list[KernelShare], median: float | None, kind: str, calib: float | None,
-    stats: list[KernelStats], counters: list[KernelCounters],
+    label: str, rows: list[KernelShare], median: float | None, kind: str, stats: list[KernelStats], counters: list[KernelCounters],
 ) -> Side:
+    """One side's kernels on its median's scale.
+
+    A CPU breakdown comes from separate profiled calls whose absolute times run tens of percent
+    above or below the timed median on a busy host (shares are reliable), so CPU op times are
+    capped at the median; CUDA kernel times come from the device and are kept as measured.
+    """
     work = [k for k in rows if not (kind == "cpu" and _NO_WORK.match(k.name))]
     raw = sum(k.time_ms for k in work)
     scale = 1.0
     outside = None
-    if median:
+    if median and raw > 0:
         if kind == "cpu":
-            ratio = raw / median / (calib or 1.0)
-            # Profiled and timed passes disagree by tens of percent on a busy host; never let that make time.
-            kernel_ms = min(median, ratio * median)
+            kernel_ms = min(median, raw)
             scale = kernel_ms / raw if raw > 0 else 1.0
             outside = median - kernel_ms
         else:
@@ -401,7 +390,7 @@ def _render(d: Digest) -> str:
         if side is None or not side.kernels:
             continue
         outside = f", {ms(side.outside_ms)} outside kernels" if side.outside_ms is not None else ""
-        lines.append(f"{side.label}: {side.launches} launches, {ms(side.kernel_ms)} in kernels{outside}")
+        lines.append(f"{side.label}: {side.launches} launch{'es' if side.launches != 1 else ''}, {ms(side.kernel_ms)} in kernels{outside}")
         lines += [_kernel_text(k) for k in side.kernels[: 6 if side is c else 4]]
     if b is not None and d.gaps:
         lines.append("time by role (candidate vs eager): " + "; ".join(

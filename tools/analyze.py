@@ -1,4 +1,4 @@
-"""``analyze_profile``: bottleneck, digest and ONE recommendation from a profile run or raw profiler text."""
+"""``analyze_profile``: digest, bottleneck and ONE recommendation from a profile run or raw profiler text."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import base64
 from kfoundry.artifacts import RUN_ID, new_run, open_run
 from kfoundry.errors import BadRequest
 from kfoundry.profilers.analysis import diagnose, diagnose_text
+from kfoundry.profilers.history import ADVICE_FILE, attempts
 from kfoundry.schema import AnalysisResult, ProfileResult
 from kfoundry.tools.requests import AnalyzeRequest
 
@@ -15,7 +16,9 @@ async def analyze_profile(request: AnalyzeRequest) -> AnalysisResult:
     """Diagnose a finished profile run (by run_id) or raw profiler text.
 
     A run_id opens only the caller's own runs (``artifacts.acting_for``); another caller's run
-    fails exactly as an unknown id does.
+    fails exactly as an unknown id does. The caller's earlier profile runs of the same problem
+    are its history: a change recommended before whose next attempt did not run faster is not
+    recommended again.
 
     Raises:
         BadRequest: ``request.profile`` looks like a run id but names no finished profile run of the caller's.
@@ -32,13 +35,17 @@ async def analyze_profile(request: AnalyzeRequest) -> AnalysisResult:
         measured = ProfileResult.model_validate_json(result_path.read_text())
         if candidate is None and (source_run.path / "candidate.py").is_file():
             candidate = (source_run.path / "candidate.py").read_text()
-        diagnosis = diagnose(measured, candidate)
+        diagnosis = diagnose(measured, candidate, history=attempts(text))
         profile_run_id = text
     else:
         run.write("profile.txt", text)
         diagnosis = diagnose_text(text)
     for i, image in enumerate(request.images or []):
         run.write(f"image-{i}.png", base64.b64decode(image, validate=True))
+    if diagnosis.advice is not None:
+        run.write(ADVICE_FILE, diagnosis.advice)
+    if diagnosis.facts is not None:
+        run.write("digest.json", diagnosis.facts)
     result = AnalysisResult(
         bottleneck=diagnosis.bottleneck, digest=diagnosis.digest, recommendation=diagnosis.recommendation,
         evidence=diagnosis.evidence, source="rules", profile_run_id=profile_run_id, run_id=run.id,

@@ -4,15 +4,17 @@ import torch.nn as nn
 from kfoundry.backends.cpp import load_cpp
 
 _lib = load_cpp(r"""
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 
 // exp(v) as 2^k * p(r), r = v - k ln2 in [-ln2/2, ln2/2]: a degree-6 polynomial (Cephes expf), within ~2 ulp of
-// libm over the range, written with plain arithmetic so the loop vectorises without -ffast-math.
+// libm over the range, in plain arithmetic so the loop vectorises without relaxed math (std::min/max and the
+// 1.5 * 2^23 rounding trick vectorise; fmin/fmax and nearbyint do not).
 static inline float exp_poly(float v) {
-    v = std::fmin(std::fmax(v, -87.0f), 88.0f);
-    const float k = std::nearbyint(v * 1.44269504088896341f);
+    v = std::min(std::max(v, -87.0f), 88.0f);
+    const float k = (v * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
     const float r = v - k * 0.693359375f + k * 2.12194440e-4f;
     float p = 1.9875691500e-4f;
     p = p * r + 1.3981999507e-3f;
