@@ -6,7 +6,7 @@
 A cases file is a JSON list of objects: ``name``, ``problem`` and ``candidate`` (paths relative to the
 cases file), ``backend``, ``precision`` (a numerics policy name) and ``intent`` (what the candidate was
 written to show). One ``kfoundry serve`` is started over stdio from --kfoundry-root with a fresh
-KFOUNDRY_HOME, as a client would run it; for each case it calls ``profile`` (baselines eager only,
+KFOUNDRY_HOME (or --home), as a client would run it; for each case it calls ``profile`` (baselines eager only,
 hardware_counters false) and then ``analyze_profile`` on the returned run_id, and writes OUT/NAME.json:
 the case, both sources, both results and the wall times. A case that fails is written with its error and
 the next one runs. Each record also names the host's cores and fp32 vector lanes (what a CPU
@@ -128,7 +128,7 @@ async def capture(root: Path, cases: list[tuple[Case, str, str]], out: Path, arg
     """Run every case through one server, printing one summary line per case as it finishes."""
     from mcp import Client, StdioServerParameters
 
-    home = Path(tempfile.mkdtemp(prefix="kf-analysis-"))
+    home = args.home or Path(tempfile.mkdtemp(prefix="kf-analysis-"))
     params = StdioServerParameters(command=sys.executable, args=["-m", "kfoundry.cli", "serve"], env=_server_env(root, home), cwd=str(root))
     # The server answers only after a profile's build, trials and timed calls: allow the whole job plus slack.
     limit = args.timeout_s + 300
@@ -181,6 +181,8 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=20)
     parser.add_argument("--timeout-s", type=float, default=600.0, help="per profile call")
     parser.add_argument("--kfoundry-root", type=Path, default=HERE.parent)
+    parser.add_argument("--home", type=Path, default=None,
+                        help="KFOUNDRY_HOME for the server (default: a fresh one); reusing one keeps its measured CPU peaks")
     parser.add_argument("--to-fixtures", type=Path, default=None, help="convert the records in --out into fixtures here, and stop")
     args = parser.parse_args()
     if args.to_fixtures is not None:

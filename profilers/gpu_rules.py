@@ -23,6 +23,8 @@ STREAM = 0.85
 #: A GEMM within this fraction of the library's rate is done.
 MATCHED = 0.90
 SMALL_TILE = 64 * 64
+#: Kernels this short are launch-sized: their bandwidth says nothing about their access pattern.
+LAUNCH_SIZED_MS = 0.020
 
 
 class TritonFacts(BaseModel):
@@ -147,7 +149,7 @@ def _gemm_options(d: Digest, g: KernelLine, source: str) -> list[Option]:
         return out
     gain = g.time_ms - d.flops / target_rate * 1e3
     share = g.time_ms / median if median else 0.0
-    lead = f"the GEMM is {share:.0%} of the call at {g.flop_rate / target_rate:.0%} of {against}'s rate: matching it {saving(gain, median)}"
+    lead = f"the GEMM is {share:.0%} of the call at {g.flop_rate / target_rate:.0%} of the rate of {against}: matching it {saving(gain, median)}"
     if not matrix:
         how = ("tl.dot on (BLOCK_M, BLOCK_K) x (BLOCK_K, BLOCK_N) tiles" if d.backend == "triton"
                else "register-tiled shared-memory blocks (each thread computing a 4x4 or 8x8 sub-tile)")
@@ -201,6 +203,8 @@ def _stream_option(d: Digest, source: str) -> Option | None:
     top = max(own, key=lambda k: k.time_ms)
     if top.time_ms < 0.6 * c.kernel_ms or top.byte_rate is None or top.pct_of_peak is None or top.pct_of_peak >= 0.6:
         return None
+    if top.time_ms / top.calls < LAUNCH_SIZED_MS:
+        return None  # a few microseconds of work cannot ramp up to full bandwidth, whatever its access pattern
     bound = d.bytes / (STREAM * d.peak.bandwidth) * 1e3
     gain = top.time_ms - bound
     if gain <= 0:

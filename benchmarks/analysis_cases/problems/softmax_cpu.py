@@ -12,7 +12,7 @@ class Model(nn.Module):
         return torch.softmax(x, dim=-1)
 
 
-batch_size = 1024
+batch_size = 2048
 dim = 4096
 
 

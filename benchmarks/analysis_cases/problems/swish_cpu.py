@@ -12,8 +12,8 @@ class Model(nn.Module):
         return x * torch.sigmoid(x) * 1.75
 
 
-batch_size = 1024
-dim = 2048
+batch_size = 4096
+dim = 4096
 
 
 def get_inputs():
