@@ -44,11 +44,15 @@ async def test_a_reduced_precision_gemm_is_correct_under_its_policy_within_the_h
 
 
 @pytest.mark.parametrize("policy", ["tf32", "bf16"])
-async def test_the_same_gemm_is_rejected_under_strict_for_its_reduced_precision(client: Client, policy: str) -> None:
+async def test_the_same_gemm_is_a_mismatch_under_strict_for_its_reduced_precision_with_an_early_warning(client: Client, policy: str) -> None:
     data = await _call(client, "verify", candidate=CANDIDATES[policy], precision="strict", trials=1)
 
-    assert data["state"] == "rejected", data
-    assert "precision_downcast" in {f["code"] for f in data["findings"] if f["blocking"]}
+    # The static rule warns before anything runs; the measured error against the float64 oracle decides.
+    assert data["state"] == "mismatch", data
+    assert data["mismatch"]["reason"] in ("values", "precision")
+    assert "precision_downcast" in {f["code"] for f in data["findings"] if not f["blocking"]}
+    [check] = data["precision_checks"]
+    assert not check["passed"] and check["candidate_error"] > check["bound"]
 
 
 @pytest.mark.parametrize("policy", ["tf32", "bf16"])
