@@ -16,9 +16,10 @@ import anyio
 import httpx2
 from mcp import Client, StdioServerParameters
 from mcp.client.streamable_http import streamable_http_client
-from mcp.types import CallToolResult, CreateMessageRequestParams, CreateMessageResult, TextContent
+from mcp.types import CreateMessageRequestParams, CreateMessageResult, TextContent
 from pydantic import BaseModel, Field, ValidationError
 
+from kfoundry.clients.link import RESTART_WAIT_S, ConnectionLost, Link
 from kfoundry.schema import AnalysisResult, BackendsResult, CompileResult, ProfileResult, TranslateResult, VerifyResult
 
 M = TypeVar("M", bound=BaseModel)
@@ -73,17 +74,37 @@ def parse_result(model: type[M], data: dict[str, Any]) -> M:
 
 
 class ToolSession:
-    """Typed calls to the kernel-foundry tools over one connected ``mcp.Client``."""
+    """Typed calls to the kernel-foundry tools over one connected ``mcp.Client``.
 
-    def __init__(self, client: Client, info: ServerInfo, timeout_s: float = 900.0) -> None:
-        self.client = client
+    With a ``Link`` (what ``connect`` makes) a call cut short by the server going away, or refused
+    while it shuts down, runs again once the server is back (``clients.link``).
+    """
+
+    def __init__(self, client: Client, info: ServerInfo, timeout_s: float = 900.0, link: Link | None = None) -> None:
+        self._client = client
         self.info = info
         self.timeout_s = timeout_s
+        self.link = link
+
+    @property
+    def client(self) -> Client:
+        """The connected client now (a new one after the server restarted)."""
+        if self.link is not None and self.link.client is not None:
+            return self.link.client
+        return self._client
 
     async def _call(self, tool: str, arguments: dict[str, Any], model: type[M], timeout_s: float | None = None) -> M:
         bound = timeout_s or self.timeout_s
-        with anyio.fail_after(bound + 30):
-            result: CallToolResult = await self.client.call_tool(tool, {k: v for k, v in arguments.items() if v is not None}, read_timeout_seconds=bound)
+        sent = {k: v for k, v in arguments.items() if v is not None}
+        try:
+            if self.link is not None:
+                with anyio.fail_after(bound + self.link.restart_wait_s + 30):
+                    result = await self.link.call_tool(tool, sent, bound)
+            else:
+                with anyio.fail_after(bound + 30):
+                    result = await self.client.call_tool(tool, sent, read_timeout_seconds=bound)
+        except ConnectionLost as exc:
+            raise ToolCallError(f"{tool}: {exc}") from exc
         if result.is_error or result.structured_content is None:
             text = " ".join(getattr(block, "text", "") for block in result.content)
             raise ToolCallError(f"{tool}: {text or 'no structured result'}")
@@ -118,9 +139,14 @@ class ToolSession:
 
 
 @asynccontextmanager
-async def connect(server: Any = None, token: str | None = None, sample: SampleText | None = None, timeout_s: float = 900.0) -> AsyncIterator[ToolSession]:
+async def connect(
+    server: Any = None, token: str | None = None, sample: SampleText | None = None, timeout_s: float = 900.0, restart_wait_s: float = RESTART_WAIT_S,
+) -> AsyncIterator[ToolSession]:
     """Open a session: ``None`` spawns ``kfoundry serve`` over stdio, an ``http(s)://`` URL connects with
     an optional bearer token, anything else (an ``MCPServer``) is served in-process.
+
+    Over HTTP the session survives a server restart: a call it cut short runs again once the server
+    answers, waiting at most ``restart_wait_s``.
     """
     extra: dict[str, Any] = {"sampling_callback": _sampling_callback(sample)} if sample is not None else {}
     async with AsyncExitStack() as stack:
@@ -133,13 +159,24 @@ async def connect(server: Any = None, token: str | None = None, sample: SampleTe
                 raise ValueError(f"--server must be an http(s):// URL of `kfoundry serve --transport http`, not {server!r}")
             headers = {"Authorization": f"Bearer {token}"} if token else {}
             http = await stack.enter_async_context(httpx2.AsyncClient(headers=headers, timeout=httpx2.Timeout(30.0, read=timeout_s + 60)))
-            target = streamable_http_client(server, http_client=http)
             transport, described = "http", server
         else:
             target, transport, described = server, "in-process", type(server).__name__
-        client = await stack.enter_async_context(Client(target, **extra))
+        if transport == "http":
+
+            async def open_client(inner: AsyncExitStack) -> Client:
+                return await inner.enter_async_context(Client(streamable_http_client(server, http_client=http), **extra))
+
+            link = Link(open_client, restart_wait_s)
+            group = await stack.enter_async_context(anyio.create_task_group())
+            await group.start(link.own)
+            stack.callback(link.close)  # runs first: the link's task ends, then the group exits
+            client, session_link = link.client, link
+        else:
+            client, session_link = await stack.enter_async_context(Client(target, **extra)), None
+        assert client is not None
         info = ServerInfo(
             name=client.server_info.name, version=client.server_info.version or "", protocol=str(client.protocol_version),
             transport=transport, target=described,
         )
-        yield ToolSession(client, info, timeout_s)
+        yield ToolSession(client, info, timeout_s, session_link)

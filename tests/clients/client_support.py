@@ -38,7 +38,7 @@ class MemoSession(ToolSession):
     """translate_reference answers the same for the same arguments; the tests pay for it once per module."""
 
     def __init__(self, inner: ToolSession) -> None:
-        super().__init__(inner.client, inner.info, inner.timeout_s)
+        super().__init__(inner.client, inner.info, inner.timeout_s, inner.link)
         self.memo: dict[tuple[Any, ...], TranslateResult] = {}
 
     async def translate(self, reference: str, backend: str, source_backend: str = "pytorch", source_code: str | None = None) -> TranslateResult:
