@@ -5,7 +5,8 @@
 
 A cases file is a JSON list of objects: ``name``, ``problem`` and ``candidate`` (paths relative to the
 cases file), ``backend``, ``precision`` (a numerics policy name) and ``intent`` (what the candidate was
-written to show). One ``kfoundry serve`` is started over stdio from --kfoundry-root with a fresh
+written to show), and optionally ``next``: the cases that apply one change to this candidate, by the
+action's name, so a change's measured effect can be read off the two records. One ``kfoundry serve`` is started over stdio from --kfoundry-root with a fresh
 KFOUNDRY_HOME (or --home), as a client would run it; for each case it calls ``profile`` (baselines eager only,
 hardware_counters false) and then ``analyze_profile`` on the returned run_id, and writes OUT/NAME.json:
 the case, both sources, both results and the wall times. A case that fails is written with its error and
@@ -17,6 +18,8 @@ ones as that problem's history, as it would in a session.
 
 turns the records in OUT into the labelled set's fixtures (case, host, candidate source and profile
 result; the analysis is dropped, since the tests run the rules afresh); labels live beside them.
+``--out OUT --note FILE`` writes a markdown note: each case's digest and recommendation beside the
+measured effect of its ``next`` cases.
 
 The package maps kfoundry.server -> server/ etc. through setuptools package-dir, so --kfoundry-root must be
 pip-installed (``pip install --no-deps --no-build-isolation -e ROOT``); the script checks that first.
@@ -49,6 +52,9 @@ class Case(BaseModel):
     backend: str
     precision: str = "strict"
     intent: str = ""
+    next: dict[str, str] = Field(
+        default_factory=dict, description="Follow-up cases that apply one change to this candidate: action name -> case name.",
+    )
 
 
 def load_cases(path: Path, only: set[str] | None) -> list[tuple[Case, str, str]]:
@@ -87,6 +93,47 @@ def to_fixtures(records: Path, fixtures: Path) -> list[str]:
         }
         (fixtures / path.name).write_text(json.dumps(fixture, indent=1) + "\n")
         written.append(record["case"]["name"])
+    return written
+
+
+def write_note(records: Path, path: Path, title: str, cases: dict[str, Case] | None = None) -> int:
+    """Markdown: each case's digest and recommendation beside what its follow-up candidates measured; returns cases written.
+
+    ``cases`` (from a cases file) overrides the case each record carries, so follow-ups added later still count.
+    """
+    from kfoundry.profilers.analysis import Host, diagnose
+    from kfoundry.schema import ProfileResult
+
+    found = {}
+    for record_path in sorted(records.glob("*.json")):
+        record = json.loads(record_path.read_text())
+        if "case" in record and (record.get("profile") or {}).get("state") == "correct":
+            found[record["case"]["name"]] = record
+    lines = [f"# {title}", "", "Each case: the digest and the rules' recommendation (run afresh, no history), then what the "
+             "follow-up candidate that applies one change measured.", ""]
+    written = 0
+    for name, record in found.items():
+        case = (cases or {}).get(name) or Case.model_validate(record["case"])
+        if not case.next:
+            continue
+        profile = ProfileResult.model_validate(record["profile"])
+        host = Host.model_validate(record["host"]) if record.get("host") else None
+        d = diagnose(profile, record["candidate_source"], host=host)
+        chosen = d.advice.action.value if d.advice else "?"
+        lines += [f"## {name}: {case.intent}", "", "```", d.digest, "```", "", f"**Recommendation [{chosen}]**: {d.recommendation}", ""]
+        before = profile.candidate.median_ms if profile.candidate else None
+        for action, follow in case.next.items():
+            other = found.get(follow)
+            after = ((other or {}).get("profile") or {}).get("candidate", {}).get("median_ms")
+            if before and after:
+                effect = f"{before:.4g} ms -> {after:.4g} ms ({after / before - 1:+.0%})"
+            else:
+                effect = "not measured"
+            intent = other["case"]["intent"] if other else "missing"
+            lines.append(f"- follow-up for `{action}`: {follow} ({intent}): {effect}")
+        lines.append("")
+        written += 1
+    path.write_text("\n".join(lines))
     return written
 
 
@@ -184,10 +231,15 @@ def main() -> None:
     parser.add_argument("--home", type=Path, default=None,
                         help="KFOUNDRY_HOME for the server (default: a fresh one); reusing one keeps its measured CPU peaks")
     parser.add_argument("--to-fixtures", type=Path, default=None, help="convert the records in --out into fixtures here, and stop")
+    parser.add_argument("--note", type=Path, default=None, help="write a markdown note of the records in --out (digest, advice, follow-ups), and stop")
     args = parser.parse_args()
     if args.to_fixtures is not None:
         for name in to_fixtures(args.out, args.to_fixtures):
             print(name)
+        return
+    if args.note is not None:
+        manifest = {c.name: c for c, _, _ in load_cases(args.cases.resolve(), None)} if args.cases else None
+        print(f"{write_note(args.out, args.note, f'Analysis of {args.out.name}', manifest)} cases written to {args.note}")
         return
     if args.cases is None:
         parser.error("--cases is required to capture")

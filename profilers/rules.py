@@ -129,7 +129,7 @@ def _launches(d: Digest) -> Option | None:
     gain = c.median_ms - fused
     if gain <= 0:
         return None
-    unit = "kernel launches" if d.kind == "gpu" else "calls into the library"
+    unit = "kernel launches" if d.kind == "gpu" else "calls of compiled functions"
     text = (
         f"Fuse the {calls} {unit} per forward into one ({'or capture them in a CUDA graph' if d.kind == 'gpu' else 'one pass over the data'}): "
         f"they average {ms(mean)} each, so per-{'launch' if d.kind == 'gpu' else 'call'} overhead and the round trips between "
