@@ -171,7 +171,8 @@ def _blocking(d: Digest, facts: CppFacts, top: KernelLine) -> Option | None:
         return None
     lib = max((k for k in (d.baseline.kernels if d.baseline else []) if k.role is Role.gemm and k.flop_rate),
               key=lambda k: k.time_ms, default=None)
-    target = max(BLOCKED_TARGET * d.peak.flops, lib.flop_rate if lib and lib.flop_rate else 0.0)
+    # A CPU library rate comes from a profiled pass that can run faster than the timed one: never aim above the measured peak.
+    target = min(max(BLOCKED_TARGET * d.peak.flops, lib.flop_rate if lib and lib.flop_rate else 0.0), d.peak.flops)
     if not facts.parallel:
         target /= _cores(d)
     if facts.scalar and not facts.strided_inner:

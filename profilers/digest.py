@@ -25,7 +25,7 @@ _GEMM = re.compile(
     r"|conv|mkldnn",
     re.I,
 )
-_REDUCTION = re.compile(r"softmax|reduce|sum|max|min|norm|mean|var|argm|exp_sum|row_", re.I)
+_REDUCTION = re.compile(r"softmax|reduce|sum|(?<!clamp_)max|(?<!clamp_)min|norm|mean|var|argm|row_", re.I)
 _COPY = re.compile(r"copy|cast|convert|to_bf16|to_fp16|_to_|contiguous|transpose|clone|bf16|half", re.I)
 #: Bookkeeping ops on a CPU breakdown: allocation, views, no work of their own.
 _NO_WORK = re.compile(r"aten::(empty|empty_like|empty_strided|view|reshape|as_strided|t|to|resolve_|detach|lift)", re.I)

@@ -98,10 +98,12 @@ def _host(d: Digest, source: str) -> Option | None:
     habits = [what for pattern, what in _HOST_HABITS if pattern.search(_forward(source))]
     found = f"; forward {', '.join(habits)}" if habits else ""
     versus = f" against {ms(harness)} for eager (the timer's own share)" if d.kind == "gpu" and b is not None else ""
+    how = ("compute constants once in __init__, keep data on the device, no per-call syncs" if d.kind == "gpu"
+           else "compute constants once in __init__, no Python loops or list building per call")
+    where = "kernel" if d.kind == "gpu" else "compiled function or op"
     text = (
-        f"Move the host work out of forward (compute constants once in __init__, keep data on the device, no "
-        f"per-call syncs): {ms(excess)} of the {ms(c.median_ms)} call is spent outside any kernel{versus}{found}; "
-        f"removing it {saving(excess, c.median_ms)}."
+        f"Move the host work out of forward ({how}): {ms(excess)} of the {ms(c.median_ms)} call is spent outside any "
+        f"{where}{versus}{found}; removing it {saving(excess, c.median_ms)}."
     )
     return Option(action=Action.host_overhead, bottleneck=Bottleneck.host_overhead, gain_ms=excess, text=text)
 
