@@ -74,6 +74,7 @@ def _brief(tool: str, data: dict[str, Any]) -> dict[str, Any]:
 
 
 async def serve_cases(cases: list[str], args: argparse.Namespace, results: dict[str, Any], save: Any) -> None:
+    import anyio
     from mcp import Client, StdioServerParameters
 
     home = Path(tempfile.mkdtemp(prefix="kfloop-"))
@@ -84,6 +85,8 @@ async def serve_cases(cases: list[str], args: argparse.Namespace, results: dict[
         info = await client.call_tool("backends", {}, read_timeout_seconds=300)
         results["backends"] = [(b.get("name"), b.get("available")) for b in (info.structured_content or {}).get("backends", [])]
         for name in cases:
+            # An agent thinks between rounds: the pool's spares are warm again when its next round starts.
+            await anyio.sleep(args.settle_s)
             case = CASES[name]
             reference = (HERE / case["problem"]).read_text()
             candidate = (HERE / case["candidate"]).read_text()
@@ -94,6 +97,8 @@ async def serve_cases(cases: list[str], args: argparse.Namespace, results: dict[
                 ("verify", "verify", {**checked, "trials": 5}),
                 ("profile_eager", "profile", {**checked, "baselines": ["eager"]}),
             ] + [(f"profile_{i + 1}", "profile", {**checked, "baselines": ["eager", "compile"]}) for i in range(args.repeats)]
+            if args.graph:
+                plan.append(("profile_graph", "profile", {**checked, "baselines": ["eager", "compile"], "cuda_graph": True}))
             record = results["cases"].setdefault(name, {"calls": {}})
             for label, tool, arguments in plan:
                 progress: list[tuple[float, float, str]] = []
@@ -210,6 +215,13 @@ def print_tables(results: dict[str, Any]) -> None:
             theirs = (db.get(contender) or {}).get("median_ms")
             n = repeats[0][contender].get("n") if repeats[0].get(contender) else None
             print(row.format(name, contender, _fmt(ours, ".4f"), _fmt(theirs, ".4f"), _fmt(ours / theirs if theirs else None, ".3f"), f"{cov:.2%}", _fmt(n, "d")))
+    print("\nCUDA-graph mode (one profile)")
+    for name, rec in results["cases"].items():
+        g = rec.get("calls", {}).get("profile_graph")
+        if g and g.get("state") == "correct":
+            db = rec.get("dobench") or {}
+            print(f"  {name}: " + ", ".join(f"{c} {g[c]['median_ms']:.4f} ms (do_bench {_fmt((db.get(c) or {}).get('median_ms'), '.4f')})"
+                                       for c in CONTENDERS if g.get(c)))
     print("\nround trip (wall seconds through MCP; KernelBench eval in a fresh process)")
     row = "{:<13} {:>8} {:>8} {:>10} {:>10} {:>10} {:>8}"
     print(row.format("case", "compile", "verify", "prof eager", "c+v+p", "prof +cmp", "KB eval"))
@@ -230,6 +242,8 @@ def main() -> int:
     parser.add_argument("--out", required=True)
     parser.add_argument("--cases", default=",".join(CASES))
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--settle-s", type=float, default=15.0, help="pause before each case (spare workers warm up)")
+    parser.add_argument("--graph", action="store_true", help="also profile each case in CUDA-graph mode")
     parser.add_argument("--anchors", default="dobench,kb", help="comma-separated: dobench, kb (or empty)")
     parser.add_argument("--kb-root", default=str(ROOT / ".bench-kb"))
     parser.add_argument("--kb-correct-trials", type=int, default=5)

@@ -32,6 +32,8 @@ class _Device:
         self.queue = DeviceQueue(jobs, settings().per_owner_jobs)
         self.spares: list[Worker] = []
         self.starting = 0
+        #: spares still starting, which a timing job stops rather than waits for
+        self.booting: set[Worker] = set()
 
 
 class WorkerPool:
@@ -87,12 +89,20 @@ class WorkerPool:
             async with dev.queue.background():
                 worker = Worker(dev.name, self._tg)
                 self._live.add(worker)
+                dev.booting.add(worker)
                 try:
                     await worker.start()
                 except Exception:  # noqa: BLE001 - a spare that fails to start is dropped; acquire() starts its own
-                    logger.exception("spare worker failed to start")
+                    if worker in dev.booting:
+                        logger.exception("spare worker failed to start")
                     self._live.discard(worker)
                     await worker.dispose()
+                    return
+                finally:
+                    stopped = worker not in dev.booting
+                    dev.booting.discard(worker)
+                if stopped:
+                    await self.release(worker)
                     return
         finally:
             dev.starting -= 1
@@ -137,9 +147,17 @@ class WorkerPool:
         """Admission to a device: shared for correctness work, exclusive while anything is timed."""
         async with self.device(device).queue.hold(exclusive, owner, on_position):
             yield
+        if exclusive and self._tg is not None:
+            self.warm(device)  # spares a timing job stopped start again
 
     async def quiesce(self, device: str) -> None:
-        await self.device(device).queue.quiesce()
+        """Before timing: spares still starting are stopped (a worker start takes seconds of CPU and a CUDA
+        context); they start again once the timing job has left the device."""
+        dev = self.device(device)
+        booting, dev.booting = list(dev.booting), set()
+        for worker in booting:
+            await worker.kill()
+        await dev.queue.quiesce()
 
     def status(self) -> dict[str, dict[str, int | bool]]:
         """Per device: jobs running, queued, exclusive (timing) now, warm spares."""

@@ -137,6 +137,13 @@ class Worker:
         if self.sandboxed:
             jail.hand_to_sandbox(caches)
         extra_env = _backend_env(self.device, caches)
+        # A home and temporary folder the worker may write (the scratch folder itself belongs to the trusted side):
+        # torch.compile and friends write temporary files there.
+        home = self.dir / "home"
+        home.mkdir()
+        if self.sandboxed:
+            jail.hand_to_sandbox(home)
+        extra_env.update(HOME=str(home), TMPDIR=str(home))
         if self.device.startswith("cuda"):
             extra_env["CUDA_VISIBLE_DEVICES"] = self.device.partition(":")[2] or "0"
         args = [
