@@ -7,6 +7,7 @@ and the real worker pool, exactly as a laptop attached to the GPU box would meet
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import signal
@@ -264,3 +265,76 @@ def alive(pid: int) -> bool:
 def workers(home: Path) -> list[int]:
     """Live worker processes (and anything they forked) started for this server's KFOUNDRY_HOME."""
     return [p.pid for p in sandbox_processes(home)]
+
+
+# Raw streamable HTTP, as a client that is not ours speaks it (the 2025-11-25 handshake).
+PROTOCOL = "2025-11-25"
+
+
+@dataclass
+class Event:
+    id: str | None
+    data: dict[str, Any] | None
+
+
+async def events(response: httpx2.Response) -> AsyncIterator[Event]:
+    """The SSE events of ``response`` as they arrive (a priming event has no data)."""
+    event_id, data = None, ""
+    async for line in response.aiter_lines():
+        if not line:
+            if event_id is not None or data:
+                yield Event(event_id, json.loads(data) if data else None)
+            event_id, data = None, ""
+        elif line.startswith("id:"):
+            event_id = line[3:].strip()
+        elif line.startswith("data:"):
+            data += line[5:].strip()
+
+
+@dataclass
+class Session:
+    http: httpx2.AsyncClient
+    url: str
+    id: str
+
+    def headers(self, **extra: str) -> dict[str, str]:
+        return {**MCP_HEADERS, "mcp-session-id": self.id, "mcp-protocol-version": PROTOCOL, **extra}
+
+
+async def open_session(http: httpx2.AsyncClient, server: Server) -> Session:
+    initialize = {
+        "jsonrpc": "2.0", "id": 0, "method": "initialize",
+        "params": {"protocolVersion": PROTOCOL, "capabilities": {}, "clientInfo": {"name": "raw-wire-test", "version": "0"}},
+    }
+    with anyio.fail_after(30):
+        async with http.stream("POST", server.mcp_url, json=initialize, headers=MCP_HEADERS) as response:
+            assert response.status_code == 200, await response.aread()
+            session_id = response.headers["mcp-session-id"]
+            async for event in events(response):
+                if event.data is not None and event.data.get("id") == 0:
+                    break
+        session = Session(http, server.mcp_url, session_id)
+        initialized = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+        assert (await http.post(server.mcp_url, json=initialized, headers=session.headers())).status_code == 202
+    return session
+
+
+def token_client(server: Server) -> httpx2.AsyncClient:
+    return httpx2.AsyncClient(headers={"Authorization": f"Bearer {server.tokens['alice']}"}, timeout=httpx2.Timeout(30.0, read=120.0))
+
+
+def call(request_id: int, tool: str, arguments: dict[str, Any]) -> dict[str, Any]:
+    return {"jsonrpc": "2.0", "id": request_id, "method": "tools/call",
+            "params": {"name": tool, "arguments": arguments, "_meta": {"progressToken": f"p{request_id}"}}}
+
+
+async def rpc(session: Session, message: dict[str, Any], *, within: float = 60.0) -> tuple[int, dict[str, Any]]:
+    """POST one JSON-RPC request; the HTTP status and the JSON-RPC message answering it (from JSON or SSE)."""
+    with anyio.fail_after(within):
+        async with session.http.stream("POST", session.url, json=message, headers=session.headers()) as response:
+            if not response.headers.get("content-type", "").startswith("text/event-stream"):
+                return response.status_code, json.loads(await response.aread())
+            async for event in events(response):
+                if event.data is not None and "id" in event.data and event.data["id"] == message.get("id"):
+                    return response.status_code, event.data
+    raise AssertionError(f"no answer to {message.get('method')}")

@@ -7,78 +7,29 @@ they check the bytes on the wire rather than what the Python client makes of the
 
 from __future__ import annotations
 
-import json
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Any
 
 import anyio
-import httpx2
 import pytest
 from candidates import CORRECT_CPP
-from http_support import MCP_HEADERS, PROBE_GUARDRAILS, Server, busy_for, find_pid, probe_marker, verify_arguments, writes_pid_then_blocks
+from http_support import (
+    PROBE_GUARDRAILS,
+    Event,
+    Server,
+    busy_for,
+    call,
+    events,
+    find_pid,
+    open_session,
+    probe_marker,
+    token_client,
+    verify_arguments,
+    writes_pid_then_blocks,
+)
 
 pytestmark = pytest.mark.anyio
 
-PROTOCOL = "2025-11-25"
 LISTING_BUDGET_BYTES = 16 * 1024
-
-
-@dataclass
-class Event:
-    id: str | None
-    data: dict[str, Any] | None
-
-
-async def events(response: httpx2.Response) -> AsyncIterator[Event]:
-    """The SSE events of ``response`` as they arrive (a priming event has no data)."""
-    event_id, data = None, ""
-    async for line in response.aiter_lines():
-        if not line:
-            if event_id is not None or data:
-                yield Event(event_id, json.loads(data) if data else None)
-            event_id, data = None, ""
-        elif line.startswith("id:"):
-            event_id = line[3:].strip()
-        elif line.startswith("data:"):
-            data += line[5:].strip()
-
-
-@dataclass
-class Session:
-    http: httpx2.AsyncClient
-    url: str
-    id: str
-
-    def headers(self, **extra: str) -> dict[str, str]:
-        return {**MCP_HEADERS, "mcp-session-id": self.id, "mcp-protocol-version": PROTOCOL, **extra}
-
-
-async def open_session(http: httpx2.AsyncClient, server: Server) -> Session:
-    initialize = {
-        "jsonrpc": "2.0", "id": 0, "method": "initialize",
-        "params": {"protocolVersion": PROTOCOL, "capabilities": {}, "clientInfo": {"name": "raw-wire-test", "version": "0"}},
-    }
-    with anyio.fail_after(30):
-        async with http.stream("POST", server.mcp_url, json=initialize, headers=MCP_HEADERS) as response:
-            assert response.status_code == 200, await response.aread()
-            session_id = response.headers["mcp-session-id"]
-            async for event in events(response):
-                if event.data is not None and event.data.get("id") == 0:
-                    break
-        session = Session(http, server.mcp_url, session_id)
-        initialized = {"jsonrpc": "2.0", "method": "notifications/initialized"}
-        assert (await http.post(server.mcp_url, json=initialized, headers=session.headers())).status_code == 202
-    return session
-
-
-def token_client(server: Server) -> httpx2.AsyncClient:
-    return httpx2.AsyncClient(headers={"Authorization": f"Bearer {server.tokens['alice']}"}, timeout=httpx2.Timeout(30.0, read=120.0))
-
-
-def call(request_id: int, tool: str, arguments: dict[str, Any]) -> dict[str, Any]:
-    return {"jsonrpc": "2.0", "id": request_id, "method": "tools/call",
-            "params": {"name": tool, "arguments": arguments, "_meta": {"progressToken": f"p{request_id}"}}}
 
 
 async def test_the_tool_listing_on_the_wire_stays_within_its_budget(server: Server) -> None:
