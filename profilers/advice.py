@@ -76,7 +76,7 @@ Rules = Callable[[Digest, str], list[Option]]
 WORTHWHILE = 0.10
 #: Order among options whose gains are within 10% of each other: the surer, cheaper change first.
 _PRIORITY = (
-    Action.host_overhead, Action.launch_count, Action.precision, Action.main_loop, Action.fusion, Action.library,
+    Action.launch_count, Action.host_overhead, Action.precision, Action.main_loop, Action.fusion, Action.library,
     Action.threads, Action.vectorise, Action.cache_blocking, Action.coalescing, Action.tile_config, Action.stop,
 )
 
