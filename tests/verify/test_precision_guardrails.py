@@ -120,7 +120,7 @@ def test_check_without_a_precision_argument_means_strict() -> None:
     "with torch.autocast('cuda'):\n    return x @ x",
     "with torch.cuda.amp.autocast():\n    return x @ x",
 ])
-def test_float16_in_python_is_rejected_under_strict_and_allowed_under_fp16(forward: str) -> None:
+def test_float16_in_python_is_flagged_under_strict_and_allowed_under_fp16(forward: str) -> None:
     source = _cpp(forward)
 
     found = _downcasts(source, "cpp")
@@ -129,7 +129,7 @@ def test_float16_in_python_is_rejected_under_strict_and_allowed_under_fp16(forwa
     assert _downcasts(source, "cpp", "fp16") == []
 
 
-def test_float8_is_rejected_even_under_bf16_as_below_the_declared_precision() -> None:
+def test_float8_is_flagged_even_under_bf16_as_below_the_declared_precision() -> None:
     source = _cpp("return x.to(torch.float8_e4m3fn).float()")
 
     found = _downcasts(source, "cpp", "bf16")
@@ -138,7 +138,7 @@ def test_float8_is_rejected_even_under_bf16_as_below_the_declared_precision() ->
     assert "below the declared precision 'bf16'" in found[0].message and "float8" in found[0].message
 
 
-def test_triton_bfloat16_is_rejected_under_strict_and_tf32_and_allowed_under_bf16() -> None:
+def test_triton_bfloat16_is_flagged_under_strict_and_tf32_and_allowed_under_bf16() -> None:
     source = _triton('c = tl.dot(a.to(tl.bfloat16), b.to(tl.bfloat16), input_precision="ieee")')
 
     assert [f.message for f in _downcasts(source, "triton")] == [
@@ -153,13 +153,13 @@ def test_triton_bfloat16_is_rejected_under_strict_and_tf32_and_allowed_under_bf1
     ("c = (a * b).to(tl.float8e4nv).to(tl.float32)", "float8"),
     ("c = (a * b).to(tl.float8e5).to(tl.float32)", "float8"),
 ])
-def test_triton_narrow_types_are_rejected_under_strict(body: str, kind: str) -> None:
+def test_triton_narrow_types_are_flagged_under_strict(body: str, kind: str) -> None:
     found = _downcasts(_triton(body), "triton")
 
     assert len(found) == 1 and kind in found[0].message
 
 
-def test_tl_dot_without_ieee_precision_is_tf32_rejected_under_strict_and_allowed_under_tf32() -> None:
+def test_tl_dot_without_ieee_precision_is_flagged_as_tf32_under_strict_and_allowed_under_tf32() -> None:
     source = _triton("c = tl.dot(a, b)")
 
     found = _downcasts(source, "triton")
@@ -176,7 +176,7 @@ def test_tl_dot_without_ieee_precision_is_tf32_rejected_under_strict_and_allowed
     'tl.dot(a, b, input_precision="tf32x3")',
     "tl.dot(a, b, None, PRECISION)",
 ])
-def test_tl_dot_asking_for_tf32_is_rejected_under_strict(call: str) -> None:
+def test_tl_dot_asking_for_tf32_is_flagged_under_strict(call: str) -> None:
     assert len(_downcasts(_triton(f"c = {call}"), "triton")) == 1
 
 
@@ -192,7 +192,7 @@ def test_a_tl_dot_in_ieee_precision_passes_strict(call: str) -> None:
     ('extern "C" __global__ void k(const float* x, float* y) { __nv_fp8_e4m3 v(x[0]); y[0] = float(v); }', "float8"),
     ('extern "C" __global__ void k(const float* x, float* y) { y[0] = __expf(x[0]); }', "fast-math"),
 ])
-def test_reduced_precision_in_cuda_kernel_source_is_rejected_under_strict_at_its_kernel_line(body: str, kind: str) -> None:
+def test_reduced_precision_in_cuda_kernel_source_is_flagged_under_strict_at_its_kernel_line(body: str, kind: str) -> None:
     source = _cuda(body)
 
     found = _downcasts(source, "cuda")
@@ -208,7 +208,7 @@ def test_reduced_precision_in_cuda_kernel_source_is_rejected_under_strict_at_its
     ("cpp", _cpp(flags=', extra_cflags=["-O3", "-ffast-math"]')),
     ("cpp", _cpp(flags=', extra_cflags=["-Ofast"]')),
 ])
-def test_fast_math_flags_are_rejected_under_strict_and_allowed_under_relaxed_policies(backend: str, source: str) -> None:
+def test_fast_math_flags_are_flagged_under_strict_and_allowed_under_relaxed_policies(backend: str, source: str) -> None:
     found = _downcasts(source, backend)
 
     assert found and "fast-math" in found[0].message and "pass precision='tf32'" in found[0].message
@@ -292,7 +292,7 @@ def test_triton_precision_rules_apply_to_a_triton_kernel_inside_a_cpp_candidate(
 # -- policies -------------------------------------------------------------------------------------
 
 
-def test_tf32_policy_allows_tl_dot_default_and_tf32_flags_but_rejects_bf16() -> None:
+def test_tf32_policy_allows_tl_dot_default_and_tf32_flags_but_flags_bf16() -> None:
     dot = _triton("c = tl.dot(a, b)")
     flags = _cpp(extra="torch.backends.cuda.matmul.allow_tf32 = True\ntorch.set_float32_matmul_precision('high')\n")
     bf16 = _cpp("return x.bfloat16().float()")
@@ -314,7 +314,7 @@ def test_tf32_flags_are_rejected_under_strict_with_a_hint_and_other_numerics_fla
         assert len(blocked) == 3 and all(f.blocking for f in blocked), name
 
 
-def test_bf16_policy_allows_bf16_fp16_tf32_and_fast_math_but_rejects_fp8() -> None:
+def test_bf16_policy_allows_bf16_fp16_tf32_and_fast_math_but_flags_fp8() -> None:
     allowed = _cpp(
         "with torch.autocast('cpu'):\n    y = x.half().bfloat16()\nreturn y.float()",
         flags=', extra_cflags=["-ffast-math"]',
@@ -329,7 +329,7 @@ def test_bf16_policy_allows_bf16_fp16_tf32_and_fast_math_but_rejects_fp8() -> No
     assert "no precision policy allows float8" in found.message
 
 
-def test_fp16_policy_rejects_bf16_as_below_the_declared_precision() -> None:
+def test_fp16_policy_flags_bf16_as_below_the_declared_precision() -> None:
     source = _cuda('extern "C" __global__ void k(const float* x, __nv_bfloat16* y) { y[0] = __float2bfloat16(x[0]); }')
 
     found = _downcasts(source, "cuda", "fp16")
