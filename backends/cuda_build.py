@@ -75,6 +75,17 @@ class CudaBuildOutcome(TrustedBuild):
     arch: str = ""
     toolchain: str = ""
     options: list[str] = Field(default_factory=list)
+    math_options: list[str] = Field(
+        default_factory=list, description="Fast-math options NVRTC was given (--use_fast_math, --ftz=true, ...), from the build's option list.",
+    )
+
+
+def _math_warning(options: list[str], label: str, line: int | None) -> list[Diagnostic]:
+    if not options:
+        return []
+    message = (f"built with fast-math options ({', '.join(options)}): allowed, but under the strict policy the verdict checks the "
+               "error against the float64 oracle and the IEEE results (NaN/inf, -0.0, subnormals) the reference defines")
+    return [Diagnostic(file=label, line=line, severity="warning", message=message)]
 
 
 def check_arch(arch: str) -> str:
@@ -201,7 +212,9 @@ def build_cuda(
     if meta_path.is_file():
         try:
             meta = json.loads(meta_path.read_text())
-            return CudaBuildOutcome.model_validate({**meta, "cached": True, "seconds": 0.0, "key": key})
+            cached = CudaBuildOutcome.model_validate({**meta, "cached": True, "seconds": 0.0, "key": key})
+            cached.diagnostics = _math_warning(cached.math_options, label, line)
+            return cached
         except (OSError, ValueError):
             pass
     if len(source.encode()) > MAX_SOURCE_BYTES:
@@ -235,7 +248,8 @@ def build_cuda(
     lowered = {expr.split("::")[-1]: name for expr, name in dict(result.get("lowered", {})).items()}
     outcome = CudaBuildOutcome(
         ok=True, key=key, image=str(image), image_kind=kind, lowered=lowered, ptxas=kernels, arch=target, toolchain=toolchain,
-        seconds=seconds, diagnostics=diags, log=log, options=full,
+        seconds=seconds, diagnostics=diags + _math_warning(nvcc.fast_math_options(full), label, line), log=log, options=full,
+        math_options=nvcc.fast_math_options(full),
     )
     meta = outcome.model_dump(mode="json", exclude={"cached", "seconds", "diagnostics"})
     tmp = final / f".meta.{os.getpid()}.{threading.get_ident()}.json"

@@ -63,6 +63,15 @@ TORCH_NVCC_FLAGS = (
     "-D__CUDA_NO_HALF2_OPERATORS__",
     "--expt-relaxed-constexpr",
 )
+#: options that trade IEEE results for speed: what --use_fast_math turns on, bar -fmad (contraction is on by default)
+_FAST_MATH = re.compile(r"^--?(use_fast_math|ftz=true|prec-div=false|prec-sqrt=false)$")
+
+
+def fast_math_options(options: list[str]) -> list[str]:
+    """The fast-math options among those the compiler was given (the build's own option list, not the source's text)."""
+    return [o for o in options if _FAST_MATH.match(o)]
+
+
 _NVCC_DIAG = re.compile(
     r"^(?P<file>[^\s(][^(]*?)\((?P<line>\d+)\):\s*(?P<sev>catastrophic error|error|warning|remark|note)(?:\s*#[\w-]+)?:\s*(?P<msg>.*)$"
 )

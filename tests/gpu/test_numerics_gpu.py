@@ -65,3 +65,19 @@ async def test_the_tf32x3_gemm_is_faster_than_strict_eager(client: Client) -> No
     assert data["state"] == "correct", (data.get("findings"), data.get("mismatch"))
     [eager] = [s for s in data["speedups"] if s["baseline"] == "eager"]
     assert eager["precision"] == "strict" and eager["speedup"] > 1.0
+
+
+async def test_an_nvrtc_build_records_the_fast_math_options_it_was_given_and_warns() -> None:
+    from kfoundry.backends.cuda_build import build_cuda
+
+    source = 'extern "C" __global__ void k(float* y) { y[threadIdx.x] = 1.0f / y[threadIdx.x]; }\n'
+    options = ["--" + "use_fast_math"]  # built at run time: the source's text never spells it
+
+    fast = build_cuda(source, options)
+    plain = build_cuda(source + "// plain\n")
+    again = build_cuda(source, options)
+
+    assert fast.ok and plain.ok, (fast.log, plain.log)
+    assert fast.math_options == ["--use_fast_math"] and plain.math_options == []
+    assert any(d.severity == "warning" and "fast-math" in d.message for d in fast.diagnostics)
+    assert again.cached and again.math_options == fast.math_options and again.diagnostics

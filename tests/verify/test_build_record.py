@@ -60,3 +60,14 @@ def test_a_cached_build_keeps_the_recorded_options() -> None:
 def test_options_that_keep_every_result_are_not_fast_math() -> None:
     assert "fno-math-errno" not in FAST_MATH_OPTIONS and "fno-trapping-math" not in FAST_MATH_OPTIONS
     assert recorded_math_options(b"not an elf", ";; Function f (f)\n\n__attribute__((optimize (\"O3\")))\n") == []
+
+
+@pytest.mark.parametrize(("options", "fast"), [
+    (["-arch=sm_90", "--std=c++17", "-O3", "--use_fast_math"], ["--use_fast_math"]),
+    (["-arch=sm_90", "--ftz=true", "--prec-div=false", "--fmad=true"], ["--ftz=true", "--prec-div=false"]),
+    (["-arch=sm_90", "--ftz=false", "--prec-sqrt=true", "-lineinfo"], []),
+])
+def test_nvrtc_fast_math_is_read_from_the_option_list_the_compiler_received(options: list[str], fast: list[str]) -> None:
+    from kfoundry.backends.nvcc import fast_math_options
+
+    assert fast_math_options(options) == fast
