@@ -38,10 +38,9 @@ DESCRIPTIONS: dict[str, str] = {
         "errors here before `verify`."
     ),
     "verify": (
-        "Check a candidate against the reference on identical secret-seeded inputs, each in its own sandboxed "
-        "worker: shape, dtype, NaN/inf positions, values within atol/rtol. Parameters are copied from the "
-        "reference's state_dict where names and shapes match, so reuse its parameter names. Returns `state`, "
-        "`mismatch` detail, `findings`, `error` and `next_step`."
+        "Check a candidate against the reference on identical secret-seeded inputs in sandboxed workers: shape, "
+        "dtype, NaN/inf, values within atol/rtol. Parameters are copied from the reference's state_dict by name "
+        "and shape, so reuse its names. Returns `state`, `mismatch`, `findings`, `error`, `next_step`."
     ),
     "profile": (
         "Re-verify, then time a correct candidate against eager PyTorch and torch.compile, call by call with fresh "
@@ -50,13 +49,13 @@ DESCRIPTIONS: dict[str, str] = {
     ),
     "analyze_profile": (
         "ONE recommendation from a `profile` run_id (preferred) or raw profiler text (torch.profiler table, "
-        "Nsight Compute CSV): `bottleneck`, `digest`, `recommendation`, `evidence`. Rules over the measurements, "
-        "no model needed. Apply it, then `verify` and `profile` again."
+        "Nsight Compute CSV): `bottleneck`, `digest`, `recommendation`, `evidence`. Apply it, then `verify` and "
+        "`profile` again."
     ),
     "translate_reference": (
-        "Start a kernel: analyzes the reference (ops, shapes, FLOPs, bytes, speed of light per device) and returns "
-        "a complete generation `prompt` for `target_backend` with a worked example, or, with `source_backend` and "
-        "`source_code`, a prompt to translate that kernel. Write the candidate from it, then `compile`."
+        "Start a kernel: analyzes the reference (ops, shapes, FLOPs, bytes, speed of light) and returns a complete "
+        "`prompt` for `target_backend` with a worked example (with `source_backend` and `source_code`: to translate "
+        "that kernel). Write the candidate from it, then `compile`."
     ),
     "backends": (
         "What this host offers: each backend's availability, toolchain, device, whether it runs interpreted, the "

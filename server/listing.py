@@ -3,11 +3,13 @@
 Hosts load ``tools/list`` into every conversation and put tool results into the model's
 context, so both are kept small:
 
-- input schemas lose pydantic's generated titles and say ``"type": ["number", "null"]`` where
-  pydantic writes an ``anyOf``; nested models (``guardrails``) are listed by their top-level
-  fields only;
+- input schemas lose pydantic's generated titles; nested models (``guardrails``) are listed by
+  their top-level fields only;
 - output schemas are an outline: every top-level field with its type, nested records as plain
   objects;
+- a nullable field stays an ``anyOf`` of single types: a ``"type"`` list is shorter, but clients
+  that map schemas onto a one-type dialect (Gemini's function declarations) reject it (the
+  Inspector's ``--strict`` check says so);
 - the full schemas, with every field described, are resources (``kfoundry://schemas/{tool}``);
 - a result's text is one summary line, then its structured content as compact JSON without
   empty fields, and without a nested record's fields that repeat its parent's values.
@@ -60,12 +62,6 @@ def _tidy(schema: Any) -> Any:
         if key == "title":
             continue
         tidy[key] = {name: _tidy(sub) for name, sub in value.items()} if key in _NAMED else _tidy(value)
-    options = tidy.get("anyOf")
-    if isinstance(options, list) and len(options) == 2 and _NULL in options:
-        other = options[0] if options[1] == _NULL else options[1]
-        if isinstance(other.get("type"), str) and not set(other) & set(tidy):
-            del tidy["anyOf"]
-            tidy = {**other, "type": [other["type"], "null"], **tidy}
     return tidy
 
 
@@ -77,9 +73,9 @@ def _outline_models(spec: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any
         return spec
     model = _tidy(defs[refs[0]["$ref"].rsplit("/", 1)[1]])
     fields = {name: _shallow(sub, defs) for name, sub in model.get("properties", {}).items()}
-    nullable = _NULL in options
+    model_outline = {"type": "object", "properties": fields, "additionalProperties": False}
     outlined = {k: v for k, v in spec.items() if k not in ("anyOf", "$ref")}
-    return {"type": ["object", "null"] if nullable else "object", "properties": fields, "additionalProperties": False, **outlined}
+    return {"anyOf": [model_outline, _NULL], **outlined} if _NULL in options else {**model_outline, **outlined}
 
 
 def _resolve(spec: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
@@ -98,7 +94,7 @@ def _shallow(spec: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
                 for kind in option["type"] if isinstance(option["type"], list) else [option["type"]]:
                     if kind not in types:
                         types.append(kind)
-            return {"type": types if len(types) > 1 else types[0]}
+            return {"type": types[0]} if len(types) == 1 else {"anyOf": [{"type": kind} for kind in types]}
         return {"anyOf": options}
     if "enum" in spec:
         return {"enum": spec["enum"]}
@@ -139,7 +135,7 @@ def _ms(value: Any) -> str:
 def summary(tool: str, data: dict[str, Any]) -> str:
     """One line: the outcome and the numbers that decide the next step."""
     state = data.get("state")
-    where = f" ({data['backend']} on {data.get('device', 'cpu')})" if data.get("backend") else ""
+    where = f" ({data['backend']}{' on ' + data['device'] if data.get('device') else ''})" if data.get("backend") else ""
     if tool == "compile":
         count = len(data.get("diagnostics") or [])
         return f"compile: {state}{where}, {count} diagnostic{'s' if count != 1 else ''}; run {data.get('run_id')}"

@@ -89,30 +89,29 @@ Reference = Annotated[
 ]
 Candidate = Annotated[
     str, _source(_CANDIDATE),
-    Field(description="Full Python module source defining class ModelNew with Model's __init__ signature, whose forward "
-                      "computes Model's outputs with a kernel of the chosen backend."),
+    Field(description="Full module source: class ModelNew with Model's __init__ arguments, whose forward computes Model's "
+                      "outputs with the backend's kernels."),
 ]
 Trials = Annotated[int, Field(ge=1, le=100)]
 Tolerance = Annotated[float | None, Field(ge=0, lt=1e6)]
 Timeout = Annotated[
     float | None,
-    Field(gt=0, le=MAX_TIMEOUT_S, description="Kill the job after this many seconds (state 'timeout'); omit for the tool's default."),
+    Field(gt=0, le=MAX_TIMEOUT_S, description="Seconds before the job is killed (state 'timeout'); omit for the default."),
 ]
 Precision = Annotated[
     PrecisionName,
     Field(description="'strict': the problem's dtypes, no TF32, atol/rtol decide. 'tf32'/'bf16'/'fp16': may compute at that "
-                      "precision; judged against a float64 oracle within 2x an honest run's error, timed against baselines "
-                      "given the same freedom and strict ones."),
+                      "precision, judged against a float64 oracle (2x an honest run's error), timed against both policies."),
 ]
 Stress = Annotated[
     list[StressFamily] | None, AfterValidator(_unique),
-    Field(description="Extra trials on 'signed' (random signs), 'large' (x 2^16) or 'tiny' (x 2^-20) inputs; a family the "
-                      "reference itself goes non-finite on is dropped, and said so."),
+    Field(description="Extra trials on 'signed' (random signs), 'large' (x 2^16) or 'tiny' (x 2^-20) inputs; dropped, and "
+                      "said so, where the reference goes non-finite."),
 ]
 Rules = Annotated[
     Guardrails | None,
-    Field(description="Rules on top of the server's: `required`/`banned` regexes, `rules` {rule id: 'block'|'warn'|'off'}, "
-                      "`allow_torch_ops`, `min_own_kernel_share`; rule ids at kfoundry://schemas/verify. Omit for the defaults."),
+    Field(description="Extra rules: `required`/`banned` regexes, `rules` {rule id: 'block'|'warn'|'off'} (ids: "
+                      "kfoundry://schemas/verify), `allow_torch_ops`, `min_own_kernel_share`. Omit for the server's."),
 ]
 ATOL = "Absolute tolerance; omit for the dtype's default (1e-4 fp32, 1e-2 fp16/bf16)."
 RTOL = "Relative tolerance; omit for the dtype's default (as atol)."
@@ -125,8 +124,8 @@ class CompileRequest(BaseModel):
     candidate: Candidate
     reference: Annotated[str, _source(_REFERENCE)] | None = Field(
         default=None,
-        description="Optional problem source: kernels that compile on first launch (Triton on a GPU) are launched once "
-                    "on its inputs so their registers/spills/shared memory can be reported.",
+        description="Optional problem source: kernels built on first launch (Triton on a GPU) are launched once on its "
+                    "inputs to report their registers, spills and shared memory.",
     )
     timeout_s: Timeout = None
 
