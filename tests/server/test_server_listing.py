@@ -107,6 +107,7 @@ async def test_progress_only_rises_toward_a_stable_total_and_ends_at_it(client: 
     for tool, arguments in [
         ("verify", {"backend": "cpp", "reference": REFERENCE, "candidate": CORRECT_CPP, "trials": 3}),
         ("translate_reference", {"reference": REFERENCE, "target_backend": "cpp"}),
+        ("profile", {"backend": "cpp", "reference": REFERENCE, "candidate": CORRECT_CPP, "trials": 2, "reps": 3, "baselines": ["eager"]}),
     ]:
         seen: list[tuple[float, float | None]] = []
 
