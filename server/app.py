@@ -85,7 +85,7 @@ def _flattened(fn: RequestTool) -> tuple[type[BaseModel], RequestTool]:
     return request, tool
 
 
-#: a tool call refused while the server drains starts with this; ``clients.session`` retries such calls
+#: a tool call refused while the server drains says this; ``clients.link`` calls again once the server is back
 DRAINING = "the server is shutting down"
 
 
@@ -118,6 +118,9 @@ class KfoundryServer(MCPServer):
 
     Tools and resources run ``acting_for`` the caller's token name, so the runs they make are
     the caller's and the runs they open or list are only the caller's ("local", over stdio: all).
+
+    What clients read is kept small (``listing``): compact schemas in ``tools/list``, and a
+    result's text as a summary line plus compact JSON beside the unchanged structured content.
     """
 
     def __init__(self, *args: Any, live: Live | None = None, **kwargs: Any) -> None:
@@ -174,8 +177,8 @@ class KfoundryServer(MCPServer):
         self, name: str, arguments: dict[str, Any] | None = None, context: Context[Any, Any] | None = None
     ) -> GetPromptResult | InputRequiredResult:
         # The SDK answers an unknown name with error code 0 and a logged traceback; it is a bad parameter.
-        if self._prompt_manager.get_prompt(name) is None:
-            known = [p.name for p in await self.list_prompts()]
+        known = [p.name for p in await self.list_prompts()]
+        if name not in known:
             offered = f"one of: {', '.join(known)}" if known else "none: this server offers tools and resources, no prompts"
             raise MCPError(code=INVALID_PARAMS, message=f"unknown prompt {name!r}; prompts offered: {offered}", data={"name": name})
         return await super().get_prompt(name, arguments, context)

@@ -14,6 +14,7 @@ replay it.
 
 from __future__ import annotations
 
+import json
 import secrets
 from collections import OrderedDict
 from contextvars import ContextVar
@@ -60,7 +61,7 @@ class SessionScope:
         async def watch(message: Message) -> None:
             if message["type"] == "http.response.start" and session.id is None:
                 session.id = next((v.decode("latin-1") for k, v in message.get("headers", []) if k.lower() == header), None)
-            elif message["type"] == "http.response.body" and _CANCELLED_FRAME in message.get("body", b""):
+            elif message["type"] == "http.response.body" and _answers_cancelled(message.get("body", b"")):
                 # The request's stream ends without the reply the protocol forbids.
                 message = {**message, "body": b""}
             await send(message)
@@ -69,6 +70,21 @@ class SessionScope:
             await self.app(scope, receive, watch)
         finally:
             _session.reset(token)
+
+
+def _answers_cancelled(body: bytes) -> bool:
+    """Whether ``body`` is one SSE event carrying the SDK's reply to a cancelled request."""
+    if _CANCELLED_FRAME not in body:
+        return False
+    for line in body.splitlines():
+        if line.startswith(b"data:"):
+            try:
+                frame = json.loads(line[5:])
+            except ValueError:
+                return False
+            error = frame.get("error") if isinstance(frame, dict) and "id" in frame else None
+            return isinstance(error, dict) and error.get("code") == CANCELLED_CODE
+    return False
 
 
 @dataclass
