@@ -21,6 +21,8 @@ Family = Literal["signed", "large", "tiny", "wide", "special"]
 FAMILIES: tuple[Family, ...] = ("signed", "large", "tiny", "wide", "special")
 #: run by every verify, one trial each, after the problem's own trials
 DEFAULT_FAMILIES: tuple[Family, ...] = ("wide",)
+#: families whose inputs hold NaN and infinities on purpose: non-finite reference outputs are what they check, not a reason to drop them
+NONFINITE_BY_DESIGN: frozenset[str] = frozenset({"special"})
 STANDARD = "standard"
 
 #: power-of-two exponents per family, for fp32/fp64 and for the 16-bit types (narrower range)

@@ -14,7 +14,7 @@ from kfoundry.schema import Finding, MismatchDetail, PrecisionCheck, ProfileResu
 from kfoundry.verify.compare import worst_checks
 from kfoundry.verify.facts import CallCheck, RuntimeFacts
 from kfoundry.verify.guardrails import Guardrails
-from kfoundry.verify.stress import STANDARD
+from kfoundry.verify.stress import NONFINITE_BY_DESIGN, STANDARD
 
 
 @dataclass
@@ -93,7 +93,7 @@ def _stress_outcomes(trials: list[Trial]) -> tuple[list[StressOutcome], set[str]
         raised = next((t.check.reference_error for t in own if t.check.reference_error), "")
         if raised:
             reason = f"the reference raises on these inputs ({raised[:200]})"
-        elif standard_finite and any(t.check.reference_nonfinite for t in own):
+        elif standard_finite and family not in NONFINITE_BY_DESIGN and any(t.check.reference_nonfinite for t in own):
             reason = "the reference's outputs go non-finite on these inputs"
         else:
             outcomes.append(StressOutcome(family=family, status="checked"))

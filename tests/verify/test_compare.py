@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from kfoundry.schema import State
+from kfoundry.verify import precision as numerics
 from kfoundry.verify.compare import Oracle, Verdict, compare_tensor, judge
 
 
@@ -203,3 +204,15 @@ def test_subnormal_outputs_flushed_to_zero_are_a_values_mismatch() -> None:
 
     assert verdict.mismatch is not None and "flushes denormals" in verdict.mismatch.message
     assert _strict(expected, expected.clone(), expected.double()).state is State.correct
+
+
+def test_without_an_oracle_the_references_own_subnormals_and_negative_zeros_still_count_under_strict() -> None:
+    tiny = torch.finfo(torch.float32).tiny
+    expected = torch.tensor([tiny / 4, tiny / 8, -tiny / 16, tiny / 2, -0.0, 1.0])
+    flushed = torch.tensor([0.0, 0.0, 0.0, 0.0, -0.0, 1.0])
+
+    strict = judge([[expected]], [[(flushed, True, "Tensor")]], None, None)
+    relaxed = judge([[expected]], [[(flushed, True, "Tensor")]], None, None, Oracle(policy=numerics.POLICIES["tf32"]))
+
+    assert strict.mismatch is not None and "flushes denormals" in strict.mismatch.message
+    assert relaxed.state is State.correct  # fast-math is within what the tf32 policy allows

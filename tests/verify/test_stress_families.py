@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kfoundry.schema import State
+from kfoundry.schema import MismatchDetail, State
 from kfoundry.verify.facts import CallCheck, RuntimeFacts
 from kfoundry.verify.guardrails import Guardrails
 from kfoundry.verify.stress import DEFAULT_FAMILIES, FAMILIES, default_plan, stressed
@@ -87,3 +87,11 @@ def test_a_family_on_which_the_reference_goes_non_finite_is_dropped_but_a_candid
     assert dropped.state is State.correct and [s.status for s in dropped.stress] == ["dropped"]
     assert failed.state is State.mismatch and [s.status for s in failed.stress] == ["checked"]
     assert not [f for f in failed.findings if f.code == "stress_dropped"]
+
+
+def test_the_special_family_is_checked_even_though_the_references_outputs_hold_nan_by_design() -> None:
+    lost_nan = MismatchDetail(reason="nonfinite", message="4 values have NaN/inf where the reference does not (or the reverse)")
+    decision = decide([_trial(0, "standard"), _trial(1, "special", State.mismatch, reference_nonfinite=True, mismatch=lost_nan)], Guardrails(), wanted=1)
+
+    assert decision.state is State.mismatch and [s.status for s in decision.stress] == ["checked"]
+    assert decision.mismatch is not None and decision.mismatch.input_family == "special"
