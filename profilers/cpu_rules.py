@@ -18,6 +18,8 @@ from kfoundry.schema import Bottleneck
 STREAM = 0.70
 #: Vector speed-up actually seen on scalar fp32 loops (the lane count is an upper bound).
 VECTOR_LANES_USED = 8
+#: Below this a loop is not worth threads: fork/join and waking cores cost tens of microseconds on a busy host.
+MIN_PARALLEL_MS = 0.100
 #: A blocked GEMM reaches this fraction of the measured (library) peak.
 BLOCKED_TARGET = 0.60
 
@@ -27,6 +29,7 @@ _SIMD_REDUCTION = re.compile(r"#\s*pragma\s+omp\s+(parallel\s+for\s+)?simd[^\n]*
 _NO_VECTORIZE = re.compile(r"-fno-tree-vectorize|-O[01s]\b")
 _FAST_MATH = re.compile(r"-ffast-math|-funsafe-math|__FAST_MATH__|declare\s+simd")
 _LIBM = re.compile(r"(?<![\w:])(std::)?(exp|expf|log|logf|tanh|tanhf|pow|powf|sin|sinf|cos|cosf|erf|erff|exp2f?)\s*\(")
+_COMMENT = re.compile(r"//[^\n]*|/\*.*?\*/", re.S)
 _FOR = re.compile(r"for\s*\(\s*(?:int64_t|int|long|size_t|auto|int32_t|ptrdiff_t)\s+(\w+)\s*=")
 
 
@@ -51,6 +54,8 @@ class CppFacts(BaseModel):
 
 
 def cpp_facts(source: str) -> CppFacts:
+    """What the C++ in ``source`` shows, comments removed (a comment naming -ffast-math does not turn it on)."""
+    source = _COMMENT.sub("", source)
     return CppFacts(
         parallel=bool(_PARALLEL.search(source)),
         simd=bool(_SIMD.search(source)),
@@ -111,15 +116,21 @@ def _lanes(d: Digest) -> int:
     return min(d.vector_lanes or VECTOR_LANES_USED, VECTOR_LANES_USED)
 
 
+def _trust(d: Digest) -> float:
+    """Factor to the lower of the median's share and the profiled pass, so no gain is overstated by a noisy host."""
+    c = d.candidate
+    return min(1.0, c.profiled_ms / c.kernel_ms) if c.kernel_ms > 0 and c.profiled_ms > 0 else 1.0
+
+
 def _own_ms(d: Digest) -> float:
-    return sum(k.time_ms for k in d.candidate.own())
+    return sum(k.time_ms for k in d.candidate.own()) * _trust(d)
 
 
 def _threads(d: Digest, facts: CppFacts, top: KernelLine, source_known: bool) -> Option | None:
     cores = _cores(d)
-    if facts.parallel or cores < 2:
-        return None
     own_ms = _own_ms(d)
+    if facts.parallel or cores < 2 or own_ms < MIN_PARALLEL_MS:
+        return None
     if d.regime is Regime.memory and d.bytes:
         now = d.bytes / (own_ms / 1e3)
         after = min(now * cores, STREAM * d.peak.bandwidth)
@@ -179,7 +190,7 @@ def _blocking(d: Digest, facts: CppFacts, top: KernelLine) -> Option | None:
         return None  # vectorising comes first; blocking a scalar loop does not pay
     if gemm.flop_rate >= 0.85 * target:
         return None
-    gain = gemm.time_ms - d.flops / target * 1e3
+    gain = gemm.time_ms * _trust(d) - d.flops / target * 1e3
     if gain <= 0:
         return None
     if facts.strided_inner:

@@ -18,7 +18,7 @@ CALL_FLOOR_MS = {"gpu": 0.010, "cpu": 0.005}
 #: Achievable fraction of peak bandwidth for a streaming kernel.
 STREAM = {"gpu": 0.85, "cpu": 0.70}
 #: Kernels shorter than this are launch-sized: their count, not their bodies, sets the time.
-SMALL_KERNEL_MS = {"gpu": 0.020, "cpu": 0.050}
+SMALL_KERNEL_MS = {"gpu": 0.020, "cpu": 0.100}
 #: Host time beyond eager's that counts as the candidate's own host work.
 HOST_MIN_MS = {"gpu": 0.020, "cpu": 0.050}
 NEAR_SOL = {"gpu": 0.70, "cpu": 0.50}
