@@ -64,7 +64,11 @@ async def test_verify_under_strict_rejects_bf16_operands_hidden_in_bit_tricks_th
     data = await _verify(client, SOFTMAX_8192, SOFTMAX_BF16_BITS)
 
     assert data["state"] == "mismatch", data
-    assert data["mismatch"]["reason"] == "precision" and "outside float32 behaviour" in data["mismatch"]["message"]
+    # The trial seeds are secret: a row with a large maximum can push one output past atol too ("values");
+    # otherwise the tolerances pass and only the error against the oracle catches it.
+    assert data["mismatch"]["reason"] in ("precision", "values"), data["mismatch"]
+    if data["mismatch"]["reason"] == "precision":
+        assert "outside float32 behaviour" in data["mismatch"]["message"]
     [check] = data["precision_checks"]
     assert not check["passed"] and check["candidate_error"] > check["bound"] > check["honest_error"]
 
