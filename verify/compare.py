@@ -189,18 +189,27 @@ def ieee_semantics(expected: torch.Tensor, got: torch.Tensor, oracle: torch.Tens
     oracle = expected if oracle is None else oracle
     if not expected.is_floating_point() or expected.shape != got.shape or expected.shape != oracle.shape or got.dtype != expected.dtype:
         return None
-    e, g, o = expected.reshape(-1), got.reshape(-1), oracle.reshape(-1)
-    negative_zero = (e == 0) & torch.signbit(e) & (o == 0) & torch.signbit(o)
-    lost = negative_zero & ~torch.signbit(g)
-    if bool(lost.any()):
-        return (f"{int(lost.sum())} of the {int(negative_zero.sum())} outputs that are -0.0 in the reference and the float64 oracle "
-                "come back as +0.0: signed zeros are not kept (fast-math's -fno-signed-zeros, or x*0 folded to 0)")
+    e_all, g_all, o_all = expected.reshape(-1), got.reshape(-1), oracle.reshape(-1)
+    if o_all.device != e_all.device:
+        o_all = o_all.to(e_all.device)
+    if g_all.device != e_all.device:
+        g_all = g_all.to(e_all.device)
     tiny = torch.finfo(expected.dtype).tiny
-    subnormal = (e != 0) & (e.abs() < tiny) & (o != 0)
-    count = int(subnormal.sum())
-    flushed = int((subnormal & (g == 0)).sum())
-    if count >= _MIN_SUBNORMALS and flushed >= _FLUSHED_SHARE * count:
-        return (f"{flushed} of the {count} subnormal outputs of the reference come back as exact zeros: the candidate flushes "
+    negative_zeros = lost = subnormals = flushed = 0
+    # Chunk by chunk, as compare_tensor: a multi-GB output gets masks of CHUNK elements, not of its size.
+    for start in range(0, e_all.numel(), CHUNK):
+        e, g, o = e_all[start:start + CHUNK], g_all[start:start + CHUNK], o_all[start:start + CHUNK]
+        negative_zero = (e == 0) & torch.signbit(e) & (o == 0) & torch.signbit(o)
+        negative_zeros += int(negative_zero.sum())
+        lost += int((negative_zero & ~torch.signbit(g)).sum())
+        subnormal = (e != 0) & (e.abs() < tiny) & (o != 0)
+        subnormals += int(subnormal.sum())
+        flushed += int((subnormal & (g == 0)).sum())
+    if lost:
+        return (f"{lost} of the {negative_zeros} outputs that are -0.0 in the reference (and the float64 oracle, where there is one) "
+                "come back as +0.0: signed zeros are not kept (fast-math's -fno-signed-zeros, or x*0 folded to 0)")
+    if subnormals >= _MIN_SUBNORMALS and flushed >= _FLUSHED_SHARE * subnormals:
+        return (f"{flushed} of the {subnormals} subnormal outputs of the reference come back as exact zeros: the candidate flushes "
                 "denormals to zero (fast-math, FTZ/DAZ flags or .ftz instructions)")
     return None
 

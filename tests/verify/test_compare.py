@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from kfoundry.schema import State
+from kfoundry.verify import compare
 from kfoundry.verify import precision as numerics
 from kfoundry.verify.compare import Oracle, Verdict, compare_tensor, judge
 
@@ -216,3 +218,13 @@ def test_without_an_oracle_the_references_own_subnormals_and_negative_zeros_stil
 
     assert strict.mismatch is not None and "flushes denormals" in strict.mismatch.message
     assert relaxed.state is State.correct  # fast-math is within what the tf32 policy allows
+
+
+def test_ieee_checks_count_across_chunks_as_over_the_whole_output(monkeypatch: pytest.MonkeyPatch) -> None:
+    tiny = torch.finfo(torch.float32).tiny
+    expected = torch.tensor([tiny / 4, 1.0, tiny / 8, 2.0, -tiny / 16, 3.0, tiny / 2, 4.0])
+    flushed = torch.where(expected.abs() < tiny, torch.zeros_like(expected), expected)
+    monkeypatch.setattr(compare, "CHUNK", 3)
+
+    assert compare.ieee_semantics(expected, flushed) is not None and "4 of the 4 subnormal" in str(compare.ieee_semantics(expected, flushed))
+    assert compare.ieee_semantics(expected, expected.clone()) is None
