@@ -116,14 +116,8 @@ def _lanes(d: Digest) -> int:
     return min(d.vector_lanes or VECTOR_LANES_USED, VECTOR_LANES_USED)
 
 
-def _trust(d: Digest) -> float:
-    """Factor to the lower of the median's share and the profiled pass, so no gain is overstated by a noisy host."""
-    c = d.candidate
-    return min(1.0, c.profiled_ms / c.kernel_ms) if c.kernel_ms > 0 and c.profiled_ms > 0 else 1.0
-
-
 def _own_ms(d: Digest) -> float:
-    return sum(k.time_ms for k in d.candidate.own()) * _trust(d)
+    return sum(k.time_ms for k in d.candidate.own())
 
 
 def _threads(d: Digest, facts: CppFacts, top: KernelLine, source_known: bool) -> Option | None:
@@ -190,7 +184,7 @@ def _blocking(d: Digest, facts: CppFacts, top: KernelLine) -> Option | None:
         return None  # vectorising comes first; blocking a scalar loop does not pay
     if gemm.flop_rate >= 0.85 * target:
         return None
-    gain = gemm.time_ms * _trust(d) - d.flops / target * 1e3
+    gain = gemm.time_ms - d.flops / target * 1e3
     if gain <= 0:
         return None
     if facts.strided_inner:

@@ -221,9 +221,10 @@ def _side(
     """One side's kernels on its median's scale.
 
     A CPU breakdown comes from separate profiled calls whose absolute times run up to twice
-    above or below the timed median on a busy host (shares are reliable), so CPU op times are
-    the shares of the median, and ``outside_ms`` (median minus the profiled total) is only a
-    hint; CUDA kernel times come from the device and are kept as measured.
+    above or below the timed median on a busy host (shares are reliable): CPU op times are
+    scaled down to the median when the profiled total exceeds it, and the median's remainder
+    (``outside_ms``) is unattributed time that the rules read as host work only with the
+    source's support. CUDA kernel times come from the device and are kept as measured.
     """
     work = [k for k in rows if not (kind == "cpu" and _NO_WORK.match(k.name))]
     raw = sum(k.time_ms for k in work)
@@ -231,8 +232,8 @@ def _side(
     outside = None
     if median and raw > 0:
         if kind == "cpu":
-            scale = median / raw
-            outside = max(0.0, median - raw)
+            scale = min(1.0, median / raw)
+            outside = median - raw * scale
         else:
             outside = max(0.0, median - raw)
     kernels = [
@@ -411,8 +412,8 @@ def _render(d: Digest) -> str:
             outside = f", {ms(side.outside_ms)} outside kernels" if side.outside_ms is not None else ""
             lines.append(f"{side.label}: {side.launches} launch{'es' if side.launches != 1 else ''}, {ms(side.kernel_ms)} in kernels{outside}")
         else:
-            lines.append(f"{side.label}: {side.launches} op call{'s' if side.launches != 1 else ''}; profiled pass {ms(side.profiled_ms)} "
-                         "in ops (times below are shares of the median)")
+            rest = f", {ms(side.outside_ms)} of the median unattributed" if side.outside_ms else ""
+            lines.append(f"{side.label}: {side.launches} op call{'s' if side.launches != 1 else ''}, {ms(side.kernel_ms)} in ops{rest}")
         lines += [_kernel_text(k) for k in side.kernels[: 6 if side is c else 4]]
     if b is not None and d.gaps:
         lines.append("time by role (candidate vs eager): " + "; ".join(
