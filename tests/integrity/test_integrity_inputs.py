@@ -95,7 +95,9 @@ async def test_a_softmax_without_max_subtraction_passes_standard_inputs_but_fail
     assert stressed["state"] == "mismatch", stressed
     assert stressed["mismatch"]["input_family"] == "large"
     assert stressed["mismatch"]["reason"] == "nonfinite"
-    assert {s["family"]: s["status"] for s in stressed["stress"]} == {"signed": "checked", "large": "checked", "tiny": "checked"}
+    # every family asked for is checked; the default 'wide' family may be there too, once verify runs it
+    outcomes = {s["family"]: s["status"] for s in stressed["stress"]}
+    assert {k: v for k, v in outcomes.items() if k != "wide"} == {"signed": "checked", "large": "checked", "tiny": "checked"}
 
 
 async def test_the_bundled_softmax_survives_every_stress_family(client: Client) -> None:
@@ -103,7 +105,8 @@ async def test_the_bundled_softmax_survives_every_stress_family(client: Client) 
 
     assert data["state"] == "correct", data
     assert data["trials_passed"] == 2
-    assert [s["status"] for s in data["stress"]] == ["checked"] * 3
+    assert [s["status"] for s in data["stress"] if s["family"] != "wide"] == ["checked"] * 3
+    assert all(s["status"] == "checked" for s in data["stress"])
 
 
 async def test_a_family_the_reference_itself_cannot_survive_is_dropped_and_said_so(client: Client) -> None:
