@@ -144,7 +144,7 @@ class KfoundryServer(MCPServer):
         return [
             tool.model_copy(update={
                 "input_schema": compact_input(tool.input_schema),
-                "output_schema": outline_output(tool.output_schema, tool.name) if tool.output_schema else None,
+                "output_schema": outline_output(tool.output_schema) if tool.output_schema else None,
             })
             for tool in await super().list_tools()
         ]

@@ -39,14 +39,11 @@ def compact_input(schema: dict[str, Any]) -> dict[str, Any]:
     return listed
 
 
-def outline_output(schema: dict[str, Any], tool: str) -> dict[str, Any]:
+def outline_output(schema: dict[str, Any]) -> dict[str, Any]:
     """Every top-level field of an output schema with its type; nested records as objects."""
     defs = schema.get("$defs", {})
-    listed: dict[str, Any] = {
-        "type": "object",
-        "description": f"Fields in full: {SCHEMA_URI.format(tool=tool)}",
-        "properties": {name: _shallow(spec, defs) for name, spec in schema.get("properties", {}).items()},
-    }
+    # Where the full schemas are is said once, in the server's instructions and the resource template's description.
+    listed: dict[str, Any] = {"type": "object", "properties": {name: _shallow(spec, defs) for name, spec in schema.get("properties", {}).items()}}
     if schema.get("required"):
         listed["required"] = schema["required"]
     return listed

@@ -23,7 +23,7 @@ Baseline = Literal["eager", "compile"]
 #: the names of ``verify.precision.POLICIES`` (kept literal here: that module imports torch)
 PrecisionName = Literal["strict", "tf32", "bf16", "fp16"]
 #: ``verify.stress.FAMILIES``
-StressFamily = Literal["signed", "large", "tiny"]
+StressFamily = Literal["signed", "large", "tiny", "wide", "special"]
 
 MAX_TIMEOUT_S = 3600.0
 MAX_IMAGES = 8
@@ -105,8 +105,8 @@ Precision = Annotated[
 ]
 Stress = Annotated[
     list[StressFamily] | None, AfterValidator(_unique),
-    Field(description="Extra trials on 'signed' (random signs), 'large' (x 2^16) or 'tiny' (x 2^-20) inputs; dropped, and "
-                      "said so, where the reference goes non-finite."),
+    Field(description="Extra trials on 'signed', 'large' (x 2^16), 'tiny' (x 2^-20), 'wide' (always run) or 'special' (NaN, "
+                      "inf, -0.0, subnormals) inputs; a family the reference fails on is dropped, and said so."),
 ]
 Rules = Annotated[
     Guardrails | None,
