@@ -14,6 +14,7 @@ from mcp.types import INVALID_PARAMS, ListToolsResult
 from mcp_support import call, error_text, read
 
 from kfoundry.backends import names as backend_names
+from kfoundry.server.listing import result_text
 
 pytestmark = pytest.mark.anyio
 
@@ -153,3 +154,19 @@ async def test_one_rejected_argument_is_one_line_naming_the_field_and_what_it_ta
     assert "\n" not in message, message
     assert message.startswith("Error executing tool verify: invalid argument trials: Input should be greater than or equal to 1 (got 0)."), message
     assert "Expected: Trials with fresh secret-seeded inputs (1 to 100)." in message
+
+
+def test_a_result_text_leaves_out_empty_fields_and_what_a_nested_record_repeats_of_its_parent() -> None:
+    data = {
+        "state": "correct", "backend": "cpp", "device": "cpu", "run_id": "profile-x", "warnings": [], "error": None,
+        "candidate": {"median_ms": 0.5}, "speedup_vs_eager": 2.0,
+        "verify": {"state": "correct", "backend": "cpp", "device": "cpu", "run_id": "profile-x", "trials_passed": 3, "trials": 3, "findings": []},
+    }
+
+    first, second = result_text("profile", data).split("\n")
+
+    assert first == "profile: correct (cpp on cpu), median 0.5 ms, 2x vs eager; run profile-x"
+    assert json.loads(second) == {
+        "state": "correct", "backend": "cpp", "device": "cpu", "run_id": "profile-x", "candidate": {"median_ms": 0.5},
+        "speedup_vs_eager": 2.0, "verify": {"trials_passed": 3, "trials": 3},
+    }
