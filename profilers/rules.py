@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 
 from kfoundry.profilers import cpu_rules, gpu_rules
-from kfoundry.profilers.advice import Action, Option, saving
+from kfoundry.profilers.advice import WORTHWHILE, Action, Option, saving
 from kfoundry.profilers.digest import Digest, Regime, Role, bandwidth, ms, size
 from kfoundry.schema import Bottleneck
 
@@ -56,7 +56,7 @@ def stop(d: Digest) -> Option:
         text = (
             f"Stop tuning {kernel}: the call runs at {d.achieved_fraction:.0%} of speed of light ({ms(d.sol_ms or 0)} of "
             f"{ms(median)}), so only {lever} could make it much faster; no rule found a change worth more than "
-            f"{WORTHWHILE_PCT}% of the call."
+            f"{WORTHWHILE:.0%} of the call."
         )
         return Option(action=Action.stop, bottleneck=bottleneck, gain_ms=0.0, kernel=kernel, text=text)
     floor = CALL_FLOOR_MS[d.kind]
@@ -73,15 +73,14 @@ def stop(d: Digest) -> Option:
     if d.baseline and d.baseline.median_ms:
         versus = f", {d.baseline.median_ms / median:.2f}x eager" if median else ""
     frac = f" at {d.achieved_fraction:.0%} of speed of light" if d.achieved_fraction is not None else ""
+    then = ("profile with hardware_counters=true for its stall reasons before changing it" if d.kind == "gpu"
+            else "measure again with more reps (or on a quieter host) before changing it")
     text = (
-        f"Keep {kernel} as it is{frac}{versus}: no rule found a change worth more than {WORTHWHILE_PCT}% of the "
-        f"{ms(median)} call from these measurements; profile with hardware_counters=true for stall reasons before "
-        "changing it."
+        f"Keep {kernel} as it is{frac}{versus}: no rule found a change worth more than {WORTHWHILE:.0%} of the "
+        f"{ms(median)} call from these measurements; {then}."
     )
     return Option(action=Action.stop, bottleneck=bottleneck, gain_ms=0.0, kernel=kernel, text=text)
 
-
-WORTHWHILE_PCT = 10
 
 
 # -- shared rules ----------------------------------------------------------------------------------
