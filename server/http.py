@@ -170,17 +170,21 @@ class DrainingServer(uvicorn.Server):
         self.live = live
         self.drain_s = drain_s
         self.drain_started: float | None = None
+        self._announced = False
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        # A signal handler: no logging here (it could interrupt a logging call holding its lock).
         if self.drain_started is None and not self.should_exit:
             self.drain_started = time.monotonic()
             self.live.draining = True
-            logger.warning("draining: answering %d tool call(s) in flight, refusing new ones", self.live.tool_calls)
             return
         super().handle_exit(sig, frame)
 
     async def on_tick(self, counter: int) -> bool:
         if self.drain_started is not None and not self.should_exit:
+            if not self._announced:
+                self._announced = True
+                logger.warning("draining: answering %d tool call(s) in flight, refusing new ones", self.live.tool_calls)
             quiet = self.live.quiet_for() >= QUIET_S
             if quiet or time.monotonic() - self.drain_started >= self.drain_s:
                 self.should_exit = True
