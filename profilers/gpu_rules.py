@@ -23,6 +23,7 @@ STREAM = 0.85
 #: A GEMM within this fraction of the library's rate is done.
 MATCHED = 0.90
 SMALL_TILE = 64 * 64
+REGISTER_LIMIT = 255
 #: Kernels this short are launch-sized: their bandwidth says nothing about their access pattern.
 LAUNCH_SIZED_MS = 0.020
 
@@ -138,6 +139,10 @@ def _gemm_options(d: Digest, g: KernelLine, source: str) -> list[Option]:
                           f"{saving(gain, median)}."),
                 ))
 
+    if out:
+        # The precision change rewrites the main loop (tensor cores, or tiles no longer re-rounded every K step):
+        # retuning tiles or the FMA loop before it would tune code that is about to go.
+        return out
     # Main loop and tiles: aim for the library's rate, or a good FMA GEMM's when eager shows none.
     if lib is not None and lib.flop_rate:
         target_rate, against = lib.flop_rate, f"eager's {_short(lib.name)} ({rate(lib.flop_rate)})"
@@ -189,6 +194,8 @@ def _tile_text(facts: TritonFacts, g: KernelLine) -> str:
         parts.append(f"{warps} warp{'s' if warps != 1 else ''}")
     if stages is not None:
         parts.append(f"{stages} stage{'s' if stages != 1 else ''}")
+    if g.registers is not None and g.registers >= REGISTER_LIMIT - 32:
+        parts.append(f"{g.registers} registers per thread, at the {REGISTER_LIMIT} limit")
     if g.spills_bytes:
         parts.append(f"{g.spills_bytes} B spilled")
     return f" (now {', '.join(parts)})" if parts else ""
