@@ -10,7 +10,7 @@ import re
 
 from kfoundry.profilers import cpu_rules, gpu_rules
 from kfoundry.profilers.advice import WORTHWHILE, Action, Option, saving
-from kfoundry.profilers.digest import Digest, Regime, Role, bandwidth, ms, size
+from kfoundry.profilers.digest import Digest, Regime, Role, bandwidth, ms, rate, size
 from kfoundry.schema import Bottleneck
 
 #: Fixed cost of one call that no kernel change removes: one launch plus the timer's own overhead.
@@ -22,6 +22,8 @@ SMALL_KERNEL_MS = {"gpu": 0.020, "cpu": 0.100}
 #: Host time beyond eager's that counts as the candidate's own host work.
 HOST_MIN_MS = {"gpu": 0.020, "cpu": 0.050}
 NEAR_SOL = {"gpu": 0.70, "cpu": 0.50}
+#: A kernel at this fraction of its peak is not what to change (the GPU stream rule stops below it too).
+KERNEL_AT_PEAK = 0.60
 #: Share of the call outside kernels, beyond eager's, that makes host work the finding. A CPU breakdown's
 #: profiled calls differ from the timed ones by up to ~40% on a busy host, so only a larger gap is evidence there.
 HOST_SHARE = {"gpu": 0.25, "cpu": 0.50}
@@ -62,6 +64,15 @@ def stop(d: Digest) -> Option:
         return Option(action=Action.stop, bottleneck=bottleneck, gain_ms=0.0, kernel=kernel, text=text)
     floor = CALL_FLOOR_MS[d.kind]
     c = d.candidate
+    top = c.kernels[0] if c.kernels else None
+    if d.kind == "gpu" and top is not None and top.pct_of_peak is not None and top.pct_of_peak >= KERNEL_AT_PEAK and c.outside_ms:
+        what = rate(top.flop_rate) if top.flop_rate else bandwidth(top.byte_rate or 0.0)
+        text = (
+            f"Stop tuning {kernel}: the kernel itself runs at {top.pct_of_peak:.0%} of peak ({what}, {ms(top.time_ms)}); "
+            f"{ms(c.outside_ms)} of the {ms(median)} call is launch cost outside it, which a CUDA graph removes "
+            "(profile with cuda_graph=true to time the kernel alone), not a kernel change."
+        )
+        return Option(action=Action.stop, bottleneck=bottleneck, gain_ms=0.0, kernel=kernel, text=text)
     if median and median < 4 * floor + (d.sol_ms or 0):
         text = (
             f"Stop tuning {kernel}: the whole call takes {ms(median)} with {ms(c.kernel_ms)} in kernels, near the "
@@ -96,9 +107,11 @@ def _host(d: Digest, source: str) -> Option | None:
     if excess < HOST_MIN_MS[d.kind] or excess < HOST_SHARE[d.kind] * c.median_ms:
         return None
     habits = [what for pattern, what in _HOST_HABITS if pattern.search(_forward(source))]
-    if d.kind == "cpu" and not habits and (source.strip() or excess < 0.75 * c.median_ms):
-        # A CPU op breakdown is a separate profiled pass; on a busy host its total alone can fall far below the
-        # timed median. Host work is the finding only when forward shows it, or (no source) the gap is overwhelming.
+    if not habits and (source.strip() or excess < 0.75 * c.median_ms):
+        # Without host work in forward the gap is the launches' own cost (Triton's launcher alone takes tens of
+        # microseconds; the launch and fusion rules price that), and a CPU breakdown's profiled pass can fall far
+        # below the timed median on a busy host. Host work is the finding only when forward shows it, or (no
+        # source) the gap is overwhelming.
         return None
     found = f"; forward {', '.join(habits)}" if habits else ""
     versus = f" against {ms(harness)} for eager (the timer's own share)" if d.kind == "gpu" and b is not None else ""
@@ -171,7 +184,10 @@ def _fusion(d: Digest) -> Option | None:
         return None
     bound = d.bytes / (STREAM[d.kind] * d.peak.bandwidth) * 1e3 if d.peak else 0.0
     fused = max(max(k.time_ms for k in passes), bound)
-    gain = c.kernel_ms - fused
+    launches = sum(k.calls for k in passes)
+    # Each launch fused away also takes its share of the time between kernels (the launcher's own cost).
+    between = (c.outside_ms or 0.0) * (launches - 1) / launches if d.kind == "gpu" and c.outside_ms else 0.0
+    gain = c.kernel_ms - fused + between
     if gain <= 0:
         return None
     names = ", ".join(k.name.rsplit("::", 1)[-1] for k in passes[:4])
