@@ -188,7 +188,8 @@ def load_cpp(source: str, extra_cflags: list[str] | None = None) -> CppLibrary:
         first = "\n".join(str(d) for d in outcome.diagnostics[:5]) or outcome.log[-2000:]
         raise BuildError(f"C++ build failed:\n{first}", outcome.diagnostics)
     for name in _exported_names(source) or [f"lib{outcome.key}"]:
-        _built.append(KernelStats(name=name, build_s=round(outcome.seconds, 4), cached=outcome.cached))
+        _built.append(KernelStats(name=name, build_s=round(outcome.seconds, 4), cached=outcome.cached,
+                                  notes=[f"fast-math ({o})" for o in outcome.math_options]))
     return CppLibrary(outcome.library, source)
 
 

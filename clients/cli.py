@@ -62,7 +62,7 @@ def add_optimize_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--hook-timeout", type=float, default=300.0)
     p.add_argument("--translate-from", default=None, metavar="BACKEND:FILE", help="start from another backend's kernel")
     p.add_argument("--baselines", nargs="*", choices=["eager", "compile"], default=["eager", "compile"])
-    p.add_argument("--reps", type=int, default=20)
+    p.add_argument("--reps", type=int, default=None, help="timed calls per contender (default: planned by the server from the reference's time per call)")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--trials", type=int, default=5, help="verify trials")
     p.add_argument("--profile-trials", type=int, default=3)

@@ -48,7 +48,7 @@ class RunSettings(BaseModel):
     hooks: list[str] = Field(default_factory=list)
     hook_timeout_s: float = 300.0
     baselines: list[Literal["eager", "compile"]] = Field(default_factory=lambda: ["eager", "compile"])
-    reps: int = Field(default=20, ge=1)
+    reps: int | None = Field(default=None, ge=1, description="Timed calls per contender; None: planned by the server.")
     warmup: int = Field(default=3, ge=0)
     trials: int = Field(default=5, ge=1, description="verify trials.")
     profile_trials: int = Field(default=3, ge=1, description="Correctness trials profile runs before timing.")

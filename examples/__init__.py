@@ -1,8 +1,10 @@
 """Bundled KernelBench-format problems, each with a cpp and a Triton solution.
 
 Each problem is a folder ``<name>/`` holding ``reference.py`` (KernelBench's ``Model`` /
-``get_inputs`` / ``get_init_inputs``) and one candidate module per backend, named after the
-backend (``cpp.py``, ``triton.py``), each defining ``ModelNew``. The files are data: this
+``get_inputs`` / ``get_init_inputs``, at a size a CPU handles in milliseconds), ``reference_gpu.py``
+(the same problem at a GPU size: hundreds of MB, where a GPU is bandwidth- or compute-bound rather
+than launch-bound) and one candidate module per backend, named after the backend (``cpp.py``,
+``triton.py``, ``cuda.py``), each defining ``ModelNew`` and correct at both sizes. The files are data: this
 module reads them as text and never imports them.
 """
 
@@ -14,6 +16,8 @@ from pydantic import BaseModel, Field
 
 _ROOT = Path(__file__).resolve().parent
 REFERENCE = "reference"
+#: the same problem at a size that keeps a GPU busy
+REFERENCE_GPU = "reference_gpu"
 #: Candidate files a problem folder may hold, by backend name.
 BACKENDS: tuple[str, ...] = ("cpp", "triton", "cuda")
 
@@ -52,6 +56,7 @@ class ProblemInfo(BaseModel):
     title: str
     description: str
     solutions: list[str] = Field(description="Backends with a bundled solution (a correct ModelNew).")
+    gpu_size: bool = Field(default=False, description="Whether part 'reference_gpu' (the problem at a GPU size) exists.")
 
 
 def _names() -> list[str]:
@@ -64,12 +69,13 @@ def problems() -> list[ProblemInfo]:
     for name in _names():
         title, description = _ABOUT.get(name, (name, ""))
         solutions = [b for b in BACKENDS if (_ROOT / name / f"{b}.py").is_file()]
-        found.append(ProblemInfo(name=name, title=title, description=description, solutions=solutions))
+        found.append(ProblemInfo(name=name, title=title, description=description, solutions=solutions,
+                                 gpu_size=(_ROOT / name / f"{REFERENCE_GPU}.py").is_file()))
     return found
 
 
 def path(name: str, part: str = REFERENCE) -> Path:
-    """Where ``part`` ("reference" or a backend name) of problem ``name`` lives.
+    """Where ``part`` ("reference", "reference_gpu" or a backend name) of problem ``name`` lives.
 
     Raises:
         KeyError: no such problem, or the problem has no such part; the message lists what exists.
@@ -77,14 +83,14 @@ def path(name: str, part: str = REFERENCE) -> Path:
     names = _names()
     if name not in names:
         raise KeyError(f"unknown problem {name!r}; known problems: {', '.join(names)}")
-    parts = [REFERENCE, *(b for b in BACKENDS if (_ROOT / name / f"{b}.py").is_file())]
+    parts = [REFERENCE, *(p for p in (REFERENCE_GPU, *BACKENDS) if (_ROOT / name / f"{p}.py").is_file())]
     if part not in parts:
         raise KeyError(f"problem {name!r} has no part {part!r}; it has: {', '.join(parts)}")
     return _ROOT / name / f"{part}.py"
 
 
 def source(name: str, part: str = REFERENCE) -> str:
-    """The text of ``part`` ("reference" or a backend name) of problem ``name``.
+    """The text of ``part`` ("reference", "reference_gpu" or a backend name) of problem ``name``.
 
     Raises:
         KeyError: no such problem, or the problem has no such part; the message lists what exists.

@@ -69,6 +69,11 @@ async def _demo(problem: str, backend: str | None) -> int:
         if chosen not in available:
             raise RuntimeError(f"backend {chosen} is not available here")
         solution = examples.source(problem, chosen)
+        device = next((b.get("device", "") for b in info["backends"] if b["name"] == chosen), "")
+        if device.startswith("cuda") and examples.path(problem).with_name(f"{examples.REFERENCE_GPU}.py").is_file():
+            # On a GPU the CPU-sized problem is launch-bound: timing it would show launch latency, not the kernel.
+            reference = examples.source(problem, examples.REFERENCE_GPU)
+            _write(f"on {device}: the problem at its GPU size ({examples.REFERENCE_GPU}.py)")
         broken = solution.replace("def forward", "def forward_unused", 1)
         await _call(client, "translate_reference", "translate_reference", {"reference": reference, "target_backend": chosen},
                     lambda d: f"prompt {len(d['prompt'])} chars; {(d.get('analysis') or {}).get('flops', 0):.3g} FLOPs, {(d.get('analysis') or {}).get('bytes', 0):.3g} bytes")

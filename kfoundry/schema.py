@@ -81,7 +81,7 @@ class MismatchDetail(Record):
     trial: int = 0
     reason: Literal["shape", "dtype", "values", "nonfinite", "count", "type", "precision"]
     message: str
-    input_family: str = Field(default="standard", description="Which inputs failed: 'standard' or a stress family (signed, large, tiny).")
+    input_family: str = Field(default="standard", description="Which inputs failed: 'standard' or a stress family (wide, signed, large, tiny, special).")
     expected_shape: list[int] | None = None
     got_shape: list[int] | None = None
     expected_dtype: str | None = None
@@ -102,7 +102,8 @@ class PrecisionCheck(Record):
     trial: int
     candidate_error: float = Field(description="RMS error of the candidate against the float64 oracle.")
     honest_error: float = Field(description="RMS error of the reference run at the policy's precision (strict: the problem's dtypes).")
-    bound: float | None = Field(default=None, description="Largest candidate error accepted (relaxed policies); strict is judged by atol/rtol.")
+    bound: float | None = Field(default=None, description="Largest candidate error accepted: relaxed policies 2x the honest error; strict the "
+                                "geometric midpoint of the reference's own error and one rounding to the next narrower format (inside atol/rtol too).")
     passed: bool
 
 

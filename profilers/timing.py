@@ -193,6 +193,8 @@ _streams: list[Any] = []
 
 
 def _side_streams() -> list[Any]:
+    if not _streams:
+        return []
     current = torch.cuda.current_stream()
     return [s for s in _streams if isinstance(s, torch.cuda.Stream) and s != current]
 

@@ -59,6 +59,8 @@ REFERENCE_FILE = "reference.py"
 _ORACLE_MAX_BYTES = 1 << 30
 #: queued calls of the eager reference that plan the repetition count
 _PILOT_CALLS = 5
+#: outputs up to this many elements are hashed whole by the late-write probe
+_PROBE_WORDS = 1 << 22
 
 
 def _nbytes(values: list[Any]) -> int:
@@ -134,6 +136,8 @@ class Reference:
         self._oracle: torch.nn.Module | None = None
         self._honest: torch.nn.Module | None = None
         self.oracle_error = ""
+        #: random positions the late-write probe hashes, and timed calls' spot checks compare, in large outputs
+        self._probe_at: torch.Tensor | None = None
 
     def stage(self, name: str, detail: str = "") -> None:
         self.channel.send(Stage(stage=name, detail=detail))
@@ -149,7 +153,7 @@ class Reference:
             MakeInputs: lambda m: self.inputs_ready(m),
             MakeBatch: lambda m: BatchReady(items=[self.inputs_ready(item) for item in m.items]),
             Collect: lambda m: self.collect(m),
-            CollectBatch: lambda m: CollectedBatch(items=[self.collect(item) for item in m.items]),
+            CollectBatch: lambda m: self.collect_batch(m),
             TimeBaselines: lambda m: self.time_baselines(m),
             PrepareBaselines: lambda m: self.prepare_baselines(m),
             ProfileCall: lambda m: self.profile(m),
@@ -296,24 +300,46 @@ class Reference:
             check = CallCheck(call=message.call, family=family, state=State.rejected,
                               findings=[Finding(code="output_type", message=f"the candidate's outputs could not be read: {exc}")])
             return Collected(call=message.call, check=check, next=self._next(message))
-        before = [fingerprint(t) if t is not None else "" for t, _, _ in got]
+        before = [self._probe(t) for t, _, _ in got]
         # Before the reference runs: a problem whose own forward writes its inputs must not look like the candidate's doing.
-        mutated = any(t is not None and isinstance(v, torch.Tensor) and not _same_bytes(t, v) for (t, _), v in zip(self.slots.get(slot, []), own, strict=False))
+        spot = self._spot if message.judge.spot else (lambda t: t)
+        mutated = any(t is not None and isinstance(v, torch.Tensor) and not _same_bytes(spot(t), spot(v))
+                      for (t, _), v in zip(self.slots.get(slot, []), own, strict=False))
         expected = self.expected.pop(message.call, None)
         if expected is None:
-            with torch.no_grad():
-                expected = as_list(self.model(*own))
+            try:
+                with torch.no_grad():
+                    expected = as_list(self.model(*own))
+            except Exception as exc:  # noqa: BLE001 - a stress family the problem cannot take is dropped, not failed
+                if family == "standard":
+                    raise
+                check = CallCheck(call=message.call, family=family, state=State.correct, reference_error=f"{type(exc).__name__}: {str(exc)[:300]}")
+                return Collected(call=message.call, check=check, next=self._next(message))
             sync(self.device)
+        output_bytes = _nbytes(expected)
+        alike = len(got) == len(expected) and all(
+            (t is None) == (not isinstance(e, torch.Tensor)) and (t is None or (t.shape == e.shape and t.dtype == e.dtype))
+            for (t, _, _), e in zip(got, expected, strict=False))
+        if message.judge.spot and alike:
+            # Same shapes and dtypes: the comparison at the secret positions stands for the whole (a wrong shape is judged whole).
+            got = [(spot(t) if t is not None else None, plain, kind) for t, plain, kind in got]
+            expected = [spot(e) if isinstance(e, torch.Tensor) else e for e in expected]
         check = self._judge(message, got, expected, own, family)
         check.input_mutated = mutated
-        after = [fingerprint(t) if t is not None else "" for t, _, _ in got]
+        after = [self._probe(t) for t, _, _ in got]
         check.late_write = [i for i, (b, a) in enumerate(zip(before, after, strict=True)) if b != a]
         if message.judge.trial:
             check.fingerprints = before
             check.expected_fingerprints = [fingerprint(e) if isinstance(e, torch.Tensor) else repr(e)[:80] for e in expected]
-        output_bytes = _nbytes(expected)
         del got, expected, own
         return Collected(call=message.call, check=check, output_bytes=output_bytes, next=self._next(message))
+
+    def collect_batch(self, message: CollectBatch) -> CollectedBatch:
+        items = [self.collect(item) for item in message.items]
+        # Nothing of the judging may still run on the device when the candidate's next turn is timed:
+        # two processes' work on one GPU time-slices, and the candidate would be billed for it.
+        sync(self.device)
+        return CollectedBatch(items=items)
 
     def _next(self, message: Collect) -> InputsReady | None:
         return self.inputs_ready(message.next) if message.next is not None else None
@@ -341,6 +367,24 @@ class Reference:
         if tensor.device.type != torch.device(self.device).type:
             tensor = tensor.to(self.device)
         return tensor, value.plain, value.type_name
+
+    def _spot(self, tensor: torch.Tensor) -> torch.Tensor:
+        """``tensor`` at this job's secret positions when it is large (flattened, same dtype); small tensors whole."""
+        flat = tensor.detach().reshape(-1)
+        if flat.numel() <= _PROBE_WORDS:
+            return tensor
+        if self._probe_at is None or self._probe_at.device != flat.device:
+            self._probe_at = torch.randint(0, 1 << 62, (_PROBE_WORDS,), device=flat.device)
+        return flat[self._probe_at % flat.numel()]
+
+    def _probe(self, tensor: torch.Tensor | None) -> str:
+        """A fingerprint of the output, taken before and after judging it: a write that lands meanwhile shows.
+
+        Above ``_PROBE_WORDS`` words only positions drawn at random for this job are hashed (the
+        candidate cannot know which): hashing all of a multi-GB output twice per call would cost
+        more than the call.
+        """
+        return "" if tensor is None else fingerprint(self._spot(tensor))
 
     def _judge(self, message: Collect, got: list[tuple[torch.Tensor | None, bool, str]], expected: list[Any],
                own: list[Any], family: str) -> CallCheck:

@@ -333,6 +333,8 @@ def worker_env(workdir: Path, extra: dict[str, str], caches: Path) -> dict[str, 
             "PYTHONPATH": os.pathsep.join(p for p in sys.path if p),
             # The torch.compile baseline's cache (the reference worker's); backends add their own caches.
             "TORCHINDUCTOR_CACHE_DIR": str(shared / "inductor"),
+            # Compile in the worker itself: a pool of compile processes costs seconds to start per job.
+            "TORCHINDUCTOR_COMPILE_THREADS": "1",
             # a path the sandbox cannot reach; it tells a worker's processes apart from other servers'
             "KFOUNDRY_HOME": str(settings().home),
             "USER": "kfoundry",

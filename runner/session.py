@@ -118,7 +118,7 @@ class TimingPlan:
     #: time by CUDA-graph replay (each contender captured once per input slot)
     cuda_graph: bool = False
     #: device time per contender the planned repetition count aims at
-    budget_ms: float = 200.0
+    budget_ms: float = 100.0
 
 
 @dataclass
@@ -134,10 +134,12 @@ class Timed:
 
 
 #: planned repetitions are kept within these bounds (GPU, CPU)
-REPS_GPU = (10, 400)
+REPS_GPU = (10, 200)
 REPS_CPU = (10, 50)
 #: calls queued per turn at most
 MAX_BATCH = 32
+#: about one timed call in this many is judged on every element (at least one per turn); the rest are spot-checked
+SPOT_FULL = 8
 #: descriptors one turn may carry (the wire's limit is 256)
 _TURN_FDS = 200
 
@@ -524,7 +526,9 @@ class Session:
             if not baselines_first:
                 baseline_ms = await self._baselines(calls, turn)
             self.stage = f"judging timing turn {turn + 1}"
-            collects = [Collect(call=r.call, outputs=self._to_reference(r.outputs), judge=Judge()) for r in returned]
+            # Every timed output is spot-checked at positions secret to the job; one call in SPOT_FULL, drawn in secret, is judged whole.
+            full = {secrets.randbelow(len(returned))} | {k for k in range(len(returned)) if secrets.randbelow(SPOT_FULL) == 0}
+            collects = [Collect(call=r.call, outputs=self._to_reference(r.outputs), judge=Judge(spot=k not in full)) for k, r in enumerate(returned)]
             await self._say(Side.reference, CollectBatch(items=collects))
             collected = (await self._expect(Side.reference, CollectedBatch)).items
         finally:

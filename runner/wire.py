@@ -132,6 +132,8 @@ class Judge(Wire):
     oracle: bool = False
     #: verification-trial extras: constant outputs, fingerprints for replay detection
     trial: bool = False
+    #: compare only at positions drawn at random for the job (a timed call's spot check); large outputs only
+    spot: bool = False
 
 
 class Collect(Wire):

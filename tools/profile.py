@@ -42,7 +42,7 @@ async def profile(rt: Runtime, request: ProfileRequest) -> ProfileResult:
     run = new_run("profile")
     start = time.perf_counter()
     # Reps given explicitly are kept; otherwise they are planned from the reference's own time per call.
-    asked_reps = request.reps if "reps" in request.model_fields_set else None
+    asked_reps = request.reps
     timing = TimingPlan(warmup=request.warmup, reps=asked_reps, baselines=chosen_baselines, breakdown=True,
                         allow_ops=list(rules.allow_torch_ops), cuda_graph=request.cuda_graph)
     counters: list[KernelCounters] = []

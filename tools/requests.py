@@ -155,7 +155,7 @@ class ProfileRequest(BaseModel):
         default=None, description="Baselines to time the candidate against: 'eager', 'compile' (torch.compile); omit for both.",
     )
     hardware_counters: bool = Field(default=False, description="Collect Nsight Compute counters (NVIDIA GPUs only).")
-    reps: int = Field(default=20, ge=1, le=1000, description="Timed repetitions per contender (1 to 1000).")
+    reps: int | None = Field(default=None, ge=1, le=1000, description="Timed calls per contender (1 to 1000); omit to plan from ~0.1 s of the reference's own time per call (10 to 200 calls on a GPU, 10 to 50 on the CPU).")
     warmup: int = Field(default=3, ge=0, le=100, description="Untimed warm-up calls per contender (0 to 100).")
     trials: Trials = Field(default=3, description="Correctness trials run before timing (1 to 100).")
     atol: Tolerance = Field(default=None, description=ATOL)

@@ -19,7 +19,7 @@ from kfoundry.tools.runtime import Runtime, device_kind, probe, recording_cancel
 from kfoundry.verify import precision as numerics
 from kfoundry.verify.compare import tolerance
 from kfoundry.verify.guardrails import Guardrails, check, effective
-from kfoundry.verify.stress import STANDARD
+from kfoundry.verify.stress import STANDARD, default_plan
 from kfoundry.verify.verdict import Decision, Trial, decide
 
 DEFAULT_TIMEOUT_S = 180.0
@@ -110,7 +110,7 @@ async def _check(
 
     # Every trial uses the same input buffers with new values: a cache keyed by address, identity
     # or shape returns a stale output on the second trial.
-    plan_trials = [(secrets.randbits(31), STANDARD) for _ in range(trials)] + [(secrets.randbits(31), f) for f in dict.fromkeys(stress or [])]
+    plan_trials = [(secrets.randbits(31), STANDARD) for _ in range(trials)] + [(secrets.randbits(31), f) for f in default_plan(stress)]
     decided: list[Decision] = []
 
     async def proceed(calls: list[Call]) -> bool:
@@ -141,7 +141,7 @@ async def _check(
             reference_worker=ref_worker, candidate_worker=cand_worker, progress=stage, atol=atol, rtol=rtol,
             cuda_graph=timing is not None and timing.cuda_graph, poison=stale_check, trace_calls=traced, scrub_calls=len(plan_trials) if stale_check else 0,
         )
-        plan = Plan(trials=plan_trials, oracle_trials=len(plan_trials) if precision.relaxed else 1, timing=timing, analyze=analyze,
+        plan = Plan(trials=plan_trials, oracle_trials=len(plan_trials), timing=timing, analyze=analyze,
                     proceed=proceed if timing is not None else None, before_timing=quiesce)
         try:
             report = await session.run(plan, timeout_s)

@@ -33,7 +33,7 @@ def _linear_relu_bf16(
         acc = tl.dot(a, b, acc)
     bias = tl.load(b_ptr + rn, mask=rn < N, other=0.0)
     y = tl.maximum(acc + bias[None, :].to(tl.float32), 0.0)
-    tl.store(y_ptr + rm[:, None] * stride_ym + rn[None, :] * stride_yn, y.to(y_ptr.dtype.element_ty), mask=(rm[:, None] < M) & (rn[None, :] < N))
+    tl.store(y_ptr + rm[:, None] * stride_ym + rn[None, :] * stride_yn, y, mask=(rm[:, None] < M) & (rn[None, :] < N))
 
 
 class _LinearParams(nn.Module):
@@ -65,7 +65,8 @@ class ModelNew(nn.Module):
         xb = x.to(torch.bfloat16)
         m, k = xb.shape
         n = w.shape[0]
-        y = torch.empty(m, n, dtype=torch.bfloat16, device=x.device)
+        # The problem's output dtype (fp32): the policy rounds operands, not the result.
+        y = torch.empty(m, n, dtype=x.dtype, device=x.device)
         bm, bn, bk = 128, 128, 64
         grid = (triton.cdiv(m, bm) * triton.cdiv(n, bn),)
         _linear_relu_bf16[grid](

@@ -56,7 +56,7 @@ def test_unknown_problem_raises_key_error_listing_known_names() -> None:
 
 
 def test_unknown_part_raises_key_error_listing_the_parts_that_exist() -> None:
-    with pytest.raises(KeyError, match="reference, cpp, triton, cuda"):
+    with pytest.raises(KeyError, match="reference, reference_gpu, cpp, triton, cuda"):
         examples.source("softmax", "hip")
 
 

@@ -67,14 +67,15 @@ async def test_the_same_bf16_rounding_hidden_in_bit_tricks_is_a_mismatch_under_s
     assert data["precision"] == "strict"
 
 
-async def test_an_fp16_candidate_is_correct_under_fp16_and_bf16_and_rejected_statically_under_strict(client: Client) -> None:
+async def test_an_fp16_candidate_is_correct_under_fp16_and_bf16_and_a_mismatch_with_an_early_warning_under_strict(client: Client) -> None:
     fp16 = await _verify(client, FP16_HONEST, "fp16")
     bf16 = await _verify(client, FP16_HONEST, "bf16")
     strict = await _verify(client, FP16_HONEST, "strict")
 
-    assert (fp16["state"], bf16["state"], strict["state"]) == ("correct", "correct", "rejected"), (fp16, bf16, strict)
-    [finding] = [f for f in strict["findings"] if f["blocking"]]
-    assert finding["code"] == "precision_downcast" and "_Float16" in finding["message"]
+    assert (fp16["state"], bf16["state"], strict["state"]) == ("correct", "correct", "mismatch"), (fp16, bf16, strict)
+    assert [f for f in strict["findings"] if f["blocking"]] == []
+    [finding] = [f for f in strict["findings"] if f["code"] == "precision_downcast"]
+    assert "_Float16" in finding["message"]
 
 
 async def test_a_tf32_truncating_candidate_is_correct_under_tf32_and_a_mismatch_under_strict(client: Client) -> None:
@@ -129,7 +130,7 @@ async def test_strict_reports_the_float64_oracle_error_of_the_candidate_and_the_
     data = await _verify(client, SOLUTION, "strict")
 
     [check] = data["precision_checks"]
-    assert check["bound"] is None and check["passed"] is True
+    assert check["bound"] is not None and check["passed"] is True and check["candidate_error"] <= check["bound"]
     assert check["candidate_error"] < 1e-5 and check["honest_error"] < 1e-5
 
 
