@@ -9,15 +9,12 @@ them alike.
 
 from __future__ import annotations
 
-import statistics
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-
-from kfoundry.schema import Timing
 
 # Bound at import: candidate code imported later may monkeypatch ``time`` to fake speed.
 _clock = time.perf_counter
@@ -217,31 +214,6 @@ def track_streams() -> None:
 
         tracked._kfoundry = True  # type: ignore[attr-defined]
         cls.__new__ = tracked  # type: ignore[method-assign]
-
-
-def summarize(samples: list[float]) -> Timing:
-    """Median, inter-quartile range, min, mean and coefficient of variation of ms samples.
-
-    Raises:
-        ValueError: when ``samples`` is empty.
-    """
-    if not samples:
-        raise ValueError("summarize needs at least one sample")
-    mean = statistics.fmean(samples)
-    if len(samples) >= 2:
-        q1, _, q3 = statistics.quantiles(samples, n=4, method="inclusive")
-        stdev = statistics.stdev(samples)
-    else:
-        q1 = q3 = samples[0]
-        stdev = 0.0
-    return Timing(
-        median_ms=statistics.median(samples),
-        iqr_ms=q3 - q1,
-        min_ms=min(samples),
-        mean_ms=mean,
-        cov=stdev / mean if mean > 0 else 0.0,
-        n=len(samples),
-    )
 
 
 def llc_bytes() -> int:

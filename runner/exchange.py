@@ -11,30 +11,19 @@ from __future__ import annotations
 
 import math
 import os
-import re
-import stat
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from kfoundry.runner.handover import FILE_NAME, OPEN_NAME, OWN, ExchangeError
 from kfoundry.runner.wire import PlainValue, TensorRef, Value
 
-_FILE_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,80}\.bin$")
-#: a name the consumer opens: its own file, or one the trusted side linked in from the other worker
-_OPEN_NAME = re.compile(r"^(own|peer)/[a-z0-9][a-z0-9_-]{0,80}\.bin$")
-PEER = "peer"
-#: where a worker writes what it shares; the exchange folder itself and ``peer/`` belong to the trusted side
-OWN = "own"
 #: what this process exported, by name: the tensor, its descriptor and the allocation's size
 _exports: dict[str, tuple[torch.Tensor, int, int]] = {}
 #: descriptors that arrived for device tensors not yet mapped, by name
 _received: dict[str, int] = {}
-
-
-class ExchangeError(ValueError):
-    """A reference that does not describe a tensor this process can map."""
 
 
 def _dtype(name: str) -> torch.dtype:
@@ -77,7 +66,7 @@ def stage(value: Any, exchange: Path, name: str) -> Callable[[], Value]:
     if not isinstance(value, torch.Tensor) or not value.is_cuda or value.numel() == 0:
         described = share(value, exchange, name)
         return lambda: described
-    if not _FILE_NAME.match(f"{name}.bin"):
+    if not FILE_NAME.match(f"{name}.bin"):
         raise ExchangeError(f"bad exchange name {name!r}")
     tensor, common = _described(value)
     held = _exports.get(name)
@@ -101,7 +90,7 @@ def _export(tensor: torch.Tensor, name: str) -> dict[str, Any]:
     """``tensor`` copied into exportable memory kept under ``name`` (reused while the shape and dtype hold)."""
     from kfoundry.runner import devshare
 
-    if not _FILE_NAME.match(f"{name}.bin"):
+    if not FILE_NAME.match(f"{name}.bin"):
         raise ExchangeError(f"bad exchange name {name!r}")
     held = _exports.get(name)
     # Work the producer left on other streams belongs to the value it hands over: wait for all of it.
@@ -148,7 +137,7 @@ def incoming(refs: list[TensorRef], fds: list[int]) -> None:
 
 def _write_file(tensor: torch.Tensor, exchange: Path, name: str) -> str:
     file = f"{name}.bin"
-    if not _FILE_NAME.match(file):
+    if not FILE_NAME.match(file):
         raise ExchangeError(f"bad exchange file name {file!r}")
     (exchange / OWN).mkdir(exist_ok=True)
     path = exchange / OWN / file
@@ -178,7 +167,7 @@ def open_tensor(ref: TensorRef, exchange: Path) -> torch.Tensor:
         return torch.empty(shape, dtype=dtype)
     if ref.storage == "cuda":
         return _open_cuda(ref.cuda or {}, dtype, shape)
-    if ref.file is None or not _OPEN_NAME.match(ref.file):
+    if ref.file is None or not OPEN_NAME.match(ref.file):
         raise ExchangeError(f"bad exchange file name {ref.file!r}")
     path = exchange / ref.file
     nbytes = numel * dtype.itemsize
@@ -204,53 +193,6 @@ def _open_cuda(fields: dict[str, Any], dtype: torch.dtype, shape: list[int]) -> 
         raise ExchangeError(f"cannot map the device tensor {name!r}: {str(exc)[:300]}") from exc
 
 
-def hand_over(value: Value, source: Path, target: Path) -> Value:
-    """``value`` as the worker owning ``target`` opens it: a shared file is hard-linked into its ``peer/`` folder.
-
-    Runs on the trusted side. The file is opened without following links and must be a regular
-    file, so a producer cannot hand over a link to something only the consumer could reach.
-
-    Raises:
-        ExchangeError: the producer named a file that is missing, not a plain file, or badly named.
-    """
-    if not isinstance(value, TensorRef) or value.storage != "file":
-        return value
-    own, _, name = (value.file or "").partition("/")
-    if own != OWN or not _FILE_NAME.match(name):
-        raise ExchangeError(f"bad exchange file name {value.file!r}")
-    try:
-        fd = os.open(source / OWN / name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    except OSError as exc:
-        raise ExchangeError(f"exchange file {value.file} cannot be opened: {exc.strerror}") from exc
-    try:
-        opened = os.fstat(fd)
-    finally:
-        os.close(fd)
-    if not stat.S_ISREG(opened.st_mode):
-        raise ExchangeError(f"exchange file {value.file} is not a regular file")
-    linked = target / PEER / name
-    try:
-        linked.unlink(missing_ok=True)
-        os.link(source / OWN / name, linked, follow_symlinks=False)
-        made = os.lstat(linked)
-    except OSError as exc:
-        raise ExchangeError(f"exchange file {value.file} cannot be handed over: {exc.strerror}") from exc
-    # The producer may have swapped the name between the check and the link: what was linked must be what was checked.
-    if (made.st_dev, made.st_ino) != (opened.st_dev, opened.st_ino):
-        linked.unlink(missing_ok=True)
-        raise ExchangeError(f"exchange file {value.file} changed while it was handed over")
-    return value.model_copy(update={"file": f"{PEER}/{name}"})
-
-
-def exchange_root() -> Path:
-    """Where a job's exchange folders live: RAM-backed ``/dev/shm`` where it exists."""
-    shm = Path("/dev/shm")
-    base = shm if shm.is_dir() and os.access(shm, os.W_OK) else Path(os.environ.get("TMPDIR", "/tmp"))
-    root = base / f"kfoundry-x-{os.geteuid()}"
-    root.mkdir(mode=0o700, exist_ok=True)
-    return root
-
-
 def shared_empty(shape: list[int], dtype: torch.dtype, device: str, exchange: Path, name: str) -> tuple[torch.Tensor, TensorRef]:
     """A tensor this process writes and another maps: device memory (IPC) or a file in the exchange folder."""
     common = {"dtype": _dtype_name(dtype), "shape": list(shape)}
@@ -259,7 +201,7 @@ def shared_empty(shape: list[int], dtype: torch.dtype, device: str, exchange: Pa
     if device.startswith("cuda"):
         from kfoundry.runner import devshare
 
-        if not _FILE_NAME.match(f"{name}.bin"):
+        if not FILE_NAME.match(f"{name}.bin"):
             raise ExchangeError(f"bad exchange name {name!r}")
         _forget(name)
         try:
@@ -268,7 +210,7 @@ def shared_empty(shape: list[int], dtype: torch.dtype, device: str, exchange: Pa
             raise ExchangeError(f"cannot share device memory: {exc}") from exc
         return held[0], TensorRef(storage="cuda", cuda={"name": name, "nbytes": held[2]}, **common)
     file = f"{name}.bin"
-    if not _FILE_NAME.match(file):
+    if not FILE_NAME.match(file):
         raise ExchangeError(f"bad exchange file name {file!r}")
     (exchange / OWN).mkdir(exist_ok=True)
     path = exchange / OWN / file

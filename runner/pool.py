@@ -51,7 +51,7 @@ class WorkerPool:
         self._live: set[Worker] = set()
 
     async def __aenter__(self) -> WorkerPool:
-        from kfoundry.runner.exchange import exchange_root  # imports torch: not at server start-up
+        from kfoundry.runner.handover import exchange_root
 
         await anyio.to_thread.run_sync(lambda: sweep_leftovers(sandbox_root(), exchange_root(), *cgroup_parents()))
         self._tg = anyio.create_task_group()

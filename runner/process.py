@@ -19,7 +19,7 @@ from anyio.abc import Process, TaskGroup, UNIXSocketStream
 from kfoundry import jail
 from kfoundry.backends import all_backends
 from kfoundry.config import settings
-from kfoundry.runner.exchange import exchange_root
+from kfoundry.runner.handover import exchange_root
 from kfoundry.runner.sandbox import Containment, Freezer, inner_pid, make_workdir, remove_workdir, thread_count, worker_env
 from kfoundry.runner.wire import HEADER, MAX_FDS, MAX_FRAME, Ready, Wire, WireError, close_all, decode, device_refs, encode
 

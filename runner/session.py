@@ -26,7 +26,7 @@ from kfoundry import artifacts
 from kfoundry.backends import get_backend
 from kfoundry.backends.base import BuildRequest as ToolchainRequest
 from kfoundry.backends.base import TrustedBuild
-from kfoundry.runner import budget, caches, exchange
+from kfoundry.runner import budget, caches, handover
 from kfoundry.runner.process import Worker, WorkerGone
 from kfoundry.runner.wire import (
     Analysis,
@@ -620,8 +620,8 @@ def _delivered(outcome: TrustedBuild, into: Path) -> TrustedBuild:
 
 def _handed(value: V, source: Path, target: Path) -> V:
     try:
-        return exchange.hand_over(value, source, target)  # type: ignore[return-value]
-    except exchange.ExchangeError as exc:
+        return handover.hand_over(value, source, target)  # type: ignore[return-value]
+    except handover.ExchangeError as exc:
         raise WireError(str(exc)) from exc
 
 

@@ -7,8 +7,7 @@ import time
 import anyio
 
 from kfoundry.artifacts import new_run
-from kfoundry.profilers.roofline import cpu_peaks, gpu_peaks, roofline
-from kfoundry.profilers.timing import summarize
+from kfoundry.profilers.summary import summarize
 from kfoundry.runner.session import Call, Ending, Report, TimingPlan
 from kfoundry.schema import ErrorDetail, Finding, KernelCounters, ProfileResult, Speedup, State, Timing
 from kfoundry.tools.counters import collect as collect_counters
@@ -16,7 +15,7 @@ from kfoundry.tools.requests import ProfileRequest
 from kfoundry.tools.runtime import Runtime, resolve_backend, timeout_or_default
 from kfoundry.tools.verify import NEXT as VERIFY_NEXT
 from kfoundry.tools.verify import run_check
-from kfoundry.verify import precision as numerics
+from kfoundry.verify import policies as numerics
 from kfoundry.verify.guardrails import effective
 from kfoundry.verify.verdict import kernel_coverage, process_findings, timed_findings
 
@@ -152,6 +151,8 @@ async def _fill(result: ProfileResult, samples: dict[str, list[float]], report: 
     if analysis is None:
         result.warnings.append("No FLOP/byte analysis of the reference: speed of light not computed.")
         return
+    from kfoundry.profilers.roofline import cpu_peaks, gpu_peaks, roofline  # torch: loaded with the first profile, not at start-up
+
     on_gpu = result.device.startswith("cuda")
     peaks = gpu_peaks(_device_name(result.device)) if on_gpu else await anyio.to_thread.run_sync(cpu_peaks)
     if peaks is None:

@@ -8,18 +8,16 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-import torch
-
 from kfoundry.artifacts import Run, new_run
 from kfoundry.backends.base import Backend
 from kfoundry.runner.session import Call, Ending, Plan, Report, Session, Side, TimingPlan
 from kfoundry.schema import ErrorDetail, Finding, State, VerifyResult
 from kfoundry.tools.requests import VerifyRequest
 from kfoundry.tools.runtime import Runtime, device_kind, probe, recording_cancellation, resolve_backend, timeout_or_default
-from kfoundry.verify import precision as numerics
-from kfoundry.verify.compare import tolerance
+from kfoundry.verify import policies as numerics
+from kfoundry.verify.families import STANDARD, default_plan
 from kfoundry.verify.guardrails import Guardrails, check, effective
-from kfoundry.verify.stress import STANDARD, default_plan
+from kfoundry.verify.policies import tolerance_for
 from kfoundry.verify.verdict import Decision, Trial, decide
 
 DEFAULT_TIMEOUT_S = 180.0
@@ -164,7 +162,7 @@ async def _check(
         decision = decide(trials_of(report.trials), guardrails, wanted=trials) if report.trials else Decision(state, 0)
     findings += decision.findings
     first = report.trials[0].check if report.trials else None
-    a, r = tolerance(_dtype(first.output_dtype), atol, rtol) if first is not None and first.output_dtype else (atol, rtol)
+    a, r = tolerance_for(first.output_dtype, atol, rtol) if first is not None and first.output_dtype else (atol, rtol)
     result = VerifyResult(
         state=state, trials_passed=decision.passed, mismatch=decision.mismatch, findings=findings,
         error=error, diagnostics=report.diagnostics, kernels=report.kernels, interpreted=probe(backend.name).interpreted,
@@ -178,10 +176,6 @@ async def _check(
     if report.stdout_bytes > 0:
         result.findings.append(Finding(code="stdout", message=f"the candidate wrote {report.stdout_bytes} bytes to stdout (kept in the run's logs)", blocking=False))
     return Checked(result, report, decision)
-
-
-def _dtype(name: str) -> torch.dtype:
-    return getattr(torch, name, torch.float32)
 
 
 async def verify(rt: Runtime, request: VerifyRequest) -> VerifyResult:

@@ -8,14 +8,11 @@ import torch
 
 from kfoundry.schema import Finding, MismatchDetail, PrecisionCheck, Sample, State
 from kfoundry.verify import precision as numerics
+from kfoundry.verify.policies import DTYPE_TOLERANCES
+from kfoundry.verify.verdict import worst_checks
 
 #: Default (atol, rtol) per dtype: fp32 and wider 1e-4, half types 1e-2, integers exact.
-TOLERANCES: dict[torch.dtype, tuple[float, float]] = {
-    torch.float64: (1e-4, 1e-4),
-    torch.float32: (1e-4, 1e-4),
-    torch.float16: (1e-2, 1e-2),
-    torch.bfloat16: (1e-2, 1e-2),
-}
+TOLERANCES: dict[torch.dtype, tuple[float, float]] = {getattr(torch, name): pair for name, pair in DTYPE_TOLERANCES.items()}
 MAX_SAMPLES = 5
 
 
@@ -282,17 +279,6 @@ class Oracle:
         if not self.policy.relaxed:
             return trial in self.oracle
         return trial in self.oracle and trial in self.honest
-
-
-def worst_checks(checks: list[PrecisionCheck]) -> list[PrecisionCheck]:
-    """Per output index, the trial with the largest error relative to the honest one."""
-    worst: dict[int, PrecisionCheck] = {}
-    for c in checks:
-        ratio = c.candidate_error / max(c.honest_error, 1e-300)
-        held = worst.get(c.output_index)
-        if held is None or (not c.passed and held.passed) or ratio > held.candidate_error / max(held.honest_error, 1e-300):
-            worst[c.output_index] = c
-    return [worst[i] for i in sorted(worst)]
 
 
 def _item(values: list[torch.Tensor | None], i: int) -> torch.Tensor | None:

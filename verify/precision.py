@@ -13,12 +13,15 @@ from __future__ import annotations
 import contextlib
 import copy
 from collections.abc import Iterator
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
-PolicyName = Literal["strict", "tf32", "bf16", "fp16"]
+from kfoundry.verify.policies import POLICIES as POLICIES
+from kfoundry.verify.policies import STRICT as STRICT
+from kfoundry.verify.policies import Policy as Policy
+from kfoundry.verify.policies import PolicyName as PolicyName
+from kfoundry.verify.policies import policy as policy
 
 #: A candidate passes when its RMS error against the float64 oracle is at most this many
 #: times the honest error at its precision (as ``torch._dynamo.utils.same``'s RMSE gate).
@@ -28,63 +31,6 @@ ERROR_FACTOR = 2.0
 #: (fp64 -> fp32, fp32 -> TF32, the 16-bit types -> fp8 e4m3)
 _MANTISSA: dict[torch.dtype, int] = {torch.float64: 52, torch.float32: 23, torch.float16: 10, torch.bfloat16: 7}
 _NARROWER: dict[torch.dtype, int] = {torch.float64: 23, torch.float32: 10, torch.float16: 3, torch.bfloat16: 3}
-
-
-class Policy(BaseModel):
-    """A named numerics contract, shared by verify, profile, the guardrails and the roofline."""
-
-    model_config = ConfigDict(frozen=True)
-
-    name: PolicyName
-    summary: str
-    tf32: bool = Field(description="TF32 tensor-core math allowed (and switched on for the candidate and the baselines).")
-    round_to: str | None = Field(default=None, description="Type inputs and weights may be rounded to ('bfloat16', 'float16').")
-    #: reduced-precision kinds a candidate may use under this policy
-    allows: frozenset[str] = frozenset()
-    #: the roofline's peak-FLOP column for this policy
-    peak: Literal["fp32", "tf32", "bf16", "fp16"]
-    fast_math: bool = False
-
-    @property
-    def relaxed(self) -> bool:
-        return self.name != "strict"
-
-    def round_dtype(self) -> torch.dtype | None:
-        return getattr(torch, self.round_to) if self.round_to else None
-
-    def allows_kind(self, kind: str) -> bool:
-        """Whether a reduced-precision kind ('tf32', 'bf16', 'fp16', 'fp8', 'fast_math') is permitted."""
-        if kind == "fast_math":
-            return self.fast_math
-        return kind in self.allows
-
-
-POLICIES: dict[str, Policy] = {p.name: p for p in (
-    Policy(name="strict", summary="the problem's dtypes; no TF32, no downcasts, no fast-math", tf32=False, peak="fp32"),
-    Policy(name="tf32", summary="fp32 matmuls/convolutions may use TF32 tensor cores", tf32=True,
-           allows=frozenset({"tf32"}), peak="tf32", fast_math=True),
-    Policy(name="fp16", summary="inputs and weights may be rounded to float16; accumulate in fp32 or wider", tf32=True,
-           round_to="float16", allows=frozenset({"tf32", "fp16"}), peak="fp16", fast_math=True),
-    Policy(name="bf16", summary="inputs and weights may be rounded to bfloat16; accumulate in fp32 or wider", tf32=True,
-           round_to="bfloat16", allows=frozenset({"tf32", "bf16", "fp16"}), peak="bf16", fast_math=True),
-)}
-STRICT = POLICIES["strict"]
-
-
-def policy(name: str | Policy | None) -> Policy:
-    """The policy called ``name`` (``None`` means strict).
-
-    Raises:
-        ValueError: for an unknown name.
-    """
-    if isinstance(name, Policy):
-        return name
-    if name is None:
-        return STRICT
-    try:
-        return POLICIES[name]
-    except KeyError:
-        raise ValueError(f"unknown precision policy {name!r}; known: {', '.join(POLICIES)}") from None
 
 
 _FLAG_PATHS = (

@@ -13,17 +13,15 @@ dropped with a finding, never held against the candidate.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
-Family = Literal["signed", "large", "tiny", "wide", "special"]
-FAMILIES: tuple[Family, ...] = ("signed", "large", "tiny", "wide", "special")
-#: run by every verify, one trial each, after the problem's own trials
-DEFAULT_FAMILIES: tuple[Family, ...] = ("wide",)
-#: families whose inputs hold NaN and infinities on purpose: non-finite reference outputs are what they check, not a reason to drop them
-NONFINITE_BY_DESIGN: frozenset[str] = frozenset({"special"})
-STANDARD = "standard"
+from kfoundry.verify.families import DEFAULT_FAMILIES as DEFAULT_FAMILIES
+from kfoundry.verify.families import FAMILIES, STANDARD
+from kfoundry.verify.families import NONFINITE_BY_DESIGN as NONFINITE_BY_DESIGN
+from kfoundry.verify.families import Family as Family
+from kfoundry.verify.families import default_plan as default_plan
 
 #: power-of-two exponents per family, for fp32/fp64 and for the 16-bit types (narrower range)
 _EXPONENT: dict[str, tuple[int, int]] = {"large": (16, 6), "tiny": (-20, -6)}
@@ -100,8 +98,3 @@ def stressed(values: list[Any], family: str, seed: int) -> list[Any]:
         raise ValueError(f"unknown stress family {family!r}; known: {', '.join(FAMILIES)}")
     generator = torch.Generator().manual_seed(seed)
     return [_transform(v, family, generator) if isinstance(v, torch.Tensor) else v for v in values]
-
-
-def default_plan(requested: list[str] | None) -> list[str]:
-    """The families a verify runs: ``DEFAULT_FAMILIES`` first, then the caller's, each once."""
-    return list(dict.fromkeys([*DEFAULT_FAMILIES, *(requested or [])]))

@@ -11,10 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from kfoundry.schema import Finding, MismatchDetail, PrecisionCheck, ProfileResult, State, StressOutcome
-from kfoundry.verify.compare import worst_checks
 from kfoundry.verify.facts import CallCheck, RuntimeFacts
+from kfoundry.verify.families import NONFINITE_BY_DESIGN, STANDARD
 from kfoundry.verify.guardrails import Guardrails
-from kfoundry.verify.stress import NONFINITE_BY_DESIGN, STANDARD
 
 
 @dataclass
@@ -212,3 +211,14 @@ def kernel_coverage(result: ProfileResult, rules: Guardrails) -> tuple[float | N
         f"the rest runs in library kernels ({library}). Allow specific ops with guardrails.allow_torch_ops",
     )
     return share, [finding] if finding is not None else []
+
+
+def worst_checks(checks: list[PrecisionCheck]) -> list[PrecisionCheck]:
+    """Per output index, the trial with the largest error relative to the honest one."""
+    worst: dict[int, PrecisionCheck] = {}
+    for c in checks:
+        ratio = c.candidate_error / max(c.honest_error, 1e-300)
+        held = worst.get(c.output_index)
+        if held is None or (not c.passed and held.passed) or ratio > held.candidate_error / max(held.honest_error, 1e-300):
+            worst[c.output_index] = c
+    return [worst[i] for i in sorted(worst)]

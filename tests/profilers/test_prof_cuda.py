@@ -11,7 +11,8 @@ from torch.profiler import record_function
 
 from kfoundry.profilers.breakdown import op_breakdown
 from kfoundry.profilers.roofline import gpu_peaks
-from kfoundry.profilers.timing import bench, cache_flusher, summarize, track_streams
+from kfoundry.profilers.summary import summarize
+from kfoundry.profilers.timing import bench, cache_flusher, track_streams
 
 pytestmark = pytest.mark.gpu
 

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from kfoundry.profilers import timing
-from kfoundry.profilers.timing import bench, cache_flusher, input_sets, summarize
+from kfoundry.profilers.summary import summarize
+from kfoundry.profilers.timing import bench, cache_flusher, input_sets
 
 
 def test_summarize_reports_median_iqr_min_mean_and_cov_of_known_samples() -> None:
