@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ctypes
 import logging
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -21,9 +23,37 @@ logger = logging.getLogger(__name__)
 
 
 def gpu_count() -> int:
+    """GPUs this process's CUDA sees (imports torch: called when a GPU job arrives)."""
     import torch
 
     return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def driver_gpus() -> int:
+    """GPUs the NVIDIA driver reports (NVML), within ``CUDA_VISIBLE_DEVICES``; 0 without a driver.
+
+    Start-up uses this rather than ``gpu_count``: importing torch takes seconds, and a server must
+    answer ``initialize`` before any job needs torch.
+    """
+    try:
+        nvml = ctypes.CDLL("libnvidia-ml.so.1")
+        if nvml.nvmlInit_v2() != 0:
+            return 0
+        count = ctypes.c_uint(0)
+        found = count.value if nvml.nvmlDeviceGetCount_v2(ctypes.byref(count)) == 0 else 0
+        nvml.nvmlShutdown()
+    except (OSError, AttributeError):
+        return 0
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is None:
+        return found
+    # CUDA stops at the first entry it cannot use ("-1", an empty list): count up to there.
+    entries = []
+    for entry in visible.split(","):
+        if not entry.strip() or entry.strip().startswith("-"):
+            break
+        entries.append(entry)
+    return min(found, len(entries))
 
 
 class _Device:

@@ -37,7 +37,7 @@ from kfoundry import __version__
 from kfoundry import examples as problem_library
 from kfoundry.artifacts import acting_for, list_runs, open_run
 from kfoundry.errors import KfoundryError
-from kfoundry.runner.pool import WorkerPool, gpu_count
+from kfoundry.runner.pool import WorkerPool, driver_gpus
 from kfoundry.schema import AnalysisResult, BackendsResult, CompileResult, ProfileResult, TranslateResult, VerifyResult
 from kfoundry.server.auth import auth_settings, caller
 from kfoundry.server.descriptions import DESCRIPTIONS, INSTRUCTIONS, TITLES
@@ -267,7 +267,7 @@ def build_server(token_verifier: TokenVerifier | None = None, live: Live | None 
     async def lifespan(server: MCPServer) -> AsyncIterator[Runtime]:
         async with WorkerPool() as pool:
             pool.warm("cpu")
-            for index in range(gpu_count()):
+            for index in range(driver_gpus()):
                 pool.warm(f"cuda:{index}")
             holder.runtime = Runtime(pool)
             try:

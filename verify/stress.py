@@ -36,7 +36,8 @@ def _narrow(dtype: torch.dtype) -> bool:
 
 
 def _signs(t: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    return torch.randint(0, 2, t.shape, generator=generator, device="cpu").to(t.device, t.dtype) * 2 - 1
+    # Drawn where the tensor lives, in a small type: a 6 GB GPU input must not round-trip through the host.
+    return torch.randint(0, 2, t.shape, generator=generator, device=t.device, dtype=torch.int8).to(t.dtype) * 2 - 1
 
 
 def _wide(t: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -47,9 +48,10 @@ def _wide(t: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     larger and 2^_SPREAD times smaller than the problem's, and two inputs no longer share a
     scale (a shortcut that relies on ``a`` and ``b`` being alike breaks too).
     """
-    shift = int(torch.randint(0, _SPREAD + 1, (1,), generator=generator))
-    octaves = torch.randint(-_SPREAD, _SPREAD + 1, t.shape, generator=generator, device="cpu") + shift
-    return t * _signs(t, generator) * torch.pow(2.0, octaves.to(torch.float64)).to(t.device, t.dtype)
+    shift = int(torch.randint(0, _SPREAD + 1, (1,), generator=generator, device=t.device))
+    octaves = torch.randint(-_SPREAD, _SPREAD + 1, t.shape, generator=generator, device=t.device, dtype=torch.int8) + shift
+    # Powers of two up to 2^(2 * _SPREAD) are exact in every floating type.
+    return t * _signs(t, generator) * torch.exp2(octaves.to(t.dtype))
 
 
 def _special(t: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -66,7 +68,7 @@ def _special(t: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     count = min(flat.numel(), _SPECIAL_EACH * len(specials))
     if count == 0:
         return out
-    positions = torch.randperm(flat.numel(), generator=generator, device="cpu")[:count].tolist()
+    positions = torch.randint(0, flat.numel(), (count,), generator=generator, device=t.device).tolist()
     for k, position in enumerate(positions):
         flat[position] = specials[k % len(specials)]
     return out
@@ -96,5 +98,11 @@ def stressed(values: list[Any], family: str, seed: int) -> list[Any]:
         return values
     if family not in FAMILIES:
         raise ValueError(f"unknown stress family {family!r}; known: {', '.join(FAMILIES)}")
-    generator = torch.Generator().manual_seed(seed)
-    return [_transform(v, family, generator) if isinstance(v, torch.Tensor) else v for v in values]
+    generators: dict[torch.device, torch.Generator] = {}
+
+    def on(device: torch.device) -> torch.Generator:
+        if device not in generators:
+            generators[device] = torch.Generator(device=device).manual_seed(seed + len(generators))
+        return generators[device]
+
+    return [_transform(v, family, on(v.device)) if isinstance(v, torch.Tensor) else v for v in values]
