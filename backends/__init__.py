@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 REGISTRY: dict[str, str] = {
     "cpp": "kfoundry.backends.cpp:CppBackend",
     "cuda": "kfoundry.backends.cuda:CudaBackend",
+    "hip": "kfoundry.backends.hip:HipBackend",
     "triton": "kfoundry.backends.triton:TritonBackend",
 }
 
