@@ -17,6 +17,8 @@ REGISTRY: dict[str, str] = {
     "cpp": "kfoundry.backends.cpp:CppBackend",
     "cuda": "kfoundry.backends.cuda:CudaBackend",
     "hip": "kfoundry.backends.hip:HipBackend",
+    "metal": "kfoundry.backends.metal:MetalBackend",
+    "sycl": "kfoundry.backends.sycl:SyclBackend",
     "triton": "kfoundry.backends.triton:TritonBackend",
 }
 

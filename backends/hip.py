@@ -235,6 +235,20 @@ class HipBackend:
         "with hipcc (compile-only) and reports VGPRs, spills and LDS bytes; verify and profile need a ROCm host."
     )
     rule_defaults: ClassVar[Mapping[str, Severity]] = {}
+    #: what a translation from another backend must change, by source backend (rendered with the source's notes)
+    translate_from: ClassVar[Mapping[str, str]] = {
+        "cuda": (
+            "CUDA to HIP: keep the kernel bodies (threadIdx/blockIdx/__syncthreads/__shared__ are the same); include "
+            "<hip/hip_runtime.h> instead of <cuda_runtime.h>; rename the runtime API (cudaMalloc -> hipMalloc, cudaStream_t -> "
+            "hipStream_t, cudaGetLastError -> hipGetLastError, at::cuda::getCurrentCUDAStream -> at::hip::getCurrentHIPStream, "
+            "cuBLAS -> hipBLAS); launch with hipLaunchKernelGGL or <<<...>>>. A load_cuda kernel becomes a load_inline extension: "
+            "write a torch::Tensor host wrapper for each launch, set os.environ[\"CXX\"] = \"hipcc\" and list the wrappers in "
+            "functions=[...]. Re-check everything that assumed 32-lane warps: warpSize is 64, __shfl_*_sync masks become "
+            "__shfl_* over 64 lanes, __ballot returns a 64-bit mask, and warp-per-row reductions need a 6-step shuffle tree. "
+            "WMMA/mma.sync has no HIP spelling: use rocWMMA or __builtin_amdgcn_mfma_* (needs a relaxed precision policy for "
+            "f16/bf16). Retune block sizes to multiples of 64 and watch VGPRs in compile's report for occupancy."
+        ),
+    }
 
     def probe(self) -> ToolchainInfo:
         version = hipcc_version()

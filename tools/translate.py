@@ -6,12 +6,13 @@ from typing import Any
 
 from kfoundry import prompts
 from kfoundry.artifacts import new_run
-from kfoundry.backends import get_backend
+from kfoundry.backends import UnknownBackendError, get_backend
 from kfoundry.backends.base import Backend
+from kfoundry.errors import BadRequest
 from kfoundry.runner.session import Ending, Plan, Session
 from kfoundry.schema import ErrorDetail, ProblemAnalysis, TranslateResult
 from kfoundry.tools.requests import TranslateRequest
-from kfoundry.tools.runtime import Runtime, recording_cancellation, resolve_backend, timeout_or_default
+from kfoundry.tools.runtime import Runtime, recording_cancellation, timeout_or_default
 
 DEFAULT_TIMEOUT_S = 120.0
 
@@ -30,14 +31,32 @@ def render_prompt(reference: str, target_backend: str, source_backend: str = "py
     if source_backend == "pytorch":
         return prompts.render("generate", **prompt_context(target_backend, reference, analysis))
     source = get_backend(source_backend)
+    # A backend may say what translating into it from a given source must change (CUDA to HIP: warp width, runtime API).
+    pair = getattr(get_backend(target_backend), "translate_from", {}).get(source.name)
+    notes = f"{source.notes}\n\n{pair}" if pair else source.notes
     return prompts.render(
         "translate",
-        **prompt_context(target_backend, reference, analysis, source_backend=source.name, source_candidate=source_code, source_notes=source.notes),
+        **prompt_context(target_backend, reference, analysis, source_backend=source.name, source_candidate=source_code, source_notes=notes),
     )
 
 
+def prompt_target(name: str) -> Backend:
+    """The backend a prompt is written for: any registered one, whether or not this host can run it.
+
+    A prompt needs only the backend's notes and one-shot example, so a laptop without an AMD, Intel
+    or Apple GPU still gets HIP, SYCL and Metal prompts; the reference is analysed on this host's device.
+
+    Raises:
+        BadRequest: ``name`` is not a registered backend.
+    """
+    try:
+        return get_backend(name.strip().lower())
+    except UnknownBackendError as exc:
+        raise BadRequest(str(exc)) from exc
+
+
 async def translate_reference(rt: Runtime, request: TranslateRequest, translation: str | None = None) -> TranslateResult:
-    target = resolve_backend(request.target_backend)
+    target = prompt_target(request.target_backend)
     reference, source_backend, source_code = request.reference, request.source_backend, request.source_code
     run = new_run("translate")
     run.write("reference.py", reference)
