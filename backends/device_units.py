@@ -12,14 +12,33 @@ and the command; this module holds the rest.
 from __future__ import annotations
 
 import ast
+import hashlib
+import json
+import os
 import re
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 from kfoundry.backends.cuda_sources import CANDIDATE_FILE, CudaUnit, Segment, _argument, _call_name, _Resolver
 from kfoundry.backends.nvcc import parse_nvcc_diagnostics
 from kfoundry.schema import Diagnostic
 from kfoundry.toolrun import ToolResult, ToolStatus, run_tool
+
+
+@dataclass
+class UnitRun:
+    """One unit's compile: the run (None when it could not start), its diagnostics located in candidate.py."""
+
+    unit: CudaUnit
+    run: ToolResult | None
+    diagnostics: list[Diagnostic]
+    cached: bool = False
+
+    @property
+    def ok(self) -> bool:
+        return self.run is not None and self.run.ok
 
 
 @dataclass(frozen=True)
@@ -77,24 +96,50 @@ def extract(candidate: str, specs: Sequence[UnitSpec]) -> tuple[list[CudaUnit], 
 Command = Callable[[CudaUnit, str, str], "list[str] | str"]
 
 
+def _cached_run(cache: Path | None, key: str, run: Callable[[], ToolResult]) -> tuple[ToolResult, bool]:
+    """A finished run (ok, or failed with the compiler's own messages) is kept by ``key``; caps and timeouts are not."""
+    record = cache / f"{key}.json" if cache is not None else None
+    if record is not None and record.is_file():
+        try:
+            saved = json.loads(record.read_text())
+            return ToolResult(ToolStatus(saved["status"]), saved["returncode"], saved["stdout"], saved["stderr"], 0.0), True
+        except (OSError, ValueError, KeyError):
+            pass
+    result = run()
+    if record is not None and result.status in (ToolStatus.ok, ToolStatus.failed) and result.returncode is not None:
+        record.parent.mkdir(parents=True, exist_ok=True)
+        staged = record.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
+        staged.write_text(json.dumps({"status": result.status.value, "returncode": result.returncode,
+                                      "stdout": result.stdout[-60000:], "stderr": result.stderr[-60000:]}))
+        os.replace(staged, record)
+    return result, False
+
+
 def compile_units(
     units: Sequence[CudaUnit], *, suffix: str, command: Command, output: str, env: dict[str, str], label: str, timeout_s: float,
-) -> list[tuple[CudaUnit, ToolResult | None, list[Diagnostic]]]:
-    """Compile each unit in its own sandbox: (unit, the run or None when not started, its diagnostics located in candidate.py)."""
-    done: list[tuple[CudaUnit, ToolResult | None, list[Diagnostic]]] = []
+    cache: Path | None = None, toolchain: str = "",
+) -> list[UnitRun]:
+    """Compile each unit in its own sandbox.
+
+    With ``cache``, a unit whose command, text and ``toolchain`` (a version string) were compiled before is
+    answered from there, with ``cached`` set and ``seconds`` 0.
+    """
+    done: list[UnitRun] = []
     for unit in units:
         compiled = f"{unit.name}{suffix}"
         cmd = command(unit, compiled, output)
         if isinstance(cmd, str):
-            done.append((unit, None, [Diagnostic(file=CANDIDATE_FILE, line=unit.call_line, message=cmd)]))
+            done.append(UnitRun(unit, None, [Diagnostic(file=CANDIDATE_FILE, line=unit.call_line, message=cmd)]))
             continue
-        run = run_tool(cmd, files={compiled: unit.text}, outputs=[output], timeout_s=timeout_s, env=env, label=label)
+        key = hashlib.sha256("\0".join([toolchain, json.dumps(env, sort_keys=True), *cmd, unit.text]).encode()).hexdigest()[:24]
+        run, cached = _cached_run(cache, key, lambda cmd=cmd, compiled=compiled, unit=unit: run_tool(
+            cmd, files={compiled: unit.text}, outputs=[output], timeout_s=timeout_s, env=env, label=label))
         diags = parse_nvcc_diagnostics(run.log, unit, compiled)
         if run.status is not ToolStatus.ok and run.status is not ToolStatus.failed:
             diags.append(Diagnostic(file=CANDIDATE_FILE, line=unit.call_line, message=run.message))
         elif not run.ok and not any(d.severity == "error" for d in diags):
             diags.append(Diagnostic(file=CANDIDATE_FILE, line=unit.call_line, message=run.message or run.log.strip()[-2000:] or f"{label} failed"))
-        done.append((unit, run, diags))
+        done.append(UnitRun(unit, run, diags, cached))
     return done
 
 

@@ -84,12 +84,12 @@ class ForeignBackend:
                 diags.append(Diagnostic(file=CANDIDATE_FILE, message=f"no {self.name} source found in a string passed to {self.build_call}(...)"))
             return CompileOnlyOutcome(ok=False, diagnostics=[str(d) for d in diags])
         ok = True
-        for _, run, unit_diags in device_units.compile_units(
+        for done in device_units.compile_units(
             units, suffix=self.suffix, command=lambda u, s, o: self.command(exe, u, s, o), output="kernel.o", env={},
             label=self.compiler, timeout_s=timeout_s,
         ):
-            diags += unit_diags
-            ok = ok and run is not None and run.ok
+            diags += done.diagnostics
+            ok = ok and done.ok
         return CompileOnlyOutcome(ok=ok, diagnostics=[str(d) for d in diags])
 
     def warm(self, device: str) -> None:

@@ -32,6 +32,7 @@ from kfoundry.backends.base import BuildRequest, BuildUnsupported, CompileOnlyOu
 from kfoundry.backends.cuda_sources import CANDIDATE_FILE, CudaUnit
 from kfoundry.backends.nvcc import _torch_build_facts
 from kfoundry.backends.ptxas import demangle
+from kfoundry.config import settings
 from kfoundry.schema import Bottleneck, Diagnostic, KernelStats, ToolchainInfo
 
 ARCH_ENV = "KFOUNDRY_HIP_ARCH"
@@ -54,7 +55,7 @@ _HIP_PRECISION = [(re.compile(p), kind, what) for p, kind, what in (
     (r"\b__builtin_amdgcn_mfma_\w*(?<!b)f16\w*", "fp16", "float16 MFMA intrinsic"),
     (r"\b__builtin_amdgcn_mfma_\w*(?:fp8|bf8)\w*", "fp8", "float8 MFMA intrinsic"),
     (r"\b__builtin_amdgcn_mfma_\w*xf32\w*", "tf32", "xf32 MFMA intrinsic"),
-    (r"-ffp-contract=fast|-munsafe-fp-atomics", "fast_math", "fast-math flag"),
+    (r"-ffp-contract=fast\b", "fast_math", "fast-math flag"),
 )]
 _COMMENT = re.compile(r"//[^\n]*|/\*.*?\*/", re.S)
 #: torch's headers include rocThrust's <thrust/complex.h> under HIP; hosts without rocThrust get this std::complex stand-in
@@ -139,7 +140,7 @@ def _int(record: dict[str, str], key: str) -> int | None:
     return int(value) if value is not None and value.isdigit() else None
 
 
-def _stats(records: list[dict[str, str]], arch: str, seconds: float) -> list[KernelStats]:
+def _stats(records: list[dict[str, str]], arch: str, seconds: float, *, cached: bool = False) -> list[KernelStats]:
     names = demangle([r["name"] for r in records], sandboxed=True)
     kernels = []
     for r in records:
@@ -154,7 +155,7 @@ def _stats(records: list[dict[str, str]], arch: str, seconds: float) -> list[Ker
                 name=re.sub(r"\(.*$", "", full).split("::")[-1], registers=_int(r, "VGPRs"),
                 # a spilled VGPR is 4 bytes per lane in scratch
                 spills_bytes=None if vgpr_spill is None else 4 * vgpr_spill, shared_memory_bytes=_int(r, "LDS Size [bytes/block]"),
-                build_s=round(seconds, 4), notes=notes,
+                build_s=round(seconds, 4), cached=cached, notes=notes,
             )
         )
     return kernels
@@ -176,20 +177,20 @@ def compile_only(candidate: str, *, timeout_s: float = 300.0, arch: str | None =
     kernels: list[KernelStats] = []
     ok = True
     env = {**_ENV, "HCC_AMDGPU_TARGET": arch}
-    for unit, run, unit_diags in device_units.compile_units(units, suffix=".hip", command=_command(arch), output="kernel.o",
-                                                            env=env, label="hipcc", timeout_s=timeout_s):
-        diags += unit_diags
-        if run is None or not run.ok:
+    for done in device_units.compile_units(units, suffix=".hip", command=_command(arch), output="kernel.o", env=env, label="hipcc",
+                                           timeout_s=timeout_s, cache=settings().cache_dir / "hip", toolchain=hipcc_version()):
+        diags += done.diagnostics
+        if done.run is None or not done.ok:
             ok = False
-            missing = device_units.missing_header(unit_diags)
+            missing = device_units.missing_header(done.diagnostics)
             if missing is not None:
                 diags.append(Diagnostic(
-                    file=CANDIDATE_FILE, line=unit.call_line, severity="note",
-                    message=f"compile-only host limitation: <{missing}> is not installed on this host (torch's headers include it under HIP; "
-                    "ROCm PyTorch hosts have it through rocThrust), so this source could not be checked here; a ROCm host may build it",
+                    file=CANDIDATE_FILE, line=done.unit.call_line, severity="note",
+                    message=f"compile-only host limitation: <{missing}> is not installed on this host, so this source could not be "
+                    "checked here; a ROCm host may build it",
                 ))
             continue
-        kernels += _stats(parse_resource_usage(run.log), arch, run.seconds)
+        kernels += _stats(parse_resource_usage(done.run.log), arch, done.run.seconds, cached=done.cached)
     return CompileOnlyOutcome(ok=ok, kernels=kernels, diagnostics=[str(d) for d in diags])
 
 
@@ -199,14 +200,14 @@ def _builds_kernel(call: ast.Call, parts: list[str]) -> bool:
 
 def _hip_precision(tree: ast.Module) -> list[SourceHit]:
     hits: list[SourceHit] = []
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Constant) and isinstance(node.value, str):
-            text = _COMMENT.sub(lambda m: re.sub(r"[^\n]", " ", m.group()), node.value)
-            exact = node.end_lineno is not None and node.end_lineno - node.lineno == text.count("\n")
-            for pattern, kind, what in _HIP_PRECISION:
-                for m in pattern.finditer(text):
-                    line = node.lineno + text.count("\n", 0, m.start()) if exact else node.lineno
-                    hits.append(SourceHit(line, f"kernel source uses {m.group()} ({what})", kind))
+    for node in embedded._strings(tree):  # docstrings cannot reach the compiler
+        text = _COMMENT.sub(lambda m: re.sub(r"[^\n]", " ", m.group()), node.value)
+        # the string's newlines are the file's when the literal spans exactly that many lines
+        exact = node.end_lineno is not None and node.end_lineno - node.lineno == text.count("\n")
+        for pattern, kind, what in _HIP_PRECISION:
+            for m in pattern.finditer(text):
+                line = node.lineno + text.count("\n", 0, m.start()) if exact else node.lineno
+                hits.append(SourceHit(line, f"kernel source uses {m.group()} ({what})", kind))
     return hits
 
 
