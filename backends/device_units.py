@@ -21,6 +21,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from kfoundry.backends import embedded
+from kfoundry.backends.base import SourceHit
 from kfoundry.backends.cuda_sources import CANDIDATE_FILE, CudaUnit, Segment, _argument, _call_name, _Resolver
 from kfoundry.backends.nvcc import parse_nvcc_diagnostics
 from kfoundry.schema import Diagnostic
@@ -150,3 +152,22 @@ def missing_header(diags: Sequence[Diagnostic]) -> str | None:
         if m and d.severity == "error" and d.file != CANDIDATE_FILE:
             return m.group(1)
     return None
+
+
+#: (pattern, precision kind, what the match is) over kernel source text
+Patterns = Sequence[tuple["re.Pattern[str]", str, str]]
+_COMMENT = re.compile(r"//[^\n]*|/\*.*?\*/", re.S)
+
+
+def string_hits(tree: ast.Module, patterns: Patterns) -> list[SourceHit]:
+    """Reduced-precision spellings in the candidate's string literals (C comments blanked, docstrings skipped)."""
+    hits: list[SourceHit] = []
+    for node in embedded._strings(tree):
+        text = _COMMENT.sub(lambda m: re.sub(r"[^\n]", " ", m.group()), node.value)
+        # the string's newlines are the file's when the literal spans exactly that many lines
+        exact = node.end_lineno is not None and node.end_lineno - node.lineno == text.count("\n")
+        for pattern, kind, what in patterns:
+            for m in pattern.finditer(text):
+                line = node.lineno + text.count("\n", 0, m.start()) if exact else node.lineno
+                hits.append(SourceHit(line, f"kernel source uses {m.group()} ({what})", kind))
+    return hits

@@ -33,6 +33,8 @@ class ForeignBackend:
     specs: ClassVar[tuple[device_units.UnitSpec, ...]]
     suffix: ClassVar[str]
     build_call: ClassVar[str]
+    #: the language's own reduced-precision spellings, beyond the C/CUDA ones the shared scan knows
+    precision_patterns: ClassVar[device_units.Patterns] = ()
     rule_defaults: ClassVar[Mapping[str, Severity]] = {}
 
     def command(self, exe: str, unit: CudaUnit, src: str, out: str) -> list[str] | str:
@@ -66,7 +68,9 @@ class ForeignBackend:
         return None
 
     def precision_hits(self, tree: ast.Module, resolve: Resolve) -> list[SourceHit]:
-        return embedded.kernel_precision(tree, resolve, self._builds)
+        if not embedded.build_calls(tree, resolve, self._builds):
+            return []
+        return embedded.kernel_precision(tree, resolve, self._builds) + device_units.string_hits(tree, self.precision_patterns)
 
     def source_hint(self, source: str, regime: Bottleneck) -> str | None:
         return None

@@ -198,19 +198,6 @@ def _builds_kernel(call: ast.Call, parts: list[str]) -> bool:
     return parts[-1] == "load_inline"
 
 
-def _hip_precision(tree: ast.Module) -> list[SourceHit]:
-    hits: list[SourceHit] = []
-    for node in embedded._strings(tree):  # docstrings cannot reach the compiler
-        text = _COMMENT.sub(lambda m: re.sub(r"[^\n]", " ", m.group()), node.value)
-        # the string's newlines are the file's when the literal spans exactly that many lines
-        exact = node.end_lineno is not None and node.end_lineno - node.lineno == text.count("\n")
-        for pattern, kind, what in _HIP_PRECISION:
-            for m in pattern.finditer(text):
-                line = node.lineno + text.count("\n", 0, m.start()) if exact else node.lineno
-                hits.append(SourceHit(line, f"kernel source uses {m.group()} ({what})", kind))
-    return hits
-
-
 def _rocm_device() -> bool:
     import torch
 
@@ -289,7 +276,7 @@ class HipBackend:
     def precision_hits(self, tree: ast.Module, resolve: Resolve) -> list[SourceHit]:
         if not embedded.build_calls(tree, resolve, _builds_kernel):
             return []
-        return embedded.kernel_precision(tree, resolve, _builds_kernel) + _hip_precision(tree)
+        return embedded.kernel_precision(tree, resolve, _builds_kernel) + device_units.string_hits(tree, _HIP_PRECISION)
 
     def source_hint(self, source: str, regime: Bottleneck) -> str | None:
         if regime is Bottleneck.compute and "__builtin_amdgcn_mfma" not in source and "rocwmma" not in source:

@@ -8,6 +8,7 @@ source with ``xcrun -sdk macosx metal -c`` in the sandbox where Xcode's command-
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import ClassVar
 
@@ -24,6 +25,12 @@ class MetalBackend(ForeignBackend):
     specs: ClassVar[tuple[device_units.UnitSpec, ...]] = (device_units.UnitSpec("compile_shader", 0, "source"),)
     suffix: ClassVar[str] = ".metal"
     build_call: ClassVar[str] = "compile_shader"
+    # MSL spells its 16-bit types as plain words; in a shader they cannot be variable names
+    precision_patterns: ClassVar[device_units.Patterns] = [(re.compile(p), kind, what) for p, kind, what in (
+        (r"\bhalf[234]?(?:x[234])?\b", "fp16", "Metal half type"),
+        (r"\bbfloat[234]?\b", "bf16", "Metal bfloat type"),
+        (r"\bfast::\w+", "fast_math", "Metal fast:: math function"),
+    )]
     required_patterns: ClassVar[tuple[str, ...]] = (r"\bcompile_shader\s*\(", r"\bkernel\s+void\b")
     marker: ClassVar[str] = "Metal Shading Language `kernel void` functions compiled with torch.mps.compile_shader(...) and launched as lib.name(..., threads=n)"
     oneshot: ClassVar[Path] = Path(__file__).resolve().parent.parent / "prompts" / "oneshot" / "metal.py"

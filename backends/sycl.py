@@ -9,6 +9,7 @@ carry only its runtime libraries (``intel-sycl-rt``, ``dpcpp-cpp-rt``).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import ClassVar
 
@@ -28,6 +29,12 @@ class SyclBackend(ForeignBackend):
     )
     suffix: ClassVar[str] = ".sycl"
     build_call: ClassVar[str] = "load_inline"
+    precision_patterns: ClassVar[device_units.Patterns] = [(re.compile(p), kind, what) for p, kind, what in (
+        (r"\bsycl::half\b|\bsycl::vec\s*<\s*sycl::half\b", "fp16", "SYCL half type"),
+        (r"\b(?:sycl::ext::oneapi::)?bfloat16\b", "bf16", "SYCL bfloat16 type"),
+        (r"\bsycl::native::\w+|\bsycl::half_precision::\w+", "fast_math", "SYCL approximate math function"),
+        (r"-fp-model=fast\b", "fast_math", "fast-math flag"),
+    )]
     required_patterns: ClassVar[tuple[str, ...]] = (r"\bload_inline\s*\([\s\S]*?\bsycl_sources\b",)
     marker: ClassVar[str] = "SYCL kernels (queue.parallel_for over a sycl::nd_range) built with torch.utils.cpp_extension.load_inline(sycl_sources=...)"
     oneshot: ClassVar[Path] = Path(__file__).resolve().parent.parent / "prompts" / "oneshot" / "sycl.py"
