@@ -28,6 +28,7 @@ import argparse
 import bisect
 import ctypes
 import errno
+import functools
 import logging
 import os
 import platform
@@ -304,6 +305,42 @@ def probe(pid: int) -> str:
     return outcome[0] if outcome else ""
 
 
+_PROBE_CHILD = """
+import os, sys
+from kfoundry.sampler import probe
+read, write = os.pipe()
+child = os.fork()
+if child == 0:
+    os.close(write)
+    os.read(read, 1)
+    os._exit(0)
+os.close(read)
+said = probe(child)
+os.close(write)
+os.waitpid(child, 0)
+sys.stdout.write(said)
+"""
+
+
+@functools.cache
+def host_refusal() -> str:
+    """Why this host (seccomp, a missing CAP_SYS_PTRACE, Yama) refuses sampling; empty when it permits it.
+
+    Found once per process by a throwaway helper that probes a child of its own, so a refusal is told
+    apart from a target that refuses (another tracer holds its threads: time that counts against it).
+    """
+    if unsupported():
+        return unsupported()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    try:
+        done = subprocess.run([sys.executable, "-c", _PROBE_CHILD], capture_output=True, text=True, timeout=60, env=env)
+    except subprocess.TimeoutExpired:
+        return "the ptrace probe did not finish within 60 s"
+    if done.returncode != 0:
+        return f"the ptrace probe failed: {done.stderr.strip()[-300:]}"
+    return done.stdout.strip()
+
+
 class Sampler:
     """Samples a process tree's running threads from a background thread while it is open.
 
@@ -349,6 +386,8 @@ class Sampler:
         self._ended = 0.0
         self._cpu_s = 0.0
         self._taken = 0
+        #: every class present from the start: read by another thread, it never changes size
+        self._live: Counter[Where] = Counter(dict.fromkeys(Where, 0))
         self._rounds = 0
 
     def __enter__(self) -> Sampler:
@@ -381,6 +420,10 @@ class Sampler:
     def taken(self) -> int:
         """Samples so far (read while the window is open)."""
         return self._taken
+
+    def by_class(self) -> dict[Where, int]:
+        """Samples so far per class of code (read while the window is open)."""
+        return {where: n for where, n in list(self._live.items()) if n}
 
     def wait(self, samples: int, timeout_s: float) -> bool:
         """Block until at least ``samples`` samples were taken (True) or ``timeout_s`` passed (False)."""
@@ -452,6 +495,7 @@ class Sampler:
             if failed == errno.EPERM and _state(pid, tid) not in ("", "Z", "X"):
                 self._hits["[ptrace denied]"] += 1
                 self._kinds["[ptrace denied]"] = Where.unseen
+                self._live[Where.unseen] += 1
                 self._taken += 1
             elif failed:
                 self._errors["gone"] += 1
@@ -506,6 +550,7 @@ class Sampler:
         if path not in self._kinds:
             self._kinds[path] = Where.other if path == "[unmapped]" else classify(path, self.own)
         self._hits[path] += 1
+        self._live[self._kinds[path]] += 1
         self._sampled.add(tid)
         self._taken += 1
 
@@ -543,6 +588,7 @@ class IsolatedSampler:
         self.result: Attribution | None = None
         self._helper: subprocess.Popen[str] | None = None
         self._taken = 0
+        self._by_class: dict[Where, int] = {}
 
     def __enter__(self) -> IsolatedSampler:
         self.start()
@@ -557,15 +603,47 @@ class IsolatedSampler:
         Raises:
             RuntimeError: already started, the host cannot sample, or the helper did not come up.
         """
+        self.launch()
+        self.open()
+
+    def launch(self) -> None:
+        """Start the helper without waiting for it: it loads while the caller does other work, and samples from ``open``.
+
+        Raises:
+            RuntimeError: already started, or the host cannot sample.
+        """
         if self._helper is not None:
             raise RuntimeError("an IsolatedSampler samples one window; make a new one")
         if unsupported():
             raise RuntimeError(unsupported())
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
-        self._helper = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-        line = self._line(time.monotonic() + self.start_timeout_s)
+        self._helper = subprocess.Popen([*self.argv, "--on-cue"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                        text=True, env=env)
+
+    def open(self) -> None:
+        """Open the window of a launched helper, once it is ready; returns when it samples.
+
+        Raises:
+            RuntimeError: not launched, or the helper did not come up (it is killed).
+        """
+        if self._helper is None or self._helper.stdin is None:
+            raise RuntimeError("open() before launch()")
+        deadline = time.monotonic() + self.start_timeout_s
+        line = self._line(deadline)
+        if line == "ready":
+            try:
+                self._helper.stdin.write("open\n")
+                self._helper.stdin.flush()
+            except OSError:
+                pass  # the helper is gone: its last words say why
+            line = self._line(deadline)
         if line != "open":
             raise RuntimeError(f"the sampling helper did not start ({line!r}): {self._kill()}")
+
+    def abandon(self) -> None:
+        """Kill a helper whose window is not wanted any more (launched, open or not); idempotent."""
+        if self._helper is not None and self._helper.returncode is None and self.result is None:
+            self._kill()
 
     def _line(self, deadline: float) -> str:
         """The helper's next line ('' at its end or at ``deadline``)."""
@@ -591,6 +669,15 @@ class IsolatedSampler:
             if stream is not None:
                 stream.close()
 
+    @property
+    def taken(self) -> int:
+        """Samples the helper had reported by the last ``wait``."""
+        return self._taken
+
+    def by_class(self) -> dict[Where, int]:
+        """Samples per class of code the helper had reported by the last ``wait``."""
+        return dict(self._by_class)
+
     def wait(self, samples: int, timeout_s: float) -> bool:
         """Block until the helper reported at least ``samples`` samples (True) or ``timeout_s`` passed (False)."""
         deadline = time.monotonic() + timeout_s
@@ -598,7 +685,9 @@ class IsolatedSampler:
             line = self._line(deadline)
             if not line.startswith("taken "):
                 return False
-            self._taken = int(line.split()[1])
+            words = line.split()
+            self._taken = int(words[1])
+            self._by_class = {Where(name): int(n) for name, _, n in (w.partition("=") for w in words[2:])}
         return True
 
     def stop(self) -> Attribution:
@@ -634,6 +723,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rescan", type=float, default=0.02)
     parser.add_argument("--max-per-round", type=int, default=8)
     parser.add_argument("--top", type=int, default=12)
+    parser.add_argument("--on-cue", action="store_true", help="say 'ready', and open the window on a line from stdin")
     args = parser.parse_args(argv)
 
     def members() -> set[int]:
@@ -644,6 +734,11 @@ def main(argv: list[str] | None = None) -> None:
 
     sampler = Sampler(args.pid, args.own, interval_s=args.interval, processes=members if args.cgroup else None,
                       rescan_s=args.rescan, max_per_round=args.max_per_round, top=args.top)
+    if args.on_cue:
+        sys.stdout.write("ready\n")
+        sys.stdout.flush()
+        if not sys.stdin.readline():
+            return  # closed before the cue: nothing was sampled
     closed = threading.Event()
     threading.Thread(target=lambda: (sys.stdin.read(), closed.set()), daemon=True).start()
     sampler.start()
@@ -653,7 +748,8 @@ def main(argv: list[str] | None = None) -> None:
     while not closed.wait(0.02):
         if sampler.taken != reported:
             reported = sampler.taken
-            sys.stdout.write(f"taken {reported}\n")
+            classes = " ".join(f"{where.value}={n}" for where, n in sampler.by_class().items())
+            sys.stdout.write(f"taken {reported} {classes}\n")
             sys.stdout.flush()
     sys.stdout.write(sampler.stop().model_dump_json() + "\n")
     sys.stdout.flush()

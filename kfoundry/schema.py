@@ -150,6 +150,7 @@ class VerifyResult(Record):
     precision: str = Field(default="strict", description="The numerics policy the candidate was judged under.")
     precision_checks: list[PrecisionCheck] = Field(default_factory=list, description="Errors against the float64 oracle, per output.")
     stress: list[StressOutcome] = Field(default_factory=list, description="Stress input families run, or dropped because the reference went non-finite.")
+    cpu_time: dict[str, float] | None = Field(default=None, description="CPU: forward's sampled CPU time by where it ran (own, python, torch, numpy, libc, openmp, ...).")
     duration_s: float
     run_id: str
     next_step: str = ""

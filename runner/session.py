@@ -22,7 +22,7 @@ from typing import TypeVar
 
 import anyio
 
-from kfoundry import artifacts
+from kfoundry import artifacts, sampler
 from kfoundry.backends import get_backend
 from kfoundry.backends.base import BuildRequest as ToolchainRequest
 from kfoundry.backends.base import TrustedBuild
@@ -171,6 +171,21 @@ class Plan:
     proceed: Callable[[list[Call]], Awaitable[bool]] | None = None
     #: called once the device is quiet enough to time (e.g. warm spares finished starting)
     before_timing: Callable[[], Awaitable[None]] | None = None
+    #: after the trials, sample where the candidate's processes spend their CPU time on extra calls
+    attribute: Attribute | None = None
+
+
+@dataclass
+class Attribute:
+    """Extra unjudged calls, sampled from outside, until ``samples`` counted samples or ``seconds`` of calls."""
+
+    samples: int = 400
+    seconds: float = 1.0
+    #: at least this many calls, however many samples the first ones gave
+    min_calls: int = 2
+    interval_s: float = 0.0005
+    #: classes of code that count neither way (and so do not count towards ``samples``)
+    neutral: tuple[sampler.Where, ...] = (sampler.Where.openmp, sampler.Where.libc)
 
 
 @dataclass
@@ -194,6 +209,13 @@ class Report:
     analysis: ProblemAnalysis | None = None
     stdout_bytes: int = 0
     timing: Timed | None = None
+    #: where the candidate's CPU time went on the sampled calls (``Plan.attribute``)
+    attribution: sampler.Attribution | None = None
+    #: why no attribution was made although it was asked for
+    attribution_missing: str = ""
+    #: sampled calls, and the parent's wall time for the whole step (helper start included)
+    attribution_calls: int = 0
+    attribution_s: float = 0.0
 
 
 class Ended(Exception):
@@ -374,7 +396,14 @@ class Session:
             await self.first_launch(first)
             first = None
         if self.cand is not None and self.ref is not None:
-            await self._trials(plan, first)
+            window = await self._launch_sampler(plan.attribute) if plan.attribute is not None else None
+            try:
+                await self._trials(plan, first)
+                if plan.attribute is not None and window is not None:
+                    await self._attribute(plan.attribute, window)
+            finally:
+                if window is not None:
+                    window.abandon()
             proceed = plan.timing is not None and (plan.proceed is None or await plan.proceed(self.report.trials))
             if proceed and plan.timing is not None:
                 await self._time(plan, plan.timing)
@@ -464,6 +493,55 @@ class Session:
             judge = Judge(oracle=index < plan.oracle_trials, trial=True)
             record, ready = await self._call(ready, seed, family, judge, following)
             self.report.trials.append(record)
+
+    async def _launch_sampler(self, how: Attribute) -> sampler.IsolatedSampler | None:
+        """The helper that samples the candidate's processes, loading while the trials run; None where it cannot."""
+        assert self.cand is not None
+        refused = await anyio.to_thread.run_sync(sampler.host_refusal)
+        if refused:
+            self.report.attribution_missing = f"this host does not let the trusted side sample processes: {refused}"
+            return None
+        window = sampler.IsolatedSampler(self.cand.inner, own=[self.cand.exchange / "built"], interval_s=how.interval_s)
+        await anyio.to_thread.run_sync(window.launch)
+        return window
+
+    async def _attribute(self, how: Attribute, window: sampler.IsolatedSampler) -> None:
+        """Sample the candidate's process tree from the helper while it runs ``forward`` on extra calls.
+
+        The calls are ``ProfileCall``s: ``forward`` back to back (one untimed, three under the op profiler),
+        without the cache flush and the poisoning every judged call pays for, so the harness adds little
+        beside the candidate's own time. Only the trusted side's build outputs count as the candidate's own
+        code: its sandbox can write neither them nor the folder they are delivered to.
+        """
+        assert self.cand is not None and self.ref is not None
+        started = anyio.current_time()
+        try:
+            await anyio.to_thread.run_sync(window.open)
+        except RuntimeError as exc:
+            self.report.attribution_missing = str(exc)[:500]
+            return
+        calls = 0
+        try:
+            self.stage = "attribution"
+            if self.progress is not None:
+                await self.progress("sampling where forward spends its CPU time")
+            opened = anyio.current_time()
+            counted = 0
+            while calls < how.min_calls or (counted < how.samples and anyio.current_time() - opened < how.seconds):
+                extra = await self._make(self.calls, secrets.randbits(31), "standard")
+                await self._say(Side.candidate, ProfileCall(inputs=self._to_candidate(extra.inputs)))
+                await self._expect(Side.candidate, Profiled)
+                calls += 1
+                await anyio.to_thread.run_sync(window.wait, 1 << 62, 0.0)
+                counted = sum(n for where, n in window.by_class().items() if where not in how.neutral)
+        finally:
+            with anyio.CancelScope(shield=True):
+                try:
+                    self.report.attribution = await anyio.to_thread.run_sync(window.stop)
+                except RuntimeError as exc:
+                    self.report.attribution_missing = str(exc)[:500]
+        self.report.attribution_calls = calls
+        self.report.attribution_s = anyio.current_time() - started
 
     async def _time(self, plan: Plan, timing: TimingPlan) -> None:
         """Turns of queued calls: fresh inputs for every call made ahead, the reference's baselines and the

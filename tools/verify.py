@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from kfoundry.artifacts import Run, new_run
 from kfoundry.backends.base import Backend
-from kfoundry.runner.session import Call, Ending, Plan, Report, Session, Side, TimingPlan
+from kfoundry.runner.session import Attribute, Call, Ending, Plan, Report, Session, Side, TimingPlan
 from kfoundry.schema import ErrorDetail, Finding, State, VerifyResult
 from kfoundry.tools.requests import VerifyRequest
 from kfoundry.tools.runtime import Runtime, device_kind, probe, recording_cancellation, resolve_backend, timeout_or_default
@@ -18,7 +18,7 @@ from kfoundry.verify import policies as numerics
 from kfoundry.verify.families import STANDARD, default_plan
 from kfoundry.verify.guardrails import Guardrails, check, effective
 from kfoundry.verify.policies import tolerance_for
-from kfoundry.verify.verdict import Decision, Trial, decide
+from kfoundry.verify.verdict import Decision, Trial, cpu_coverage, cpu_time, decide
 
 DEFAULT_TIMEOUT_S = 180.0
 
@@ -110,11 +110,20 @@ async def _check(
     # or shape returns a stale output on the second trial.
     plan_trials = [(secrets.randbits(31), STANDARD) for _ in range(trials)] + [(secrets.randbits(31), f) for f in default_plan(stress)]
     decided: list[Decision] = []
+    interpreted = probe(backend.name).interpreted
+    measured = device_kind(backend) == "cpu" and not interpreted and guardrails.severity("kernel_coverage", backend.name) != "off"
+    reports: list[Report] = []
+
+    def attributed() -> list[Finding]:
+        report = reports[0] if reports else None
+        if report is None or (report.attribution is None and not report.attribution_missing):
+            return []
+        return cpu_coverage(report.attribution, report.attribution_missing, guardrails, backend.name, calls=report.attribution_calls)
 
     async def proceed(calls: list[Call]) -> bool:
         decision = decide(trials_of(calls), guardrails, wanted=trials, leftover_processes=leftover(calls))
         decided.append(decision)
-        return decision.state is State.correct
+        return decision.state is State.correct and not any(f.blocking for f in attributed())
 
     async with rt.slot(backend, exclusive=timing is not None) as device:
         base["device"] = device
@@ -139,8 +148,11 @@ async def _check(
             reference_worker=ref_worker, candidate_worker=cand_worker, progress=stage, atol=atol, rtol=rtol,
             cuda_graph=timing is not None and timing.cuda_graph, poison=stale_check, trace_calls=traced, scrub_calls=len(plan_trials) if stale_check else 0,
         )
+        reports.append(session.report)
+        # CPU: where forward's time goes is measured on extra calls after the trials (Triton's CPU interpreter
+        # runs kernels as numpy, so an interpreted kernel would never count as the candidate's own).
         plan = Plan(trials=plan_trials, oracle_trials=len(plan_trials), timing=timing, analyze=analyze,
-                    proceed=proceed if timing is not None else None, before_timing=quiesce)
+                    proceed=proceed if timing is not None else None, before_timing=quiesce, attribute=Attribute() if measured else None)
         try:
             report = await session.run(plan, timeout_s)
         finally:
@@ -161,12 +173,20 @@ async def _check(
         findings += extra
         decision = decide(trials_of(report.trials), guardrails, wanted=trials) if report.trials else Decision(state, 0)
     findings += decision.findings
+    coverage = attributed()
+    findings += coverage
+    if state is State.correct and any(f.blocking for f in coverage):
+        state, decision.passed = State.rejected, 0
+    if interpreted and device_kind(backend) == "cpu" and report.trials:
+        findings.append(Finding(code="kernel_coverage", blocking=False, message="forward's CPU time was not attributed: "
+                                "an interpreted kernel runs as numpy, which would never count as the candidate's own code"))
     first = report.trials[0].check if report.trials else None
     a, r = tolerance_for(first.output_dtype, atol, rtol) if first is not None and first.output_dtype else (atol, rtol)
     result = VerifyResult(
         state=state, trials_passed=decision.passed, mismatch=decision.mismatch, findings=findings,
-        error=error, diagnostics=report.diagnostics, kernels=report.kernels, interpreted=probe(backend.name).interpreted,
+        error=error, diagnostics=report.diagnostics, kernels=report.kernels, interpreted=interpreted,
         atol=a, rtol=r, precision_checks=decision.checks, stress=decision.stress,
+        cpu_time=cpu_time(report.attribution) if report.attribution is not None else None,
         duration_s=round(time.perf_counter() - start, 4), next_step=NEXT[state], **base,
     )
     oracle_error = next((c.check.oracle_error for c in report.trials if c.check.oracle_error), "")

@@ -144,8 +144,8 @@ class Guardrails(BaseModel):
     )
     min_own_kernel_share: float = Field(
         default=0.5, ge=0, le=1,
-        description="GPU profile: least share of device time in this backend's own kernels "
-        "(library kernels of allow_torch_ops count as allowed).",
+        description="Least share of forward's time in the candidate's own kernels: GPU profile, device time "
+        "(library kernels of allow_torch_ops count as allowed); CPU verify, sampled CPU time (torch counts as allowed if allow_torch_ops is set).",
     )
 
     @field_validator("rules")

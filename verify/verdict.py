@@ -8,8 +8,10 @@ severities and the precision policy.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
+from kfoundry.sampler import Attribution, Where
 from kfoundry.schema import Finding, MismatchDetail, PrecisionCheck, ProfileResult, State, StressOutcome
 from kfoundry.verify.facts import CallCheck, RuntimeFacts
 from kfoundry.verify.families import NONFINITE_BY_DESIGN, STANDARD
@@ -197,9 +199,92 @@ def timed_findings(calls: list[tuple[str, CallCheck, RuntimeFacts]], rules: Guar
     return _unique(found)
 
 
+#: classes of code that count neither way: OpenMP team threads spinning at barriers (whoever's region it is),
+#: and the C runtime (libm's exp for a kernel, or a thread woken from a syscall, sampled before it runs anything else)
+CPU_NEUTRAL = (Where.openmp, Where.libc)
+#: counted samples below which CPU attribution judges neither way
+MIN_CPU_SAMPLES = 10
+#: CPU time per sampled call excused as the harness's (the op profiler's start and summary, the messages):
+#: about 3-11 ms measured on a busy 2-core host; without it a small problem's honest kernel reads as mostly Python
+HARNESS_S = 0.015
+#: a share is judged below the floor only when its upper confidence bound is (one-sided, about 99.9%):
+#: the sampled calls of a small problem give a few dozen samples, and an honest kernel must not fail by chance
+_Z = 3.1
+
+
+def cpu_time(attribution: Attribution) -> dict[str, float]:
+    """Share of all samples per class of code, most first."""
+    total = attribution.samples
+    ranked = sorted(attribution.by_class.items(), key=lambda kv: -kv[1])
+    return {where.value: round(n / total, 4) for where, n in ranked if n} if total else {}
+
+
+def cpu_share(shares: dict[str, float], rules: Guardrails) -> float | None:
+    """Own (+ allowed) share of the counted CPU time (OpenMP spin and the C runtime aside), before any harness allowance."""
+    counted = 1.0 - sum(shares.get(where.value, 0.0) for where in CPU_NEUTRAL)
+    if counted <= 1e-9:
+        return None
+    credited = shares.get(Where.own.value, 0.0) + (shares.get(Where.torch.value, 0.0) if rules.allow_torch_ops else 0.0)
+    return round(min(1.0, credited / counted), 4)
+
+
+def _upper_bound(share: float, n: int) -> float:
+    """Wilson score upper bound of a proportion seen as ``share`` of ``n``."""
+    z2 = _Z * _Z
+    centre = share + z2 / (2 * n)
+    spread = _Z * (share * (1 - share) / n + z2 / (4 * n * n)) ** 0.5
+    return (centre + spread) / (1 + z2 / n)
+
+
+def cpu_coverage(attribution: Attribution | None, missing: str, rules: Guardrails, backend: str | None = None,
+                 calls: int = 0) -> list[Finding]:
+    """CPU: the share of forward's sampled CPU time in the candidate's own compiled code must reach the floor.
+
+    Pure Python, numpy, torch (in any thread or process of the candidate's) and anything else count
+    against it, less ``HARNESS_S`` per sampled call; torch counts as allowed when ``allow_torch_ops``
+    names any op (samples cannot tell ops apart). Too few samples, a share whose confidence interval
+    still reaches the floor, or no sampling at all are said without blocking: the op trace still judges.
+    """
+    if rules.severity("kernel_coverage", backend) == "off":
+        return []
+    if attribution is None:
+        return [Finding(code="kernel_coverage", blocking=False, message=f"forward's CPU time was not attributed: {missing}")]
+    if attribution.failure:
+        return [Finding(code="kernel_coverage", blocking=False, message=f"forward's CPU time was not judged: the sampler failed: {attribution.failure}")]
+    credit = {Where.own, *((Where.torch,) if rules.allow_torch_ops else ())}
+    counted = sum(n for where, n in attribution.by_class.items() if where not in CPU_NEUTRAL)
+    credited = sum(n for where, n in attribution.by_class.items() if where in credit)
+    rate = attribution.rounds / attribution.duration_s if attribution.duration_s > 0 else 0.0
+    excused = min(counted - credited, round(calls * HARNESS_S * rate))
+    judged = counted - excused
+    share = credited / judged if judged else 1.0
+    floor = rules.min_own_kernel_share
+    if share >= floor:
+        return []
+    if judged < MIN_CPU_SAMPLES or _upper_bound(share, judged) >= floor:
+        return [Finding(code="kernel_coverage", blocking=False, message=f"forward's CPU time was not judged: {share:.0%} of {judged} "
+                        f"samples in the candidate's own code (need {floor:.0%}), too few to be sure")]
+    elsewhere = [o for o in attribution.objects if o.where not in credit and o.where not in CPU_NEUTRAL]
+    named = ", ".join(f"{o.samples / counted:.0%} in {os.path.basename(o.path) or o.path}" for o in elsewhere[:3])
+    finding = rules.finding(
+        "kernel_coverage",
+        f"sampling forward's processes: {share:.0%} of CPU samples in the candidate's own code (need {floor:.0%}; {excused} of {counted} "
+        f"excused as the harness's); {named}. The result must be computed by the candidate's own compiled kernel, not by Python, numpy "
+        "or torch (in any thread or process); allow torch with guardrails.allow_torch_ops",
+        backend,
+    )
+    return [finding] if finding is not None else []
+
+
 def kernel_coverage(result: ProfileResult, rules: Guardrails) -> tuple[float | None, list[Finding]]:
-    """GPU: the share of device time in this backend's kernels (or allowed library ones) must reach the floor."""
-    if not result.device.startswith("cuda") or not result.breakdown or result.interpreted:
+    """GPU: the share of device time in this backend's kernels (or allowed library ones) must reach the floor.
+
+    CPU: the share verify measured by sampling (its findings are already the verification's).
+    """
+    if not result.device.startswith("cuda"):
+        shares = result.verify.cpu_time if result.verify is not None else None
+        return (cpu_share(shares, rules) if shares else None), []
+    if not result.breakdown or result.interpreted:
         return None, []
     share = round(sum(k.share for k in result.breakdown if k.own or k.allowed), 4)
     if share >= rules.min_own_kernel_share:
