@@ -9,6 +9,7 @@ carry only its runtime libraries (``intel-sycl-rt``, ``dpcpp-cpp-rt``).
 
 from __future__ import annotations
 
+import ast
 import re
 from pathlib import Path
 from typing import ClassVar
@@ -47,6 +48,10 @@ class SyclBackend(ForeignBackend):
         "means no sycl::half/bfloat16 and no -ffast-math (icpx defaults to -fp-model=fast: pass -fp-model=precise in extra_sycl_cflags). "
         "verify and profile need an Intel GPU with PyTorch XPU; compile needs icpx."
     )
+
+    def _builds(self, call: ast.Call, parts: list[str]) -> bool:
+        # a load_inline without sycl_sources is a cpp, cuda or hip candidate's
+        return parts[-1] == "load_inline" and any(k.arg == "sycl_sources" for k in call.keywords)
 
     def command(self, exe: str, unit: CudaUnit, src: str, out: str) -> list[str] | str:
         includes, std, _ = _torch_build_facts()
