@@ -12,6 +12,15 @@ reports per kernel what ``-Rpass-analysis=kernel-resource-usage`` prints: VGPRs 
 SGPRs, AGPRs, scratch, spills, LDS bytes and occupancy. The target is ``KFOUNDRY_HIP_ARCH`` when
 set, else gfx942 (MI300, CDNA3) when the compiler knows it, else the nearest CDNA target it does
 know (Debian bookworm's clang 15 stops at gfx940).
+
+Two host workarounds keep torch's headers (which load_inline prepends) compiling under that Debian
+toolchain: the check uses ``-std=c++17`` (clang 15 crashes parsing torch 2.13's headers as c++20,
+torch's own choice), and where rocThrust is not installed ``hip_include/thrust/complex.h``, a
+``std::complex`` stand-in, satisfies the include torch makes under HIP. Results are cached by
+command, source and hipcc version under ``settings().cache_dir / "hip"``.
+
+On a ROCm host the worker side adds nothing: torch's load_inline builds the candidate itself, and
+its kernels are not yet named in profiler ranges (``instrument`` is a no-op there).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 // Stand-in for rocThrust's <thrust/complex.h>, used only by hipcc compile-only checks on hosts without rocThrust
-// (Debian bookworm's ROCm 5.2). torch's headers include it under HIP for c10::complex conversions; candidate kernels
-// never see it, and real ROCm builds use rocThrust's own header.
+// (Debian bookworm's ROCm 5.2). torch's headers include it under HIP for c10::complex conversions; a candidate that
+// includes it itself gets this too (host-side std::complex), and real ROCm builds use rocThrust's own header.
 #pragma once
 #include <complex>
 namespace thrust {
