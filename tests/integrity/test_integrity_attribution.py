@@ -18,10 +18,9 @@ from mcp import Client
 from mcp_support import ok
 
 from kfoundry import examples
-from kfoundry.sampler import host_refusal
-
-pytestmark = pytest.mark.anyio
-
+from kfoundry.sampler import Attribution, ObjectShare, Where, host_refusal
+from kfoundry.verify.guardrails import Guardrails
+from kfoundry.verify.verdict import cpu_coverage, cpu_share
 
 
 def _sized(rows: int, cols: int) -> str:
@@ -109,8 +108,9 @@ CHEATS = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _sampling_permitted() -> None:
+@pytest.fixture(scope="module")
+def sampling() -> None:
+    """The served tests need a host that lets the trusted side sample; the verdict's own tests do not."""
     refused = host_refusal()
     if refused:
         pytest.skip(f"this host does not let the trusted side sample processes: {refused}")
@@ -122,6 +122,8 @@ async def _verify(client: Client, reference: str, source: str, **extra: object) 
 
 
 @pytest.mark.parametrize("name", sorted(CHEATS))
+@pytest.mark.anyio
+@pytest.mark.usefixtures("sampling")
 async def test_compute_outside_the_candidates_own_code_is_rejected_by_where_the_cpu_time_went(client: Client, name: str) -> None:
     reference = PYTHON_REFERENCE if name == "pure_python_math" else BIG_REFERENCE
     data = await _verify(client, reference, CHEATS[name], guardrails={"rules": STATIC_OFF})
@@ -133,6 +135,8 @@ async def test_compute_outside_the_candidates_own_code_is_rejected_by_where_the_
     assert data["cpu_time"].get("own", 0) < 0.5 * (1 - data["cpu_time"].get("openmp", 0) - data["cpu_time"].get("libc", 0)), data["cpu_time"]
 
 
+@pytest.mark.anyio
+@pytest.mark.usefixtures("sampling")
 async def test_the_same_cheat_passes_the_op_trace_alone(client: Client) -> None:
     """With the measurement off, the trace of dispatched ops lets numpy math through: it is the wrong instrument."""
     data = await _verify(client, BIG_REFERENCE, CHEATS["numpy_math"], guardrails={"rules": {**STATIC_OFF, "kernel_coverage": "off"}})
@@ -141,6 +145,8 @@ async def test_the_same_cheat_passes_the_op_trace_alone(client: Client) -> None:
     assert data["cpu_time"] is None
 
 
+@pytest.mark.anyio
+@pytest.mark.usefixtures("sampling")
 async def test_an_honest_kernel_on_the_larger_problem_is_correct_with_most_samples_in_its_own_code(client: Client) -> None:
     data = await _verify(client, BIG_REFERENCE, CORRECT_CPP)
 
@@ -151,6 +157,8 @@ async def test_an_honest_kernel_on_the_larger_problem_is_correct_with_most_sampl
 
 
 @pytest.mark.parametrize("problem", [p.name for p in examples.problems()])
+@pytest.mark.anyio
+@pytest.mark.usefixtures("sampling")
 async def test_every_bundled_cpp_solution_stays_correct_under_attribution(client: Client, problem: str) -> None:
     data = await _verify(client, examples.source(problem), examples.source(problem, "cpp"))
 
@@ -159,9 +167,61 @@ async def test_every_bundled_cpp_solution_stays_correct_under_attribution(client
     assert data["cpu_time"] is not None, data["findings"]
 
 
+@pytest.mark.anyio
+@pytest.mark.usefixtures("sampling")
 async def test_torch_allowed_by_the_guardrails_counts_as_allowed_time(client: Client) -> None:
     data = await _verify(client, BIG_REFERENCE, CHEATS["torch_in_a_finished_thread"],
                          guardrails={"rules": STATIC_OFF, "allow_torch_ops": ["mul", "sigmoid"]})
 
     assert data["state"] == "correct", data
     assert not any(f["code"] == "kernel_coverage" and f["blocking"] for f in data["findings"]), data["findings"]
+
+
+def _measured(calls_s: float = 1.0, rounds: int = 1000, **by_class: int) -> Attribution:
+    counts = {Where(k): v for k, v in by_class.items()}
+    names = {Where.own: "/x/built/k/lib.so", Where.numpy: "/v/numpy/_core/_multiarray_umath.so", Where.torch: "/v/torch/lib/libtorch_cpu.so",
+             Where.python: "/p/libpython3.11.so.1.0", Where.openmp: "/v/torch/lib/libgomp.so.1", Where.libc: "/usr/lib/libc.so.6"}
+    objects = sorted((ObjectShare(path=names[k], where=k, samples=v) for k, v in counts.items()), key=lambda o: -o.samples)
+    total = sum(counts.values())
+    return Attribution(samples=total, by_class=counts, objects=objects, own_share=counts.get(Where.own, 0) / total, threads_seen=2,
+                       threads_sampled=2, processes_seen=1, duration_s=calls_s, interval_s=0.0005, rounds=rounds, cpu_s=0.05)
+
+
+def test_a_small_honest_kernel_is_not_rejected_for_the_harness_time_around_it() -> None:
+    """Ten calls at 1000 samples a second excuse 150 samples: a softmax-sized kernel's 5 own beside 47 Python passes."""
+    assert cpu_coverage(_measured(own=5, python=30, torch=17, openmp=500), "", Guardrails(), calls=10) == []
+
+
+def test_numpy_doing_the_work_is_rejected_naming_numpy_first() -> None:
+    [finding] = cpu_coverage(_measured(own=9, numpy=174, python=4, torch=7, libc=11), "", Guardrails(), calls=4)
+    assert finding.blocking and finding.code == "kernel_coverage"
+    assert "of CPU samples in the candidate's own code (need 50%" in finding.message
+    assert finding.message.index("_multiarray_umath.so") < finding.message.index("libtorch_cpu.so"), finding.message
+
+
+def test_a_share_below_the_floor_from_few_samples_is_said_without_blocking() -> None:
+    [finding] = cpu_coverage(_measured(own=4, python=8), "", Guardrails(), calls=0)
+    assert not finding.blocking and "too few to be sure" in finding.message
+
+
+def test_openmp_spin_and_the_c_runtime_count_neither_way() -> None:
+    assert cpu_coverage(_measured(own=60, python=40, openmp=5000, libc=900), "", Guardrails(), calls=0) == []
+
+
+def test_allowed_torch_ops_credit_torch_time_and_a_lower_floor_passes_more() -> None:
+    cheat = _measured(own=5, torch=400, python=20)
+    assert cpu_coverage(cheat, "", Guardrails(), calls=1)[0].blocking
+    assert cpu_coverage(cheat, "", Guardrails(allow_torch_ops=["mul"]), calls=1) == []
+    assert cpu_coverage(_measured(own=300, python=400), "", Guardrails(min_own_kernel_share=0.3), calls=0) == []
+
+
+def test_no_sampling_is_a_warning_that_says_why_and_the_rule_can_be_turned_off() -> None:
+    [finding] = cpu_coverage(None, "this host does not let the trusted side sample processes: EPERM", Guardrails())
+    assert not finding.blocking and "EPERM" in finding.message
+    assert cpu_coverage(_measured(numpy=500), "", Guardrails(rules={"kernel_coverage": "off"})) == []
+
+
+def test_the_profile_share_is_own_over_the_counted_classes() -> None:
+    shares = {"openmp": 0.5, "libc": 0.1, "own": 0.3, "python": 0.1}
+    assert cpu_share(shares, Guardrails()) == pytest.approx(0.75)
+    assert cpu_share({"openmp": 1.0}, Guardrails()) is None

@@ -18,7 +18,19 @@ from pathlib import Path
 import pytest
 
 from kfoundry import jail
-from kfoundry.sampler import Attribution, IsolatedSampler, ObjectShare, Sampler, Where, classify, descendants, judge, probe, unsupported
+from kfoundry.sampler import (
+    Attribution,
+    IsolatedSampler,
+    ObjectShare,
+    Sampler,
+    Where,
+    classify,
+    descendants,
+    host_refusal,
+    judge,
+    probe,
+    unsupported,
+)
 
 BUSY_CPP = r"""
 extern "C" double spin(long n) {
@@ -417,3 +429,45 @@ def test_judge_counts_openmp_spin_neither_way_and_unseen_time_against() -> None:
 def test_judge_calls_too_few_samples_inconclusive() -> None:
     check = judge(_attribution(own=5, openmp=500), min_samples=20)
     assert not check.passed and not check.conclusive and "only 5 samples" in check.reason
+
+
+def test_a_helper_launched_ahead_reports_counts_by_class_once_opened(spawn, busy_lib: Path) -> None:
+    """Launched while other work runs, opened later: the running counts per class add up to the samples taken."""
+    proc = spawn(OWN_LOOP, str(busy_lib))
+    window = IsolatedSampler(proc.pid, own=[busy_lib])
+    window.launch()
+    try:
+        window.open()
+        assert window.wait(200, 60), window.taken
+        counts = window.by_class()
+    finally:
+        result = window.stop()
+    assert sum(counts.values()) == window.taken and counts.get(Where.own, 0) >= 0.8 * window.taken, counts
+    assert result.samples >= window.taken and result.own_share >= 0.8, result
+
+
+def test_an_abandoned_helper_leaves_its_target_running_and_untraced(spawn, busy_lib: Path) -> None:
+    proc = spawn(OWN_LOOP, str(busy_lib))
+    window = IsolatedSampler(proc.pid, own=[busy_lib])
+    window.launch()
+    window.open()
+    assert window.wait(50, 60)
+    window.abandon()
+    assert window.result is None
+    assert _traced_or_stopped(proc.pid) == []
+    assert proc.poll() is None
+
+
+def test_the_hosts_verdict_on_sampling_agrees_with_probing_a_process() -> None:
+    """Found once by a throwaway helper, so a refusal by the host is told apart from a target that refuses."""
+    if unsupported():
+        pytest.skip(unsupported())
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; print('ready', flush=True); sys.stdin.read()"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert _wait_line(proc) == "ready"
+        direct = probe(proc.pid)
+    finally:
+        proc.kill()
+        proc.communicate(timeout=30)
+    assert (host_refusal() == "") == (direct == ""), (host_refusal(), direct)
