@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import shutil
+import subprocess
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,6 +34,8 @@ class ForeignBackend:
     specs: ClassVar[tuple[device_units.UnitSpec, ...]]
     suffix: ClassVar[str]
     build_call: ClassVar[str]
+    #: arguments after the compiler that make it print its version
+    version_args: ClassVar[tuple[str, ...]] = ("--version",)
     #: the language's own reduced-precision spellings, beyond the C/CUDA ones the shared scan knows
     precision_patterns: ClassVar[device_units.Patterns] = ()
     rule_defaults: ClassVar[Mapping[str, Severity]] = {}
@@ -46,8 +49,17 @@ class ForeignBackend:
             return ToolchainInfo(name=self.name, available=False, marker=self.marker,  # type: ignore[attr-defined]
                                  reason=f"no {self.device_words} and no {self.compiler} on PATH ({self.install}); "
                                  "translate_reference still writes prompts for it")
-        return ToolchainInfo(name=self.name, available=False, compile_only=True, version=exe, marker=self.marker,  # type: ignore[attr-defined]
+        return ToolchainInfo(name=self.name, available=False, compile_only=True, version=self.version(exe), marker=self.marker,  # type: ignore[attr-defined]
                              reason=f"no {self.device_words}: compile works ({self.compiler}), verify/profile need the device")
+
+    def version(self, exe: str) -> str:
+        """The compiler's first line of ``--version`` output, or its path when it prints nothing usable."""
+        try:
+            run = subprocess.run([exe, *self.version_args], capture_output=True, text=True, timeout=30, check=False, stdin=subprocess.DEVNULL)
+        except (OSError, subprocess.TimeoutExpired):
+            return exe
+        lines = [ln.strip() for ln in (run.stdout + run.stderr).splitlines() if ln.strip()]
+        return lines[0][:200] if run.returncode == 0 and lines else exe
 
     def worker_env(self, device: str) -> dict[str, str]:
         return {}

@@ -23,6 +23,7 @@ class MetalBackend(ForeignBackend):
     install: ClassVar[str] = "Xcode command-line tools, macOS only"
     device_words: ClassVar[str] = "Apple GPU (MPS)"
     specs: ClassVar[tuple[device_units.UnitSpec, ...]] = (device_units.UnitSpec("compile_shader", 0, "source"),)
+    version_args: ClassVar[tuple[str, ...]] = ("-sdk", "macosx", "metal", "--version")
     suffix: ClassVar[str] = ".metal"
     build_call: ClassVar[str] = "compile_shader"
     # MSL spells its 16-bit types as plain words; in a shader they cannot be variable names
