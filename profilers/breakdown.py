@@ -5,10 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 from typing import Any
 
-import torch
-from torch.autograd import DeviceType
-from torch.profiler import ProfilerActivity, profile
-
 from kfoundry.schema import KernelShare
 
 # Rows the profiler adds about itself, not work the model did.
@@ -34,6 +30,11 @@ def op_breakdown(
     which ``allowed`` is true (e.g. ``aten::mm`` when the user allows library GEMMs) are
     marked ``allowed``.
     """
+    # torch here, not at import: the server turns profiler rows into shares without loading torch.
+    import torch
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
     cuda = device.startswith("cuda")
     activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]
     fn()
@@ -114,6 +115,8 @@ def _kernels_under_ranges(events: Iterable[Any], matches: Callable[[str], bool])
     or ``cuda::…`` range the backend wraps around the launch does. Likewise a cuBLAS
     kernel's name does not say which aten op launched it; its ``aten::mm`` range does.
     """
+    from torch.autograd import DeviceType
+
     found: set[str] = set()
     stack = [evt for evt in events if evt.device_type == DeviceType.CPU and matches(evt.name)]
     while stack:

@@ -16,7 +16,7 @@ from enum import Enum
 
 from pydantic import BaseModel, Field
 
-from kfoundry.profilers.roofline import GPU_PEAKS
+from kfoundry.profilers.peaks import GPU_PEAKS
 from kfoundry.schema import KernelCounters, KernelShare, KernelStats, ProfileResult
 
 #: Library GEMM kernels (cuBLAS, CUTLASS, oneDNN/MKL ops) and candidate kernels named for a matrix product.

@@ -7,6 +7,7 @@ import time
 import anyio
 
 from kfoundry.artifacts import new_run
+from kfoundry.profilers.peaks import gpu_peaks, roofline
 from kfoundry.profilers.summary import summarize
 from kfoundry.runner.session import Call, Ending, Report, TimingPlan
 from kfoundry.schema import ErrorDetail, Finding, KernelCounters, ProfileResult, Speedup, State, Timing
@@ -151,7 +152,7 @@ async def _fill(result: ProfileResult, samples: dict[str, list[float]], report: 
     if analysis is None:
         result.warnings.append("No FLOP/byte analysis of the reference: speed of light not computed.")
         return
-    from kfoundry.profilers.roofline import cpu_peaks, gpu_peaks, roofline  # torch: loaded with the first profile, not at start-up
+    from kfoundry.profilers.roofline import cpu_peaks  # measures with torch: loaded with the first CPU profile, not at start-up
 
     on_gpu = result.device.startswith("cuda")
     peaks = gpu_peaks(_device_name(result.device)) if on_gpu else await anyio.to_thread.run_sync(cpu_peaks)

@@ -19,7 +19,7 @@ from pydantic import BaseModel
 
 from kfoundry.profilers.advice import CPU_ACTIONS, GPU_ACTIONS, STRICT_FORBIDDEN, Action
 from kfoundry.profilers.analysis import Diagnosis, Host, diagnose
-from kfoundry.profilers.roofline import GPU_PEAKS
+from kfoundry.profilers.peaks import GPU_PEAKS
 from kfoundry.schema import ProfileResult
 
 HERE = Path(__file__).parent

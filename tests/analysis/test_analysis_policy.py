@@ -7,7 +7,7 @@ from pathlib import Path
 from kfoundry.profilers.advice import Action, Option, choose
 from kfoundry.profilers.analysis import diagnose
 from kfoundry.profilers.digest import digest
-from kfoundry.profilers.roofline import GPU_PEAKS, roofline
+from kfoundry.profilers.peaks import GPU_PEAKS, roofline
 from kfoundry.schema import Bottleneck, KernelShare, ProfileResult, State, Timing
 
 CASES = Path(__file__).resolve().parents[2] / "benchmarks" / "analysis_cases"

@@ -10,7 +10,7 @@ import torch
 from torch.profiler import record_function
 
 from kfoundry.profilers.breakdown import op_breakdown
-from kfoundry.profilers.roofline import gpu_peaks
+from kfoundry.profilers.peaks import gpu_peaks
 from kfoundry.profilers.summary import summarize
 from kfoundry.profilers.timing import bench, cache_flusher, track_streams
 

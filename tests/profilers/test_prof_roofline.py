@@ -7,7 +7,8 @@ import torch
 
 from kfoundry import config
 from kfoundry.profilers import roofline as rl
-from kfoundry.profilers.roofline import GPU_PEAKS, DevicePeaks, analyze_problem, cpu_peaks, gpu_peaks, roofline
+from kfoundry.profilers.peaks import GPU_PEAKS, DevicePeaks, gpu_peaks, roofline
+from kfoundry.profilers.roofline import analyze_problem, cpu_peaks
 
 
 def test_analyze_problem_counts_linear_flops_and_compulsory_bytes_exactly() -> None:
