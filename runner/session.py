@@ -180,7 +180,7 @@ class Attribute:
     """Extra unjudged calls, sampled from outside, until ``samples`` counted samples or ``seconds`` of calls."""
 
     samples: int = 400
-    seconds: float = 1.0
+    seconds: float = 0.5
     #: at least this many calls, however many samples the first ones gave
     min_calls: int = 2
     interval_s: float = 0.0005

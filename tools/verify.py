@@ -175,9 +175,12 @@ async def _check(
     findings += decision.findings
     coverage = attributed()
     findings += coverage
+    if report.attribution is not None or report.attribution_missing:
+        run.write("attribution.json", {"calls": report.attribution_calls, "step_s": round(report.attribution_s, 4), "missing": report.attribution_missing,
+                                       "sampled": report.attribution.model_dump(mode="json") if report.attribution is not None else None})
     if state is State.correct and any(f.blocking for f in coverage):
         state, decision.passed = State.rejected, 0
-    if interpreted and device_kind(backend) == "cpu" and report.trials:
+    if interpreted and device_kind(backend) == "cpu" and report.trials and guardrails.severity("kernel_coverage", backend.name) != "off":
         findings.append(Finding(code="kernel_coverage", blocking=False, message="forward's CPU time was not attributed: "
                                 "an interpreted kernel runs as numpy, which would never count as the candidate's own code"))
     first = report.trials[0].check if report.trials else None
