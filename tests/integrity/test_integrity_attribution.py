@@ -225,3 +225,17 @@ def test_the_profile_share_is_own_over_the_counted_classes() -> None:
     shares = {"openmp": 0.5, "libc": 0.1, "own": 0.3, "python": 0.1}
     assert cpu_share(shares, Guardrails()) == pytest.approx(0.75)
     assert cpu_share({"openmp": 1.0}, Guardrails()) is None
+
+
+@pytest.mark.anyio
+@pytest.mark.usefixtures("sampling")
+async def test_profile_rejects_a_cheat_by_its_measured_share_before_timing_it(client: Client) -> None:
+    arguments = {"backend": "cpp", "reference": BIG_REFERENCE, "candidate": CHEATS["torch_with_dispatch_disabled"], "trials": 1,
+                 "warmup": 1, "reps": 5, "baselines": ["eager"], "guardrails": {"rules": STATIC_OFF}}
+
+    data = await ok(client, "profile", arguments, within=300)
+
+    assert data["state"] == "rejected", data
+    assert any(f["code"] == "kernel_coverage" and f["blocking"] for f in data["findings"]), data["findings"]
+    assert data["timed_rechecks"] == 0 and data["candidate"] is None
+    assert data["verify"]["cpu_time"].get("own", 0) < 0.5, data["verify"]["cpu_time"]
