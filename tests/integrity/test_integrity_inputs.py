@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from mcp import Client
 from mcp_support import ok
@@ -136,7 +138,9 @@ async def test_a_candidate_that_caches_only_while_timed_is_rejected_by_the_timed
     assert data["verify"]["state"] == "correct", data["verify"]
     assert data["state"] == "rejected", data
     [finding] = [f for f in data["findings"] if f["code"] == "timed_output"]
-    assert finding["blocking"] and "timed call" in finding["message"]
+    # Caching starts after the seventh forward; verify's sampled calls (CPU attribution) run a varying number of
+    # forwards before timing, so it starts in a warm-up or a timed call: both are rechecked alike.
+    assert finding["blocking"] and re.match(r"(timed|warm-up) call \d+: the output differs", finding["message"]), finding
 
 
 async def test_an_honest_candidate_passes_the_timed_output_recheck(client: Client) -> None:
