@@ -55,6 +55,7 @@ async def test_five_clients_with_ten_concurrent_verify_calls_each_all_get_their_
     assert health["devices"]["cpu"]["running"] == 0 and health["devices"]["cpu"]["queued"] == 0, health
 
 
+@pytest.mark.timeout(900)
 async def test_a_second_token_waiting_behind_a_busy_first_one_is_served_next_not_last(server: Server) -> None:
     """The scheduler knows callers by token name: bob's one call queues behind alice's backlog at position 2, not at its end."""
     gate = probe_marker()
@@ -67,11 +68,12 @@ async def test_a_second_token_waiting_behind_a_busy_first_one_is_served_next_not
             positions.append(int(found.group(1)))
 
     states: dict[str, list[str]] = {"alice": [], "bob": []}
-    with anyio.fail_after(150):
+    # A hang guard, not a speed bound: six verifies on a loaded 2-core box can take minutes.
+    with anyio.fail_after(600):
         async with connect(server, "alice") as alice, connect(server, "bob") as bob, anyio.create_task_group() as group:
 
             async def alice_call(candidate: str, **options: Any) -> None:
-                states["alice"].append((await verify(alice, candidate, within=140, **options))["state"])
+                states["alice"].append((await verify(alice, candidate, within=560, **options))["state"])
 
             for _ in range(blockers):
                 group.start_soon(partial(alice_call, waits_for_gate(gate), guardrails=PROBE_GUARDRAILS))
@@ -84,7 +86,7 @@ async def test_a_second_token_waiting_behind_a_busy_first_one_is_served_next_not
                 await anyio.sleep(0.05)
 
             async def bob_call() -> None:
-                states["bob"].append((await verify(bob, CORRECT_CPP, within=140, progress=bob_progress))["state"])
+                states["bob"].append((await verify(bob, CORRECT_CPP, within=560, progress=bob_progress))["state"])
 
             group.start_soon(bob_call)
             while not positions:

@@ -62,7 +62,7 @@ def test_a_catastrophic_pattern_over_a_long_run_of_letters_is_checked_within_the
 def test_a_pattern_the_linear_engine_cannot_run_is_rejected_on_arrival_naming_the_field(guardrails: dict, where: str, says: str) -> None:
     message = _rejection(guardrails)
 
-    assert f"- {where}: " in message and says in message, message
+    assert f"invalid argument {where}: " in message and says in message, message
     assert "Value error" not in message
 
 
