@@ -399,14 +399,17 @@ class Session:
             window = await self._launch_sampler(plan.attribute) if plan.attribute is not None else None
             try:
                 await self._trials(plan, first)
-                if plan.attribute is not None and window is not None:
+                # A wrong result is verdict enough: no time is spent measuring where it came from.
+                correct = all(c.check.state is State.correct for c in self.report.trials)
+                proceed = plan.timing is not None and (plan.proceed is None or await plan.proceed(self.report.trials))
+                if proceed and plan.timing is not None:
+                    await self._time(plan, plan.timing)
+                # After the judged calls, so their positions are the same with and without sampling.
+                if plan.attribute is not None and window is not None and correct:
                     await self._attribute(plan.attribute, window)
             finally:
                 if window is not None:
                     window.abandon()
-            proceed = plan.timing is not None and (plan.proceed is None or await plan.proceed(self.report.trials))
-            if proceed and plan.timing is not None:
-                await self._time(plan, plan.timing)
         await self._stop()
 
     def _to_candidate(self, values: list[V]) -> list[V]:

@@ -123,7 +123,7 @@ async def _check(
     async def proceed(calls: list[Call]) -> bool:
         decision = decide(trials_of(calls), guardrails, wanted=trials, leftover_processes=leftover(calls))
         decided.append(decision)
-        return decision.state is State.correct and not any(f.blocking for f in attributed())
+        return decision.state is State.correct
 
     async with rt.slot(backend, exclusive=timing is not None) as device:
         base["device"] = device
@@ -149,7 +149,7 @@ async def _check(
             cuda_graph=timing is not None and timing.cuda_graph, poison=stale_check, trace_calls=traced, scrub_calls=len(plan_trials) if stale_check else 0,
         )
         reports.append(session.report)
-        # CPU: where forward's time goes is measured on extra calls after the trials (Triton's CPU interpreter
+        # CPU: where forward's time goes is measured on extra calls after the judged ones (Triton's CPU interpreter
         # runs kernels as numpy, so an interpreted kernel would never count as the candidate's own).
         plan = Plan(trials=plan_trials, oracle_trials=len(plan_trials), timing=timing, analyze=analyze,
                     proceed=proceed if timing is not None else None, before_timing=quiesce, attribute=Attribute() if measured else None)

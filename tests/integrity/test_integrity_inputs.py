@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import re
-
 import pytest
 from mcp import Client
 from mcp_support import ok
@@ -138,9 +136,7 @@ async def test_a_candidate_that_caches_only_while_timed_is_rejected_by_the_timed
     assert data["verify"]["state"] == "correct", data["verify"]
     assert data["state"] == "rejected", data
     [finding] = [f for f in data["findings"] if f["code"] == "timed_output"]
-    # Caching starts after the seventh forward; verify's sampled calls (CPU attribution) run a varying number of
-    # forwards before timing, so it starts in a warm-up or a timed call: both are rechecked alike.
-    assert finding["blocking"] and re.match(r"(timed|warm-up) call \d+: the output differs", finding["message"]), finding
+    assert finding["blocking"] and "timed call" in finding["message"]
 
 
 async def test_an_honest_candidate_passes_the_timed_output_recheck(client: Client) -> None:
