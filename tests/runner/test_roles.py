@@ -18,10 +18,10 @@ from mcp_support import ok, rss_growth
 
 pytestmark = pytest.mark.anyio
 
-#: every static rule off: the candidate reaches the worker whatever it does
+#: every static rule and the measured kernel coverage off: the candidate reaches the worker whatever it does
 OPEN = {"rules": {rule: "off" for rule in (
     "try_fallback", "concurrency", "low_level_os", "ctypes_libc", "file_io", "reference_use", "monkeypatch", "introspection",
-    "output_cache", "monkeypatch_runtime", "thread_leak", "process_leak", "torch_compute",
+    "output_cache", "monkeypatch_runtime", "thread_leak", "process_leak", "torch_compute", "kernel_coverage",
 )}}
 MARKER = "kfoundry-problem-marker-7f3a9c"
 MARKED_REFERENCE = REFERENCE + f"\n# {MARKER}\n"
