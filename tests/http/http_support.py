@@ -172,10 +172,14 @@ def _named(marker: str) -> str:
     # The sandbox hides the host's files from the candidate, but its process name shows in the host's /proc.
     return f"""
         import signal, time
-        opened = []
-        signal.signal(signal.SIGUSR1, lambda *_: opened.append(True))
-        with open("/proc/self/comm", "w") as comm:
-            comm.write({marker!r})
+        # Once per process: a verify calls forward more than once (every trial, the default wide
+        # family, attribution's sampled calls), and only the first call waits for the gate.
+        if not hasattr(self, "opened"):
+            self.opened = []
+            signal.signal(signal.SIGUSR1, lambda *_: self.opened.append(True))
+            with open("/proc/self/comm", "w") as comm:
+                comm.write({marker!r})
+        opened = self.opened
         """
 
 
