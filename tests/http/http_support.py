@@ -145,8 +145,13 @@ async def connect(server: Server, who: str = "alice", *, terminate_on_close: boo
         yield client
 
 
+#: the harness's probe candidates spin or wait in Python on purpose: measured kernel coverage would rightly reject them
+HARNESS_GUARDRAILS = {"rules": {"kernel_coverage": "off"}}
+
+
 def verify_arguments(candidate: str, **extra: Any) -> dict[str, Any]:
-    return {"backend": "cpp", "reference": REFERENCE, "candidate": candidate, "trials": 1, "timeout_s": 120, **extra}
+    return {"backend": "cpp", "reference": REFERENCE, "candidate": candidate, "trials": 1, "timeout_s": 120,
+            "guardrails": HARNESS_GUARDRAILS, **extra}
 
 
 async def verify(client: Client, candidate: str, *, within: float = 120.0, progress: Progress | None = None, **extra: Any) -> dict[str, Any]:
@@ -160,7 +165,7 @@ async def verify(client: Client, candidate: str, *, within: float = 120.0, progr
 
 # The fault tests' candidates report their pid through a file; file I/O is a guardrail violation
 # for real candidates, so these harness probes switch that one rule off explicitly.
-PROBE_GUARDRAILS = {"rules": {"file_io": "off"}}
+PROBE_GUARDRAILS = {"rules": {"file_io": "off", "kernel_coverage": "off"}}
 
 
 def probe_marker() -> str:
