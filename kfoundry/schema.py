@@ -103,7 +103,7 @@ class PrecisionCheck(Record):
     candidate_error: float = Field(description="RMS error of the candidate against the float64 oracle.")
     honest_error: float = Field(description="RMS error of the reference run at the policy's precision (strict: the problem's dtypes).")
     bound: float | None = Field(default=None, description="Largest candidate error accepted: relaxed policies 2x the honest error; strict the "
-                                "geometric midpoint of the reference's own error and one rounding to the next narrower format (inside atol/rtol too).")
+                                "geometric midpoint of the reference's own error and one rounding to the next narrower format on the problem's inputs, that rounding on a stress family's (inside atol/rtol too).")
     passed: bool
 
 

@@ -51,7 +51,7 @@ from kfoundry.schema import ErrorDetail, Finding, State
 from kfoundry.verify import precision as numerics
 from kfoundry.verify.compare import Oracle, all_finite, fingerprint, is_constant, judge
 from kfoundry.verify.facts import CallCheck
-from kfoundry.verify.stress import stressed
+from kfoundry.verify.stress import STANDARD, stressed
 
 _clock = time.perf_counter
 REFERENCE_FILE = "reference.py"
@@ -388,7 +388,7 @@ class Reference:
 
     def _judge(self, message: Collect, got: list[tuple[torch.Tensor | None, bool, str]], expected: list[Any],
                own: list[Any], family: str) -> CallCheck:
-        oracle = Oracle(policy=self.policy)
+        oracle = Oracle(policy=self.policy, fine=family == STANDARD)
         if message.judge.oracle:
             self._oracle_runs(own, expected, oracle)
         verdict = judge([[e if isinstance(e, torch.Tensor) else None for e in expected]], [got], self.job.atol, self.job.rtol, oracle)

@@ -213,7 +213,7 @@ def ieee_semantics(expected: torch.Tensor, got: torch.Tensor, oracle: torch.Tens
 
 def compare_strict(
     expected: torch.Tensor, got: torch.Tensor, oracle: torch.Tensor, atol: float | None, rtol: float | None,
-    honest: torch.Tensor | None = None,
+    honest: torch.Tensor | None = None, fine: bool = True,
 ) -> tuple[MismatchDetail | None, PrecisionCheck | None]:
     """Judge ``got`` under the strict policy: the dtype tolerances, then the error against the float64 oracle.
 
@@ -231,7 +231,7 @@ def compare_strict(
         return detail, None
     honest = expected if honest is None or honest.shape != oracle.shape else honest
     error, honest_error = numerics.rms_error(got, oracle), numerics.rms_error(honest, oracle)
-    bound, coarse = numerics.strict_bound(honest_error, oracle, expected.dtype)
+    bound, coarse = numerics.strict_bound(honest_error, oracle, expected.dtype, fine)
     check = PrecisionCheck(output_index=0, trial=0, candidate_error=error, honest_error=honest_error, bound=bound, passed=False)
     if detail is not None:
         return detail, check
@@ -246,7 +246,7 @@ def compare_strict(
     message = (
         f"RMS error against the float64 oracle is {error:.3g}: inside atol/rtol, but outside {dtype} behaviour. The reference's own "
         f"{dtype} error is {honest_error:.3g}; one rounding of the outputs to {_NARROWER_NAME.get(expected.dtype, 'a narrower format')} "
-        f"errs {coarse:.3g}; strict accepts up to {bound:.3g} (their geometric midpoint). The candidate computes below the problem's "
+        f"errs {coarse:.3g}; strict accepts up to {bound:.3g} ({'their geometric midpoint' if fine else 'that rounding, on stress inputs'}). The candidate computes below the problem's "
         f"precision (narrower operands or accumulator, approximate math), or is wrong. Compensated schemes (3xTF32, bf16x3) that reach "
         f"{dtype}'s error pass; otherwise compute in {dtype}, or pass a relaxed precision policy if the problem allows it"
     )
@@ -272,6 +272,9 @@ class Oracle:
     """
 
     policy: numerics.Policy = numerics.STRICT
+    #: strict's line between the problem's precision and a narrower one: the geometric midpoint on the
+    #: problem's own inputs; one rounding to the narrower format on a stress family's (``strict_bound``)
+    fine: bool = True
     oracle: dict[int, list[torch.Tensor | None]] = field(default_factory=dict)
     honest: dict[int, list[torch.Tensor | None]] = field(default_factory=dict)
 
@@ -323,7 +326,7 @@ def _judge(expected: list[list[torch.Tensor | None]], got: list[list[tuple[torch
                 detail, check = compare_to_oracle(e, g, o, h, oracle.policy)
                 checks.append(check.model_copy(update={"output_index": i, "trial": trial}))
             elif oracle.judges(trial) and o is not None and not oracle.policy.relaxed:
-                detail, strict_check = compare_strict(e, g, o, atol, rtol, h)
+                detail, strict_check = compare_strict(e, g, o, atol, rtol, h, oracle.fine)
                 if strict_check is not None:
                     checks.append(strict_check.model_copy(update={"output_index": i, "trial": trial}))
             else:

@@ -56,9 +56,6 @@ async def test_bf16_operands_hidden_in_bit_masks_are_a_mismatch_under_strict(cli
     assert not [f for f in data["findings"] if f["code"] == "precision_downcast"]  # nothing spelled: the numbers alone catch it
 
 
-@pytest.mark.xfail(strict=True, reason="the roofline prices strict fp32 at the CUDA-core peak, and 3xTF32 on tensor cores runs "
-                   "faster than that (about 74 TFLOP/s on an H200 against 67); profilers/roofline.py must price strict matmuls at "
-                   "max(fp32, tf32 / 3) for the profile to accept it")
 async def test_the_tf32x3_gemm_is_faster_than_strict_eager(client: Client) -> None:
     data = await _call(client, "profile", candidate=CANDIDATES["tf32x3"], precision="strict", trials=1, reps=10, warmup=2, baselines=["eager"])
 

@@ -70,4 +70,4 @@ def judge_family(reference: str, candidate: str, family: str, workdir: Path, see
     got = run_candidate(candidate, init, [v.clone() if isinstance(v, torch.Tensor) else v for v in inputs], workdir)
     expected_list = list(expected) if isinstance(expected, (list, tuple)) else [expected]
     oracle_list = list(oracle) if isinstance(oracle, (list, tuple)) else [oracle]
-    return judge([expected_list], [[(g, True, "Tensor") for g in got]], None, None, Oracle(oracle={0: oracle_list}))
+    return judge([expected_list], [[(g, True, "Tensor") for g in got]], None, None, Oracle(oracle={0: oracle_list}, fine=family == STANDARD))

@@ -66,6 +66,17 @@ def test_roofline_prices_fp32_at_tensor_core_rate_and_memory_bound_problems_by_b
     assert r.achieved_fraction is None
 
 
+def test_strict_fp32_speed_of_light_allows_compensated_3xtf32_while_kernels_are_measured_against_the_fma_peak() -> None:
+    # tf32 / 3 = 1.33e12 beats the 1e12 FMA peak: an honest 3xTF32 GEMM must never read as faster than light.
+    r = roofline(flops=4e12, nbytes=1e6, peaks=_PEAKS, dtype="float32", median_ms=3000.0, policy="fp32")
+
+    assert r.peak_flops == 1e12
+    assert r.sol_ms == pytest.approx(3000.0)
+    assert r.achieved_fraction == pytest.approx(1.0)
+    slow_tensor_cores = DevicePeaks(name="toy", fp32=1e12, tf32=2e12, bf16=4e12, fp16=4e12, bandwidth=1e11, source="test")
+    assert roofline(flops=4e12, nbytes=1e6, peaks=slow_tensor_cores, dtype="float32", median_ms=None, policy="fp32").sol_ms == pytest.approx(4000.0)
+
+
 def test_fp8_falls_back_to_fp16_peak_on_devices_without_fp8() -> None:
     assert _PEAKS.flops_for("float8_e4m3fn") == 8e12
     assert GPU_PEAKS["H100 SXM"].flops_for("float8_e4m3fn") == GPU_PEAKS["H100 SXM"].fp8

@@ -10,6 +10,7 @@ from kfoundry.schema import State
 from kfoundry.verify import compare
 from kfoundry.verify import precision as numerics
 from kfoundry.verify.compare import Oracle, Verdict, compare_tensor, judge
+from kfoundry.verify.stress import stressed
 
 
 def test_values_within_fp32_tolerance_match() -> None:
@@ -130,6 +131,27 @@ def test_strict_accepts_an_fp32_computation_that_sums_in_another_order() -> None
     assert verdict.state is State.correct, verdict.mismatch
     [check] = verdict.checks
     assert check.passed and check.candidate_error > check.honest_error
+
+
+def test_strict_on_stress_inputs_accepts_a_plain_loop_softmax_whose_row_sum_stagnates_and_rejects_bf16_operands() -> None:
+    # Seed 2 draws the largest ``wide`` shift: a few logits dominate each row and thousands of terms fall
+    # below half an ulp of a left-to-right running sum, so an honest fp32 loop errs far more than the
+    # vectorised reference. Measured: 1.75x the midpoint line, 0.18x one rounding to TF32.
+    torch.manual_seed(2)
+    [x] = stressed([torch.randn(16, 8192)], "wide", 2)
+    expected, oracle = torch.softmax(x, -1), torch.softmax(x.double(), -1)
+    e = torch.exp(x - x.max(-1, keepdim=True).values)
+    got = e / torch.from_numpy(np.add.accumulate(e.numpy(), axis=1, dtype=np.float32)[:, -1:])
+    on_stress = Oracle(oracle={0: [oracle]}, fine=False)
+
+    verdict = judge([[expected]], [[(got, True, "Tensor")]], None, None, on_stress)
+
+    assert verdict.state is State.correct, verdict.mismatch
+    [check] = verdict.checks
+    assert check.bound is not None and check.candidate_error > 10 * check.honest_error
+    assert _strict(expected, got, oracle).state is State.mismatch  # the problem's-inputs line would refuse it
+    bf16 = judge([[expected]], [[(torch.softmax(_bf16(x), -1), True, "Tensor")]], None, None, on_stress)
+    assert bf16.state is State.mismatch
 
 
 def test_strict_accepts_a_compensated_3xtf32_gemm_and_rejects_the_plain_tf32_one() -> None:
