@@ -106,7 +106,7 @@ def _cached_run(cache: Path | None, key: str, run: Callable[[], ToolResult]) -> 
             saved = json.loads(record.read_text())
             return ToolResult(ToolStatus(saved["status"]), saved["returncode"], saved["stdout"], saved["stderr"], 0.0), True
         except (OSError, ValueError, KeyError):
-            pass
+            pass  # a torn or older record is not an answer: the unit is built again and the record rewritten
     result = run()
     if record is not None and result.status in (ToolStatus.ok, ToolStatus.failed) and result.returncode is not None:
         record.parent.mkdir(parents=True, exist_ok=True)

@@ -9,6 +9,7 @@ device is never present where this server runs jobs.
 
 from __future__ import annotations
 
+import abc
 import ast
 import shutil
 import subprocess
@@ -23,7 +24,7 @@ from kfoundry.backends.cuda_sources import CANDIDATE_FILE, CudaUnit
 from kfoundry.schema import Bottleneck, Diagnostic, KernelStats, ToolchainInfo
 
 
-class ForeignBackend:
+class ForeignBackend(abc.ABC):
     name: ClassVar[str]
     #: the compiler executable looked up on PATH
     compiler: ClassVar[str]
@@ -40,8 +41,9 @@ class ForeignBackend:
     precision_patterns: ClassVar[device_units.Patterns] = ()
     rule_defaults: ClassVar[Mapping[str, Severity]] = {}
 
+    @abc.abstractmethod
     def command(self, exe: str, unit: CudaUnit, src: str, out: str) -> list[str] | str:
-        raise NotImplementedError
+        """The compiler's argument list that checks ``src`` into ``out``, or why this unit cannot be checked here."""
 
     def probe(self) -> ToolchainInfo:
         exe = shutil.which(self.compiler)

@@ -213,7 +213,7 @@ def compile_unit(
             saved = json.loads(record.read_text())
             return _unit_result(unit, compiled_name, saved["returncode"], saved["log"], float(saved["seconds"]), saved["names"], cached=True)
         except (OSError, ValueError, KeyError):
-            pass
+            pass  # a torn or older record is not an answer: the unit is built again and the record rewritten
     cmd = _unit_command(unit, arch, compiled_name, "kernel.cubin")
     if isinstance(cmd, str):
         return UnitResult(False, [], [Diagnostic(file=CANDIDATE_FILE, line=unit.call_line, message=f"compile-only cannot check this load_inline source here: {cmd}")])

@@ -95,7 +95,7 @@ def _free_bytes(device: str) -> int:
                 if line.startswith("MemAvailable:"):
                     return int(line.split()[1]) * 1024
     except OSError:
-        pass
+        pass  # no /proc: free memory reads as unknown (0), which batch sizing treats as no memory limit
     return 0
 
 
