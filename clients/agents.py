@@ -98,7 +98,7 @@ class AnalysisAgent:
         )
 
     async def recommend(self, analysis: AnalysisResult, candidate: str, backend: str, device: str | None, history: list[str], tag: str) -> Recommendation:
-        """ONE recommendation; falls back to the rules' when the model fails or says nothing."""
+        """ONE recommendation; falls back to the rules' when the model fails, says nothing or cites none of the digest's numbers."""
         if self.model is None:
             return Recommendation(text=analysis.recommendation, source="rules")
         prompt = self.prompt(analysis, candidate, backend, device, history)
@@ -109,4 +109,8 @@ class AnalysisAgent:
         text = reply.text.strip()
         if not text:
             return Recommendation(text=analysis.recommendation, source="rules", prompt=prompt, reply=reply, error="empty reply")
-        return Recommendation(text=text, source=self.spec, prompt=prompt, reply=reply, cites_digest=cites(text, analysis.digest))
+        if not cites(text, analysis.digest):
+            # Advice that quotes none of the measurements may be invented: the rules' own, which is built from them, stands.
+            return Recommendation(text=analysis.recommendation, source="rules", prompt=prompt, reply=reply, cites_digest=False,
+                                  error="the reply quoted no number of the digest")
+        return Recommendation(text=text, source=self.spec, prompt=prompt, reply=reply, cites_digest=True)

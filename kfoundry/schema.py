@@ -255,12 +255,36 @@ class Bottleneck(str, Enum):
     unknown = "unknown"
 
 
+class Action(str, Enum):
+    """The class of change a recommendation asks for."""
+
+    main_loop = "main_loop"  # GPU: the GEMM main loop itself (FMA vs tl.dot/mma, matching the library's rate)
+    tile_config = "tile_config"  # GPU: tile shape, warps, stages, BLOCK size
+    fusion = "fusion"  # fuse passes that round-trip memory
+    launch_count = "launch_count"  # fewer launches / calls per forward
+    host_overhead = "host_overhead"  # host work in forward
+    precision = "precision"  # GPU: use (or use better) the precision the policy allows
+    coalescing = "coalescing"  # GPU: contiguous accesses across a warp
+    library = "library"  # replace library kernels the candidate left in place
+    vectorise = "vectorise"  # CPU: SIMD
+    threads = "threads"  # CPU: all cores
+    cache_blocking = "cache_blocking"  # CPU: blocking / loop order for reuse
+    stop = "stop"  # nothing left that pays: at the roofline or the launch floor
+
+
 class AnalysisResult(Record):
     bottleneck: Bottleneck
     digest: str = Field(description="Short summary of the measurements (well under 1K tokens).")
     recommendation: str = Field(description="The ONE change most likely to pay off next.")
     evidence: list[str] = Field(default_factory=list)
     source: Literal["rules", "sampling", "model"] = "rules"
+    action: Action | None = None
+    expected_gain_ms: float | None = None
+    expected_ms: float | None = None
+    gap_kernel: str | None = None
+    considered: list[str] = Field(default_factory=list)
+    skipped: list[str] = Field(default_factory=list)
+    history: list[str] = Field(default_factory=list)
     profile_run_id: str | None = None
     run_id: str
 

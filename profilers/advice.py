@@ -9,30 +9,11 @@ left promises a worthwhile gain, the answer is to stop tuning this kernel, with 
 from __future__ import annotations
 
 from collections.abc import Callable
-from enum import Enum
 
 from pydantic import BaseModel, Field
 
 from kfoundry.profilers.digest import Digest, ms
-from kfoundry.schema import Bottleneck
-
-
-class Action(str, Enum):
-    """The class of change a recommendation asks for."""
-
-    main_loop = "main_loop"  # GPU: the GEMM main loop itself (FMA vs tl.dot/mma, matching the library's rate)
-    tile_config = "tile_config"  # GPU: tile shape, warps, stages, BLOCK size
-    fusion = "fusion"  # fuse passes that round-trip memory
-    launch_count = "launch_count"  # fewer launches / calls per forward
-    host_overhead = "host_overhead"  # host work in forward
-    precision = "precision"  # GPU: use (or use better) the precision the policy allows
-    coalescing = "coalescing"  # GPU: contiguous accesses across a warp
-    library = "library"  # replace library kernels the candidate left in place
-    vectorise = "vectorise"  # CPU: SIMD
-    threads = "threads"  # CPU: all cores
-    cache_blocking = "cache_blocking"  # CPU: blocking / loop order for reuse
-    stop = "stop"  # nothing left that pays: at the roofline or the launch floor
-
+from kfoundry.schema import Action, Bottleneck
 
 GPU_ACTIONS = frozenset({
     Action.main_loop, Action.tile_config, Action.fusion, Action.launch_count, Action.host_overhead,

@@ -46,9 +46,14 @@ async def analyze_profile(request: AnalyzeRequest) -> AnalysisResult:
         run.write(ADVICE_FILE, diagnosis.advice)
     if diagnosis.facts is not None:
         run.write("digest.json", diagnosis.facts)
+    advice, facts = diagnosis.advice, diagnosis.facts
     result = AnalysisResult(
         bottleneck=diagnosis.bottleneck, digest=diagnosis.digest, recommendation=diagnosis.recommendation,
         evidence=diagnosis.evidence, source="rules", profile_run_id=profile_run_id, run_id=run.id,
+        action=advice.action if advice else None, expected_gain_ms=advice.expected_gain_ms if advice else None,
+        expected_ms=advice.expected_ms if advice else None, gap_kernel=facts.gap_kernel if facts else None,
+        considered=advice.considered if advice else [], skipped=advice.skipped if advice else [],
+        history=facts.history if facts else [],
     )
     run.write("result.json", result)
     return result

@@ -50,13 +50,16 @@ async def test_a_model_gets_the_digest_not_the_raw_profile_and_a_reply_quoting_i
     assert advice.cites_digest is True and advice.source == "scripted:analyst"
 
 
-async def test_a_reply_that_quotes_no_number_of_the_digest_is_marked_as_not_citing_it() -> None:
+async def test_a_reply_that_quotes_no_number_of_the_digest_is_set_aside_for_the_rules_recommendation() -> None:
     analysis, source = _analysis()
     model = ScriptedModel("analyst", role="analysis", items=["Unroll the inner loop by eight."])
 
     advice = await AnalysisAgent(model).recommend(analysis, source, "cpp", "cpu", [], tag="t")
 
     assert advice.cites_digest is False
+    assert advice.text == analysis.recommendation and advice.source == "rules"
+    assert advice.reply is not None and advice.reply.text == "Unroll the inner loop by eight."  # kept for the record
+    assert advice.error == "the reply quoted no number of the digest"
 
 
 def test_citing_means_quoting_a_measured_number_not_a_single_digit() -> None:

@@ -23,6 +23,12 @@ def states(run) -> list[str]:
     return [a.state.value for a in run.attempts]
 
 
+# Replies cite the problem's 1.0 MB of compulsory traffic, which every digest of this problem states: advice
+# that quotes none of the digest's numbers is set aside for the rules' own.
+UNROLL = "Unroll by eight: the 1.0 MB pass is bound by its loop overhead."
+STREAM = "Use streaming stores for the 1.0 MB written."
+VECTORISE = "Vectorise the loop over the 1.0 MB of inputs."
+
 async def test_single_shot_mode_makes_one_attempt_and_keeps_every_artifact(session, tmp_path: Path) -> None:
     scripts = Scripts([CORRECT, CORRECT])
     run = await run_scripted(session, tmp_path, scripts, quick(mode="single", iterations=5))
@@ -62,20 +68,20 @@ async def test_the_loop_stops_once_the_best_reaches_the_target_fraction_of_speed
 
 
 async def test_the_loop_stops_after_patience_optimization_rounds_without_a_faster_candidate(session, tmp_path: Path) -> None:
-    scripts = Scripts([CORRECT, NO_CODE, NO_CODE, CORRECT], ["Unroll by eight.", "Use streaming stores."])
+    scripts = Scripts([CORRECT, NO_CODE, NO_CODE, CORRECT], [UNROLL, STREAM])
     run = await run_scripted(session, tmp_path, scripts, quick(iterations=6, patience=2))
     assert states(run) == ["correct", "generation_failure", "generation_failure"]
     assert run.stop_reason.startswith("no faster candidate in 2 optimization rounds")
     digest = AnalysisResult.model_validate_json((tmp_path / RUN / "iter_1" / "analysis.json").read_text()).digest
     assert [digest in r.prompt for r in scripts.analysis.requests] == [True, True]
-    assert "Unroll by eight." in scripts.analysis.requests[1].prompt  # the history of what was tried
+    assert UNROLL in scripts.analysis.requests[1].prompt  # the history of what was tried
     optimize = scripts.prompts()[1]
-    assert "Make it faster" in optimize and "Unroll by eight." in optimize and CORRECT_SOURCE.strip() in optimize
-    assert (tmp_path / RUN / "iter_3" / "recommendation.md").read_text().startswith("Use streaming stores.")
+    assert "Make it faster" in optimize and UNROLL in optimize and CORRECT_SOURCE.strip() in optimize
+    assert (tmp_path / RUN / "iter_3" / "recommendation.md").read_text().startswith(STREAM)
 
 
 async def test_repeated_sampling_runs_k_candidates_per_round_within_the_concurrency_limit_and_the_best_continues(session, tmp_path: Path) -> None:
-    scripts = Scripts([NO_CODE, CORRECT, NO_CODE, NO_CODE, NO_CODE, NO_CODE], ["Vectorise the loop."])
+    scripts = Scripts([NO_CODE, CORRECT, NO_CODE, NO_CODE, NO_CODE, NO_CODE], [VECTORISE])
     gauge = Gauge(scripts.generation, limit=2)
     scripted = scripts.generation
     scripts.generation = gauge  # type: ignore[assignment]
@@ -87,7 +93,7 @@ async def test_repeated_sampling_runs_k_candidates_per_round_within_the_concurre
     best = next(a for a in round_one if a.correct)
     assert run.best == best.folder
     later = [r.prompt for r in scripted.requests[3:]]
-    assert len(later) == 3 and all("Vectorise the loop." in p and CORRECT_SOURCE.strip() in p for p in later)
+    assert len(later) == 3 and all(VECTORISE in p and CORRECT_SOURCE.strip() in p for p in later)
     assert {a.based_on for a in run.attempts if a.iteration == 2} == {best.folder}
 
 

@@ -28,8 +28,8 @@ pytestmark = pytest.mark.anyio
 BLOCKED = {"example": "elementwise/cpp", "say": "Blocked schedule.", "edits": [["#pragma omp parallel for simd schedule(static)", "#pragma omp parallel for simd schedule(static, 4096)"]]}
 FOLDED = {"example": "elementwise/cpp", "say": "Scale folded in.", "edits": [["y[i] = v / (1.0f + std::exp(-v)) * scale;", "y[i] = (v * scale) / (1.0f + std::exp(-v));"]]}
 RECOMMENDATIONS = [
-    "Hand each OpenMP thread chunks of 4096 elements (schedule(static, 4096)) so every chunk streams through L1.",
-    "Fold the scale into the numerator to take one multiply off the memory-bound loop.",
+    "Hand each OpenMP thread chunks of 4096 elements (schedule(static, 4096)) so the 1.0 MB streams through L1 chunk by chunk.",
+    "Fold the scale into the numerator to take one multiply off the loop over 1.0 MB.",
 ]
 SCRIPTS = {
     "claude-gen": [render_item(item, "story") for item in (SYNTAX_ERROR, WRONG_VALUES, CORRECT, BLOCKED, FOLDED)],

@@ -9,7 +9,7 @@ from mcp import Client
 from mcp_support import call, error_text, ok
 from torch.profiler import ProfilerActivity, profile
 
-from kfoundry.schema import Bottleneck
+from kfoundry.schema import Action, Bottleneck
 
 pytestmark = pytest.mark.anyio
 
@@ -36,6 +36,15 @@ async def test_a_profile_run_id_gives_a_bottleneck_digest_recommendation_and_evi
     assert data["evidence"]
     assert data["profile_run_id"] == profiled["run_id"]
     assert data["source"] == "rules"
+    # The choice as data: an agent can act on it without parsing the digest's text.
+    assert data["action"] in {a.value for a in Action}
+    assert f"recommendation [{data['action']}]" in data["digest"]
+    assert data["gap_kernel"] and data["gap_kernel"] in data["digest"]
+    if data["action"] == "stop":
+        assert data["expected_gain_ms"] is None
+    else:
+        assert 0 < data["expected_gain_ms"] and data["expected_ms"] is not None
+    assert data["history"] == []  # the first profile of this problem by this caller
 
 
 async def test_a_raw_torch_profiler_table_is_analyzed(client: Client) -> None:
