@@ -38,7 +38,7 @@ if ! "$PY" -c "import torch" >/dev/null 2>&1; then
 fi
 stamp="$VENV/.kfoundry-installed"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  "$PY" -m pip install --quiet -e ".[test]"
+  "$PY" -m pip install --quiet -e ".[test,helion]"
   touch "$stamp"
 fi
 

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 REGISTRY: dict[str, str] = {
     "cpp": "kfoundry.backends.cpp:CppBackend",
     "cuda": "kfoundry.backends.cuda:CudaBackend",
+    "helion": "kfoundry.backends.helion:HelionBackend",
     "hip": "kfoundry.backends.hip:HipBackend",
     "metal": "kfoundry.backends.metal:MetalBackend",
     "sycl": "kfoundry.backends.sycl:SyclBackend",

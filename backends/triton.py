@@ -23,10 +23,41 @@ _launched: dict[str, Any] = {}
 _patched: list[tuple[type, Any]] = []
 
 
-def _interpreting() -> bool:
+def interpreting() -> bool:
     import os
 
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+#: libdevice functions Triton's interpreter leaves unimplemented (there they return None), each with the tl
+#: builtin it equals. Generated code (Helion's, inductor's) calls libdevice for these even where tl has them.
+_INTERPRETED_LIBDEVICE = {
+    "exp": "exp", "exp2": "exp2", "log": "log", "log2": "log2", "sqrt": "sqrt_rn", "rsqrt": "rsqrt", "sin": "sin",
+    "cos": "cos", "erf": "erf", "floor": "floor", "ceil": "ceil", "fabs": "abs", "fma": "fma",
+}
+
+
+def _tl_call(builtin: str) -> Any:
+    import triton.language as tl
+
+    # Looked up at call time: the interpreter swaps tl's builtins for its numpy versions while a kernel runs.
+    return lambda *args: getattr(tl, builtin)(*args)
+
+
+def _interpret_libdevice() -> None:
+    """Point the libdevice functions the interpreter lacks at their tl equivalents (interpreted workers only)."""
+    import importlib
+
+    import triton.language as tl
+
+    for module_name in ("triton.language.extra.libdevice", "triton.language.extra.cuda.libdevice"):
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            continue
+        for name, builtin in _INTERPRETED_LIBDEVICE.items():
+            if hasattr(module, name) and hasattr(tl, builtin):
+                setattr(module, name, _tl_call(builtin))
 
 
 def _jit_name(fn: Any) -> str:
@@ -48,7 +79,7 @@ def _jit_classes() -> list[type]:
     return classes
 
 
-def _compiled_stats(fn: Any, name: str) -> list[KernelStats]:
+def compiled_stats(fn: Any, name: str) -> list[KernelStats]:
     """Registers, spills, shared memory, warps and stages of every compiled specialisation."""
     found: list[KernelStats] = []
     for entry in getattr(fn, "device_caches", {}).values():
@@ -226,6 +257,8 @@ class TritonBackend:
         """Record every launched JIT function so its kernels can be reported and recognised in traces."""
         import triton  # noqa: F401 - imported here so TRITON_INTERPRET is already set
 
+        if interpreting():
+            _interpret_libdevice()
         for cls in _jit_classes():
             if getattr(cls.run, "_kfoundry", False):
                 continue
@@ -265,9 +298,9 @@ class TritonBackend:
             for value in vars(module).values():
                 if isinstance(value, classes):
                     functions.setdefault(_jit_name(value), value)
-        interpreted = _interpreting()
+        interpreted = interpreting()
         for name, fn in functions.items():
-            stats = [] if interpreted else _compiled_stats(fn, name)
+            stats = [] if interpreted else compiled_stats(fn, name)
             if stats:
                 yield from stats
             else:

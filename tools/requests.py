@@ -75,13 +75,13 @@ def _base64(value: str, info: ValidationInfo) -> str:
     return value
 
 
-_BACKENDS = ", ".join(f"'{n}'" for n in names())
 _REFERENCE = "the KernelBench problem source: class Model(nn.Module), get_inputs(), get_init_inputs()"
 _CANDIDATE = "the full Python module source defining class ModelNew"
 
 BackendName = Annotated[
     str, AfterValidator(_backend),
-    Field(description=f"Kernel backend: one of {_BACKENDS} (`backends` says which run here)."),
+    # The names are listed once, in compile's description: repeated in every schema they cost the listing ~60 bytes each.
+    Field(description="Kernel backend, as named by `backends` (which also says which run here), e.g. 'triton'."),
 ]
 Reference = Annotated[
     str, _source(_REFERENCE),
@@ -187,11 +187,10 @@ class TranslateRequest(BaseModel):
     """``translate_reference``: problem analysis and a generation (or translation) prompt."""
 
     reference: Reference
-    target_backend: BackendName = Field(description=f"Backend to write the kernel for: one of {_BACKENDS}.")
+    target_backend: BackendName = Field(description="Backend to write the kernel for, as named by `backends`.")
     source_backend: Annotated[str, AfterValidator(_backend)] = Field(
         default=SOURCE_BACKEND,
-        description=f"'{SOURCE_BACKEND}' (default: translate the reference) or the backend ({_BACKENDS}) whose kernel "
-                    "is given in source_code.",
+        description=f"'{SOURCE_BACKEND}' (default: translate the reference) or the backend whose kernel is given in source_code.",
     )
     source_code: Annotated[str, _source("the source backend's candidate module")] | None = Field(
         default=None, description="An existing candidate for source_backend to translate from; required unless source_backend is 'pytorch'.",

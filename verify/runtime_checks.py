@@ -12,7 +12,9 @@ import time
 from typing import Any
 
 import torch
+from torch._subclasses.fake_tensor import FakeTensor
 from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 #: aten ops a forward may call beside its own kernel: allocation, views, copies, metadata
 ALLOWED_OPS = frozenset({
@@ -26,19 +28,33 @@ ALLOWED_OPS = frozenset({
     "diagonal", "index_put_", "masked_fill_", "detach_", "_copy_from", "_copy_from_and_resize", "empty_permuted",
     "resize_as_", "as_strided_", "unsqueeze_", "squeeze_", "transpose_", "t_", "lift", "_pin_memory", "pin_memory",
     "select_scatter", "slice_scatter", "tensor_split", "split_copy", "repeat", "tile", "flip", "roll",
+    # dtype arithmetic: no tensor is read
+    "promote_types", "result_type", "can_cast",
 })
 
 
+def _shape_only(args: Any, kwargs: Any) -> bool:
+    """Whether every tensor an op reads or writes is fake or on the meta device: it computes shapes, not data.
+
+    Kernel DSLs that trace their function on the first call (Helion) run it on FakeTensors.
+    Real tensors a traced function captured from elsewhere are still real here, so compute on
+    them is still recorded.
+    """
+    tensors = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
+    return bool(tensors) and all(isinstance(t, FakeTensor) or t.device.type == "meta" for t in tensors)
+
+
 class OpTrace(TorchDispatchMode):
-    """Records the aten ops (overload packet names) run while active."""
+    """Records the aten ops (overload packet names) run on real data while active."""
 
     def __init__(self) -> None:
         super().__init__()
         self.ops: dict[str, int] = {}
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-        name = func.overloadpacket.__name__ if hasattr(func, "overloadpacket") else str(func)
-        self.ops[name] = self.ops.get(name, 0) + 1
+        if not _shape_only(args, kwargs):
+            name = func.overloadpacket.__name__ if hasattr(func, "overloadpacket") else str(func)
+            self.ops[name] = self.ops.get(name, 0) + 1
         return func(*args, **(kwargs or {}))
 
     def compute_ops(self) -> dict[str, int]:

@@ -11,10 +11,13 @@ import pytest
 import torch
 
 from kfoundry import examples
+from kfoundry.backends import get_backend
 
 ATOL = RTOL = 1e-4
+_HELION = pytest.mark.skipif(importlib.util.find_spec("helion") is None, reason="helion is not installed (pip install 'kernel-foundry[helion]')")
+_MARKS = {"cuda": [pytest.mark.gpu], "helion": [_HELION]}
 _CASES = [
-    pytest.param(p.name, backend, marks=[pytest.mark.gpu] if backend == "cuda" else [], id=f"{p.name}-{backend}")
+    pytest.param(p.name, backend, marks=_MARKS.get(backend, []), id=f"{p.name}-{backend}")
     for p in examples.problems()
     for backend in p.solutions
 ]
@@ -31,11 +34,15 @@ def _load(path: Path) -> ModuleType:
 
 
 def _device(backend: str) -> str:
-    # Triton runs on CPU tensors only under its interpreter, i.e. on hosts without a GPU.
-    return "cuda" if backend == "cuda" or (backend == "triton" and torch.cuda.is_available()) else "cpu"
+    # Triton (and Helion, which generates Triton) runs on CPU tensors only under its interpreter, i.e. on hosts without a GPU.
+    return "cuda" if backend == "cuda" or (backend in ("triton", "helion") and torch.cuda.is_available()) else "cpu"
 
 
 def _build_pair(name: str, backend: str) -> tuple[ModuleType, torch.nn.Module, torch.nn.Module]:
+    kernels = get_backend(backend)
+    if kernels.probe().interpreted:
+        # As a worker does before importing a candidate (the interpreter lacks libdevice, which generated code calls).
+        kernels.prepare_worker()
     reference = _load(examples.path(name, "reference"))
     candidate = _load(examples.path(name, backend))
     init = reference.get_init_inputs()
