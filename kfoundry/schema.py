@@ -151,6 +151,7 @@ class VerifyResult(Record):
     precision_checks: list[PrecisionCheck] = Field(default_factory=list, description="Errors against the float64 oracle, per output.")
     stress: list[StressOutcome] = Field(default_factory=list, description="Stress input families run, or dropped because the reference went non-finite.")
     cpu_time: dict[str, float] | None = Field(default=None, description="CPU: forward's sampled CPU time by where it ran (own, python, torch, numpy, libc, openmp, ...).")
+    own_kernel_share: float | None = Field(default=None, description="GPU: share of one extra call's device time in this backend's own (or allowed library) kernels.")
     duration_s: float
     run_id: str
     next_step: str = ""

@@ -173,6 +173,11 @@ class Plan:
     before_timing: Callable[[], Awaitable[None]] | None = None
     #: after the trials, sample where the candidate's processes spend their CPU time on extra calls
     attribute: Attribute | None = None
+    #: after correct trials and without timing, one extra call under torch.profiler: where the device time goes
+    #: (a GPU verify's own-kernel share; a profile takes its breakdown after the timed calls instead)
+    breakdown: bool = False
+    #: torch ops whose library kernels the breakdown marks as allowed (``guardrails.allow_torch_ops``)
+    allow_ops: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -404,6 +409,8 @@ class Session:
                 proceed = plan.timing is not None and (plan.proceed is None or await plan.proceed(self.report.trials))
                 if proceed and plan.timing is not None:
                     await self._time(plan, plan.timing)
+                elif plan.breakdown and correct:
+                    await self._candidate_breakdown(plan.allow_ops)
                 # After the judged calls, so their positions are the same with and without sampling.
                 if plan.attribute is not None and window is not None and correct:
                     await self._attribute(plan.attribute, window)
@@ -569,15 +576,19 @@ class Session:
             records = await self._turn(turn, size)
             (self.report.warmups if warm else self.report.timed).extend(records)
         if timing.breakdown:
-            if self.progress is not None:
-                await self.progress("per-kernel breakdown")
-            extra = await self._make(self.calls, secrets.randbits(31), "standard")
-            await self._say(Side.candidate, ProfileCall(inputs=self._to_candidate(extra.inputs), allow_ops=timing.allow_ops))
-            profiled = await self._expect(Side.candidate, Profiled)
-            self.report.breakdown, self.report.warnings = profiled.shares[:64], self.report.warnings + profiled.warnings
+            await self._candidate_breakdown(timing.allow_ops)
             await self._say(Side.reference, ProfileCall())
             baseline = await self._expect(Side.reference, Profiled)
             self.report.baseline_breakdown, self.report.warnings = baseline.shares[:64], self.report.warnings + baseline.warnings
+
+    async def _candidate_breakdown(self, allow_ops: list[str]) -> None:
+        """One extra call of the candidate on fresh inputs under torch.profiler: its per-kernel shares, unjudged."""
+        if self.progress is not None:
+            await self.progress("per-kernel breakdown")
+        extra = await self._make(self.calls, secrets.randbits(31), "standard")
+        await self._say(Side.candidate, ProfileCall(inputs=self._to_candidate(extra.inputs), allow_ops=allow_ops))
+        profiled = await self._expect(Side.candidate, Profiled)
+        self.report.breakdown, self.report.warnings = profiled.shares[:64], self.report.warnings + profiled.warnings
 
     async def _turn(self, turn: int, size: int) -> list[Call]:
         """One turn of ``size`` calls: inputs made ahead (from seeds only this process knows), both sides timed, all judged."""

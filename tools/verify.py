@@ -18,7 +18,7 @@ from kfoundry.verify import policies as numerics
 from kfoundry.verify.families import STANDARD, default_plan
 from kfoundry.verify.guardrails import Guardrails, check, effective
 from kfoundry.verify.policies import tolerance_for
-from kfoundry.verify.verdict import Decision, Trial, cpu_coverage, cpu_time, decide
+from kfoundry.verify.verdict import Decision, Trial, cpu_coverage, cpu_time, decide, device_coverage
 
 DEFAULT_TIMEOUT_S = 180.0
 
@@ -151,8 +151,11 @@ async def _check(
         reports.append(session.report)
         # CPU: where forward's time goes is measured on extra calls after the judged ones (Triton's CPU interpreter
         # runs kernels as numpy, so an interpreted kernel would never count as the candidate's own).
+        # GPU: where the device time goes is measured on one extra call (a profile measures after its timed calls).
+        on_device = timing is None and device.startswith("cuda") and not interpreted and guardrails.severity("kernel_coverage", backend.name) != "off"
         plan = Plan(trials=plan_trials, oracle_trials=len(plan_trials), timing=timing, analyze=analyze,
-                    proceed=proceed if timing is not None else None, before_timing=quiesce, attribute=Attribute() if measured else None)
+                    proceed=proceed if timing is not None else None, before_timing=quiesce, attribute=Attribute() if measured else None,
+                    breakdown=on_device, allow_ops=list(guardrails.allow_torch_ops))
         try:
             report = await session.run(plan, timeout_s)
         finally:
@@ -173,11 +176,8 @@ async def _check(
         findings += extra
         decision = decide(trials_of(report.trials), guardrails, wanted=trials) if report.trials else Decision(state, 0)
     findings += decision.findings
-    coverage = attributed()
+    coverage, share = _measured_coverage(run, report, guardrails, attributed(), judged=timing is None)
     findings += coverage
-    if report.attribution is not None or report.attribution_missing:
-        run.write("attribution.json", {"calls": report.attribution_calls, "step_s": round(report.attribution_s, 4), "missing": report.attribution_missing,
-                                       "sampled": report.attribution.model_dump(mode="json") if report.attribution is not None else None})
     if state is State.correct and any(f.blocking for f in coverage):
         state, decision.passed = State.rejected, 0
     if interpreted and device_kind(backend) == "cpu" and report.trials and guardrails.severity("kernel_coverage", backend.name) != "off":
@@ -189,7 +189,7 @@ async def _check(
         state=state, trials_passed=decision.passed, mismatch=decision.mismatch, findings=findings,
         error=error, diagnostics=report.diagnostics, kernels=report.kernels, interpreted=interpreted,
         atol=a, rtol=r, precision_checks=decision.checks, stress=decision.stress,
-        cpu_time=cpu_time(report.attribution) if report.attribution is not None else None,
+        cpu_time=cpu_time(report.attribution) if report.attribution is not None else None, own_kernel_share=share,
         duration_s=round(time.perf_counter() - start, 4), next_step=NEXT[state], **base,
     )
     oracle_error = next((c.check.oracle_error for c in report.trials if c.check.oracle_error), "")
@@ -199,6 +199,21 @@ async def _check(
     if report.stdout_bytes > 0:
         result.findings.append(Finding(code="stdout", message=f"the candidate wrote {report.stdout_bytes} bytes to stdout (kept in the run's logs)", blocking=False))
     return Checked(result, report, decision)
+
+
+def _measured_coverage(run: Run, report: Report, guardrails: Guardrails, sampled: list[Finding], *, judged: bool) -> tuple[list[Finding], float | None]:
+    """Where forward's time went, as findings and the device share: the CPU's sampled attribution (``sampled``), and
+    on a GPU the extra profiled call's kernels. ``judged`` is False for a profile, whose breakdown comes after its timed
+    calls and is the profile's to judge. Both measurements are kept with the run."""
+    if report.attribution is not None or report.attribution_missing:
+        run.write("attribution.json", {"calls": report.attribution_calls, "step_s": round(report.attribution_s, 4), "missing": report.attribution_missing,
+                                       "sampled": report.attribution.model_dump(mode="json") if report.attribution is not None else None})
+    if not judged:
+        return sampled, None
+    if report.breakdown:
+        run.write("breakdown.json", [k.model_dump(mode="json") for k in report.breakdown])
+    share, found = device_coverage(report.breakdown, guardrails)
+    return sampled + found, share
 
 
 async def verify(rt: Runtime, request: VerifyRequest) -> VerifyResult:

@@ -137,6 +137,21 @@ async def test_a_dead_triton_kernel_beside_torch_math_is_rejected_by_kernel_cove
     assert data["own_kernel_share"] is not None and data["own_kernel_share"] < 0.5, data["breakdown"]
 
 
+async def test_verify_alone_measures_the_device_share_and_rejects_a_cublas_gemm_behind_a_token_kernel(client: Client) -> None:
+    data = await _verify(client, GEMM, CUBLAS_GEMM_WITH_TOKEN_TRITON_RELU, guardrails=TORCH_COMPUTE_OFF)
+
+    assert data["state"] == "rejected", _explain(data)
+    assert "kernel_coverage" in _blocking(data), _explain(data)
+    assert data["own_kernel_share"] is not None and data["own_kernel_share"] < 0.5, _explain(data)
+
+
+async def test_verify_of_the_honest_triton_gemm_measures_its_device_time_as_its_own(client: Client) -> None:
+    data = await _verify(client, GEMM, TRITON_GEMM)
+
+    assert data["state"] == "correct", _explain(data)
+    assert data["own_kernel_share"] is not None and data["own_kernel_share"] >= 0.9, _explain(data)
+
+
 async def test_the_same_torch_math_is_rejected_by_the_op_trace_on_cuda_when_torch_compute_is_left_on(client: Client) -> None:
     data = await _verify(client, GEMM, DEAD_TRITON_KERNEL_TORCH_MATH)
 

@@ -10,7 +10,7 @@ from numerics_candidates import SOFTMAX_CPP as PLAIN_SOFTMAX_CPP
 from kfoundry import examples
 from kfoundry.schema import KernelShare, ProfileResult, State
 from kfoundry.verify.guardrails import Guardrails
-from kfoundry.verify.verdict import kernel_coverage
+from kfoundry.verify.verdict import device_coverage, kernel_coverage
 
 pytestmark = pytest.mark.anyio
 
@@ -168,6 +168,10 @@ def test_gpu_coverage_counts_library_kernels_of_allowed_ops_and_honours_the_thre
     assert kernel_coverage(result, Guardrails()) == (pytest.approx(1.0), [])
     share, findings = kernel_coverage(_profiled(("gemm", 0.3, False, False), ("own", 0.7, True, False)), Guardrails(min_own_kernel_share=0.8))
     assert share == pytest.approx(0.7) and [f.code for f in findings] == ["kernel_coverage"]
+
+
+def test_device_coverage_of_a_call_with_no_kernel_records_is_unmeasured_not_zero() -> None:
+    assert device_coverage([], Guardrails()) == (None, [])
 
 
 def test_gpu_coverage_does_not_apply_on_cpu() -> None:
