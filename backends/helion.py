@@ -9,7 +9,8 @@ Autotuning is Helion's default and takes minutes per kernel, longer than a tool 
 Workers set ``HELION_AUTOTUNE_EFFORT=none``: a kernel without a config runs Helion's default
 config, one with ``config=`` runs that, and one with a short ``configs=[...]`` list is timed over
 that list only. The generated Triton kernels are named ``_helion_<function>``; the Triton
-backend's launch hook records them, so traces, kernel stats and attribution see them as own.
+backend's launch hook records and wraps each launch, so traces, kernel stats and attribution see
+them, and only them, as own (torch ops in a kernel's host code stay library work).
 """
 
 from __future__ import annotations
@@ -36,7 +37,6 @@ _MATMULS = frozenset({
 })
 _called: dict[str, Any] = {}
 _patched: list[tuple[type, Any]] = []
-_instrumenting = False
 
 
 def _kernel_decorator(dec: ast.expr, resolve: Resolve) -> ast.Call | ast.expr | None:
@@ -190,13 +190,9 @@ class HelionBackend:
         original = Kernel.__call__
 
         def call(self: Any, *args: Any, __original: Any = original, **kwargs: Any) -> Any:
-            name = str(getattr(self, "name", None) or getattr(getattr(self, "fn", None), "__name__", "helion_kernel"))
-            _called[name] = self
-            if _instrumenting:
-                import torch
-
-                with torch.profiler.record_function(f"helion::{name}"):
-                    return __original(self, *args, **kwargs)
+            # No profiler range around the whole call: its host code may run torch ops, whose kernels must not count as
+            # own. The Triton backend's hook wraps just the generated kernel's launch.
+            _called[str(getattr(self, "name", None) or getattr(getattr(self, "fn", None), "__name__", "helion_kernel"))] = self
             return __original(self, *args, **kwargs)
 
         call._kfoundry = True  # type: ignore[attr-defined]
@@ -204,17 +200,12 @@ class HelionBackend:
         Kernel.__call__ = call  # type: ignore[method-assign]
 
     def is_own_kernel(self, name: str) -> bool:
-        return name.startswith(("helion::", GENERATED_PREFIX)) or name in _called or triton_backend.TritonBackend().is_own_kernel(name)
+        return name.startswith(GENERATED_PREFIX) or triton_backend.TritonBackend().is_own_kernel(name)
 
     @contextmanager
     def instrument(self) -> Iterator[None]:
-        global _instrumenting
-        _instrumenting = True
-        try:
-            with triton_backend.TritonBackend().instrument():
-                yield
-        finally:
-            _instrumenting = False
+        with triton_backend.TritonBackend().instrument():
+            yield
 
     def built_kernels(self) -> Iterator[KernelStats]:
         kernels: dict[str, Any] = dict(_called)

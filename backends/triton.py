@@ -20,6 +20,8 @@ from kfoundry.backends.base import KIND_NAMES, BuildRequest, BuildUnsupported, C
 from kfoundry.schema import Bottleneck, KernelStats, ToolchainInfo
 
 _launched: dict[str, Any] = {}
+#: the suffix Triton 2 appended to a kernel's symbol: one specialisation code per argument
+_SPECIALISED = re.compile(r"_[0-9cde]+")
 _patched: list[tuple[type, Any]] = []
 
 
@@ -279,7 +281,9 @@ class TritonBackend:
             cls.run = run  # type: ignore[method-assign]
 
     def is_own_kernel(self, name: str) -> bool:
-        return name.startswith("triton::") or any(name == n or name.startswith(n + "_") for n in _launched)
+        # The symbol is the JIT function's name, suffixed only by older Triton's specialisation codes ("_0d1d2de"):
+        # a plain prefix match would let a kernel named "ampere" claim cuBLAS's "ampere_sgemm_..." as its own.
+        return name.startswith("triton::") or any(name == n or _SPECIALISED.fullmatch(name[len(n):]) and name.startswith(n) for n in _launched)
 
     @contextmanager
     def instrument(self) -> Iterator[None]:

@@ -88,8 +88,10 @@ def test_the_marker_wants_a_helion_kernel_that_forward_calls() -> None:
 def test_kernels_helion_generates_count_as_the_candidates_own() -> None:
     backend = get_backend("helion")
 
-    assert backend.is_own_kernel("_helion_swish_scale") and backend.is_own_kernel("helion::swish_scale")
+    assert backend.is_own_kernel("_helion_swish_scale") and backend.is_own_kernel("triton::_helion_swish_scale")
     assert not backend.is_own_kernel("void at::native::vectorized_elementwise_kernel<4>")
+    # The Python function's own name is not a kernel of its: torch ops in its host code are library work.
+    assert not backend.is_own_kernel("helion::swish_scale")
 
 
 def test_workers_run_helion_without_autotuning_and_on_the_cpu_through_the_triton_interpreter() -> None:

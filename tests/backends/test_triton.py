@@ -1,4 +1,4 @@
-"""Triton candidates that call libdevice run under the interpreter too (it lacks libdevice; the worker maps it onto tl)."""
+"""The Triton backend: which kernels are a candidate's own, and libdevice under the interpreter (which lacks it)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,7 @@ from mcp import Client
 from mcp_support import ok
 
 from kfoundry import examples
-
-pytestmark = pytest.mark.anyio
+from kfoundry.backends import triton as triton_backend
 
 # The bundled elementwise solution with sigmoid spelled through libdevice.exp, as generated code spells it.
 _LIBDEVICE = examples.source("elementwise", "triton").replace(
@@ -16,6 +15,7 @@ _LIBDEVICE = examples.source("elementwise", "triton").replace(
 ).replace("y = x * tl.sigmoid(x) * scale", "y = x / (1.0 + libdevice.exp(-x)) * scale")
 
 
+@pytest.mark.anyio
 async def test_a_triton_kernel_calling_libdevice_exp_is_verified_correct(client: Client) -> None:
     assert "libdevice.exp(-x)" in _LIBDEVICE
     arguments = {"backend": "triton", "reference": examples.source("elementwise", "reference"), "candidate": _LIBDEVICE, "trials": 2}
@@ -23,3 +23,15 @@ async def test_a_triton_kernel_calling_libdevice_exp_is_verified_correct(client:
     data = await ok(client, "verify", arguments, within=300)
 
     assert data["state"] == "correct", (data.get("error"), data.get("mismatch"), data.get("findings"))
+
+
+def test_a_launched_kernel_owns_its_symbol_and_older_tritons_specialisations_but_not_library_kernels_sharing_its_prefix(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(triton_backend, "_launched", {"ampere": object(), "add_kernel": object()})
+    backend = triton_backend.TritonBackend()
+
+    assert backend.is_own_kernel("add_kernel") and backend.is_own_kernel("add_kernel_0d1d2d3de")
+    assert backend.is_own_kernel("triton::ampere")
+    assert not backend.is_own_kernel("ampere_sgemm_128x64_nn")  # cuBLAS, whatever the candidate named its kernel
+    assert not backend.is_own_kernel("add_kernel_fused")
