@@ -39,41 +39,70 @@ _called: dict[str, Any] = {}
 _patched: list[tuple[type, Any]] = []
 
 
-def _kernel_decorator(dec: ast.expr, resolve: Resolve) -> ast.Call | ast.expr | None:
-    """``dec`` when it is ``@helion.kernel`` or ``@helion.kernel(...)``, else None."""
-    target = dec.func if isinstance(dec, ast.Call) else dec
-    parts = resolve(target)
-    return dec if len(parts) >= 2 and parts[0] == "helion" and parts[-1] == "kernel" else None
+def _is_kernel(node: ast.expr, resolve: Resolve) -> bool:
+    parts = resolve(node)
+    return len(parts) >= 2 and parts[0] == "helion" and parts[-1] == "kernel"
 
 
-def _kernels(tree: ast.Module, resolve: Resolve) -> Iterator[tuple[ast.FunctionDef | ast.AsyncFunctionDef, ast.expr]]:
-    """Every function decorated with ``@helion.kernel``, with its decorator."""
+def _kernels(tree: ast.Module, resolve: Resolve) -> Iterator[tuple[ast.FunctionDef | ast.AsyncFunctionDef | None, ast.expr, str]]:
+    """Every Helion kernel: (its function where known, the expression holding its settings, its name).
+
+    Both spellings count: ``@helion.kernel`` / ``@helion.kernel(...)`` on a function, and a call
+    ``helion.kernel(fn, ...)`` anywhere (the function is looked up among the module's definitions).
+    """
+    defined = {n.name: n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))}
+    decorators: set[int] = set()
+    for fn in defined.values():
+        for dec in fn.decorator_list:
+            if _is_kernel(dec.func if isinstance(dec, ast.Call) else dec, resolve):
+                decorators.add(id(dec))
+                yield fn, dec, fn.name
+                break
     for node in ast.walk(tree):
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            for dec in node.decorator_list:
-                found = _kernel_decorator(dec, resolve)
-                if found is not None:
-                    yield node, found
-                    break
+        if isinstance(node, ast.Call) and id(node) not in decorators and _is_kernel(node.func, resolve) and node.args:
+            target = node.args[0]
+            name = target.id if isinstance(target, ast.Name) else ast.unparse(target)
+            yield defined.get(name), node, name
 
 
-def _setting(dec: ast.expr, name: str) -> ast.expr | None:
-    return next((k.value for k in dec.keywords if k.arg == name), None) if isinstance(dec, ast.Call) else None
+def _setting(settings: ast.expr, name: str) -> ast.expr | None:
+    return next((k.value for k in settings.keywords if k.arg == name), None) if isinstance(settings, ast.Call) else None
+
+
+def _spread(settings: ast.expr) -> bool:
+    """Whether settings arrive as ``**mapping``, which a scan cannot read."""
+    return isinstance(settings, ast.Call) and any(k.arg is None for k in settings.keywords)
 
 
 def _literal(node: ast.expr | None) -> object:
     return node.value if isinstance(node, ast.Constant) else ...
 
 
+def _fast_math(settings: ast.expr, name: str) -> SourceHit | None:
+    node = _setting(settings, "fast_math")
+    value = _literal(node)
+    if value is True:
+        return SourceHit(settings.lineno, f"helion.kernel(fast_math=True) on {name} compiles with approximate math (fast-math)", "fast_math")
+    if node is not None and value is ...:
+        return SourceHit(settings.lineno, f"helion.kernel on {name} takes fast_math from {ast.unparse(node)[:60]}, not a literal False (fast-math)", "fast_math")
+    if _spread(settings):
+        return SourceHit(settings.lineno, f"helion.kernel on {name} takes its settings from **mapping: fast_math and dot_precision cannot be read "
+                                          "(pass them as literals)", "fast_math")
+    return None
+
+
 def _precision(tree: ast.Module, resolve: Resolve) -> Iterator[SourceHit]:
-    """Matmuls lowered to TF32 (Helion's default ``dot_precision``) and ``fast_math=True``, per kernel."""
-    for fn, dec in _kernels(tree, resolve):
-        fast = _literal(_setting(dec, "fast_math"))
-        if fast is True:
-            yield SourceHit(dec.lineno, f"@helion.kernel(fast_math=True) on {fn.name} compiles with approximate math (fast-math)", "fast_math")
-        precision_node = _setting(dec, "dot_precision")
+    """Matmuls lowered to TF32 (Helion's default ``dot_precision``) and fast-math, per kernel, however it is declared."""
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and "HELION_FAST_MATH" in node.value:
+            yield SourceHit(node.lineno, "names HELION_FAST_MATH, which turns on approximate math for Helion kernels (fast-math)", "fast_math")
+    for fn, settings, name in _kernels(tree, resolve):
+        hit = _fast_math(settings, name)
+        if hit is not None:
+            yield hit
+        precision_node = _setting(settings, "dot_precision")
         precision = _literal(precision_node)
-        if isinstance(precision, str) and precision.lower() == "ieee":
+        if fn is None or (isinstance(precision, str) and precision.lower() == "ieee"):
             continue
         matmul = next((n for n in ast.walk(fn) if (isinstance(n, ast.Call) and ".".join(resolve(n.func)) in _MATMULS)
                        or (isinstance(n, ast.BinOp) and isinstance(n.op, ast.MatMult))), None)
@@ -83,7 +112,7 @@ def _precision(tree: ast.Module, resolve: Resolve) -> Iterator[SourceHit]:
             said = "without dot_precision=\"ieee\" multiplies fp32 in TF32 on NVIDIA GPUs (Helion's default, from TRITON_F32_DEFAULT)"
         else:
             said = f"with dot_precision={ast.unparse(precision_node)} multiplies fp32 in {KIND_NAMES['tf32']}"
-        yield SourceHit(matmul.lineno, f"the matmul in @helion.kernel {fn.name} {said}; pass dot_precision=\"ieee\" for strict fp32", "tf32")
+        yield SourceHit(matmul.lineno, f"the matmul in Helion kernel {name} {said}; pass dot_precision=\"ieee\" for strict fp32", "tf32")
 
 
 def _generated(bound: Any) -> Any:
@@ -135,7 +164,8 @@ class HelionBackend:
         )
 
     def worker_env(self, device: str) -> dict[str, str]:
-        env = {"HELION_AUTOTUNE_EFFORT": "none"}
+        # Fast-math only where a kernel asks for it in its own settings (which the scan reads), never by inheritance.
+        env = {"HELION_AUTOTUNE_EFFORT": "none", "HELION_FAST_MATH": "0"}
         return {**env, "TRITON_INTERPRET": "1"} if device == "cpu" else env
 
     def cache_env(self, shared: Path) -> dict[str, str]:
@@ -143,7 +173,7 @@ class HelionBackend:
         return {"HELION_CACHE_DIR": str(shared / "helion"), "TRITON_CACHE_DIR": str(shared / "triton")}
 
     def marker_hits(self, tree: ast.Module, resolve: Resolve) -> list[SourceHit]:
-        found = {fn.name: fn.lineno for fn, _ in _kernels(tree, resolve)}
+        found = {name: (fn.lineno if fn is not None else settings.lineno) for fn, settings, name in _kernels(tree, resolve)}
         if not found:
             return [SourceHit(0, "no function is decorated with @helion.kernel")]
         loaded = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Load)}
@@ -174,11 +204,9 @@ class HelionBackend:
         return CompileOnlyOutcome.because(self.name, "Helion specialises its kernels on the first call's tensors, which needs a GPU or the interpreter")
 
     def warm(self, device: str) -> None:
-        """Import helion now (it pulls in triton and much of torch._inductor: seconds a spare should pay, not a job)."""
-        try:
-            import helion  # noqa: F401 - TRITON_INTERPRET and HELION_AUTOTUNE_EFFORT are already in the environment
-        except ImportError:
-            pass  # probe reports the missing package; a worker without it still serves other backends
+        """Triton only: every spare warms every backend, and importing helion there would cost each spare seconds and
+        ~300 MB for jobs that mostly never use it. A Helion job imports it when its candidate does."""
+        triton_backend.TritonBackend().warm(device)
 
     def prepare_worker(self) -> None:
         """Record every called Helion kernel, and let the Triton backend's hook record the kernels it generates."""

@@ -60,7 +60,8 @@ class Recommendation(BaseModel):
     cites_digest: bool | None = Field(default=None, description="Whether a model's reply quotes at least one number from the digest.")
 
 
-_NUMBER = re.compile(r"\d+(?:\.\d+)?")
+#: a measured number: not one glued to a name (the 32 of fp32, the 90 of sm90 are no measurements)
+_NUMBER = re.compile(r"(?<![A-Za-z_])\d+(?:\.\d+)?")
 
 
 def cites(reply: str, digest: str) -> bool:

@@ -271,7 +271,8 @@ class Candidate:
         assert self.model is not None
         model = self.model
         inputs = [self._open(v) for v in message.inputs]
-        allowed = {f"aten::{op}" for op in message.allow_ops}
+        # Kernels of the data-movement ops the op trace allows (fills, copies, memsets) are neutral, as are the caller's allowed ops.
+        allowed = {f"aten::{op}" for op in (*message.allow_ops, *rc.ALLOWED_OPS)}
         try:
             with torch.no_grad(), self.backend.instrument():
                 shares = op_breakdown(lambda: model(*inputs), is_own=self.backend.is_own_kernel, device=self.device, allowed=allowed.__contains__)

@@ -583,6 +583,7 @@ class Session:
 
     async def _candidate_breakdown(self, allow_ops: list[str]) -> None:
         """One extra call of the candidate on fresh inputs under torch.profiler: its per-kernel shares, unjudged."""
+        self.stage = "per-kernel breakdown (an extra, unjudged call)"
         if self.progress is not None:
             await self.progress("per-kernel breakdown")
         extra = await self._make(self.calls, secrets.randbits(31), "standard")

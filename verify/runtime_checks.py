@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 import torch
-from torch._subclasses.fake_tensor import FakeTensor
+from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
@@ -34,14 +34,18 @@ ALLOWED_OPS = frozenset({
 
 
 def _shape_only(args: Any, kwargs: Any) -> bool:
-    """Whether every tensor an op reads or writes is fake or on the meta device: it computes shapes, not data.
+    """Whether an op runs on FakeTensors under an active FakeTensorMode: it computes shapes, not data.
 
-    Kernel DSLs that trace their function on the first call (Helion) run it on FakeTensors.
-    Real tensors a traced function captured from elsewhere are still real here, so compute on
-    them is still recorded.
+    Kernel DSLs that trace their function on the first call (Helion) run it that way. Only
+    exact FakeTensors count, and only while a fake mode is active: a subclass (of FakeTensor,
+    or a wrapper that claims the meta device) can carry real data and compute on it in its own
+    dispatch, so its ops are recorded. Real tensors a traced function captured from elsewhere
+    are recorded too.
     """
+    if torch._C._get_dispatch_mode(torch._C._TorchDispatchModeKey.FAKE) is None:
+        return False
     tensors = [t for t in tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)]
-    return bool(tensors) and all(isinstance(t, FakeTensor) or t.device.type == "meta" for t in tensors)
+    return bool(tensors) and all(type(t) is FakeTensor for t in tensors)
 
 
 class OpTrace(TorchDispatchMode):
@@ -94,6 +98,9 @@ def _critical() -> dict[str, Any]:
         "torch.cuda.synchronize": torch.cuda.synchronize, "torch.cuda.Event": torch.cuda.Event,
         "torch.cuda.Event.elapsed_time": torch.cuda.Event.elapsed_time, "builtins.isinstance": builtins.isinstance,
         "builtins.type": builtins.type, "torch.nn.Module.__call__": torch.nn.Module.__call__,
+        # What OpTrace trusts to compute shapes only (``_shape_only``)
+        "FakeTensor.__torch_dispatch__": FakeTensor.__torch_dispatch__.__func__,  # a classmethod: its function, not a fresh binding
+        "FakeTensorMode.__torch_dispatch__": FakeTensorMode.__torch_dispatch__,
     }
     return table
 

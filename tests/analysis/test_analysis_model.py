@@ -67,3 +67,5 @@ def test_citing_means_quoting_a_measured_number_not_a_single_digit() -> None:
 
     assert cites("Blocking would lift the 23.8 GFLOP/s kernel", digest)
     assert not cites("Use 4 rows by 8 columns", digest)
+    # Digits inside names are not measurements, in the reply or in the digest.
+    assert not cites("Keep the fp32 accumulator on sm90", digest + "\npolicy strict, float32, sm90")

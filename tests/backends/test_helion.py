@@ -72,6 +72,28 @@ def test_tf32x3_dot_precision_and_fast_math_are_named_for_what_they_are() -> Non
     assert any("'tf32x3'" in message for _, _, message in hits)
 
 
+def test_a_kernel_made_by_calling_helion_kernel_is_scanned_like_a_decorated_one() -> None:
+    source = _GEMM.format(settings="").replace("@helion.kernel()\n", "").replace("y = mm\n", "y = helion.kernel(mm, fast_math=True)\n")
+
+    hits = _hits("precision", source)
+
+    assert sorted(kind for _, kind, _ in hits) == ["fast_math", "tf32"]
+    assert _hits("marker", source) == []
+
+
+@pytest.mark.parametrize("settings", ["fast_math=FAST", "**OPTIONS"])
+def test_fast_math_settings_a_scan_cannot_read_are_named(settings: str) -> None:
+    hits = _hits("precision", _GEMM.format(settings=f'dot_precision="ieee", {settings}'))
+
+    assert [kind for _, kind, _ in hits] == ["fast_math"]
+
+
+def test_setting_helions_fast_math_variable_is_named() -> None:
+    [(line, kind, _)] = _hits("precision", 'import os\nos.environ["HELION_FAST_MATH"] = "1"\n')
+
+    assert (line, kind) == (2, "fast_math")
+
+
 def test_an_elementwise_helion_kernel_has_no_precision_hit() -> None:
     assert _hits("precision", examples.source("elementwise", "helion")) == []
 
@@ -97,8 +119,8 @@ def test_kernels_helion_generates_count_as_the_candidates_own() -> None:
 def test_workers_run_helion_without_autotuning_and_on_the_cpu_through_the_triton_interpreter() -> None:
     backend = get_backend("helion")
 
-    assert backend.worker_env("cpu") == {"HELION_AUTOTUNE_EFFORT": "none", "TRITON_INTERPRET": "1"}
-    assert backend.worker_env("cuda:0") == {"HELION_AUTOTUNE_EFFORT": "none"}
+    assert backend.worker_env("cpu") == {"HELION_AUTOTUNE_EFFORT": "none", "HELION_FAST_MATH": "0", "TRITON_INTERPRET": "1"}
+    assert backend.worker_env("cuda:0") == {"HELION_AUTOTUNE_EFFORT": "none", "HELION_FAST_MATH": "0"}
 
 
 def test_the_probe_says_how_to_install_helion_when_it_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -119,19 +141,41 @@ def test_the_probe_reports_helions_version_and_the_interpreter_on_a_cpu_only_hos
         assert info.interpreted and info.device == "cpu" and "interpreter" in info.reason
 
 
-@needs_helion
 def test_shape_only_ops_of_a_traced_function_are_not_compute_but_real_ops_beside_them_are() -> None:
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    real = torch.randn(8)
-    with FakeTensorMode() as mode:
-        fake = mode.from_tensor(torch.randn(8))
+    real, mode = torch.randn(8), FakeTensorMode()
+    fake = mode.from_tensor(torch.randn(8))
     with OpTrace() as trace:
-        _ = torch.sigmoid(fake) * 2
-        _ = torch.empty(4, device="meta").exp()
+        with mode:
+            _ = torch.sigmoid(fake) * 2
         _ = torch.tanh(real)
 
     assert trace.compute_ops() == {"tanh": 1}
+
+
+class _Hidden(torch.Tensor):
+    """Claims the meta device, carries a real tensor and computes on it in its own dispatch."""
+
+    @staticmethod
+    def __new__(cls, real: torch.Tensor) -> _Hidden:
+        made = torch.Tensor._make_wrapper_subclass(cls, real.shape, dtype=real.dtype, device="meta")
+        made.hidden = real
+        return made
+
+    @classmethod
+    def __torch_dispatch__(cls, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN206 - torch's protocol
+        return func(*[a.hidden if isinstance(a, _Hidden) else a for a in args], **(kwargs or {}))
+
+
+def test_a_tensor_subclass_that_claims_the_meta_device_but_computes_on_real_data_is_traced() -> None:
+    x, w = torch.randn(4, 4), torch.randn(4, 4)
+
+    with OpTrace() as trace:
+        y = torch.mm(_Hidden(x), _Hidden(w))
+
+    torch.testing.assert_close(y, x @ w)
+    assert trace.compute_ops() == {"mm": 1}
 
 
 # -- through the server ------------------------------------------------------------------------------
