@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 import torch
 from candidates import CORRECT_CPP, REFERENCE
@@ -25,7 +27,9 @@ def torch_profiler_table() -> str:
 
 
 async def test_a_profile_run_id_gives_a_bottleneck_digest_recommendation_and_evidence(client: Client) -> None:
-    arguments = {"backend": "cpp", "reference": REFERENCE, "candidate": CORRECT_CPP, "baselines": ["eager"], "reps": 5, "trials": 1}
+    # A problem of its own (a unique comment changes the reference's text): other tests' profiles are not its history.
+    reference = REFERENCE + f"\n# {uuid.uuid4().hex}\n"
+    arguments = {"backend": "cpp", "reference": reference, "candidate": CORRECT_CPP, "baselines": ["eager"], "reps": 5, "trials": 1}
     profiled = await ok(client, "profile", arguments, within=240)
     assert profiled["state"] == "correct", profiled
 
