@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import sys
+import time
 from pathlib import Path
 
 from kfoundry.config import settings
@@ -358,6 +359,7 @@ def sweep_leftovers(*roots: Path) -> int:
             if not entry.name.startswith("w") or not pid.isdigit() or int(pid) == os.getpid() or Path(f"/proc/{pid}").exists():
                 continue
             if entry.parent.parent.is_relative_to("/sys/fs/cgroup"):
+                _end_members(entry)
                 try:
                     entry.rmdir()  # a cgroup folder goes with rmdir only, and only once empty
                 except OSError:
@@ -366,6 +368,36 @@ def sweep_leftovers(*roots: Path) -> int:
                 shutil.rmtree(entry, ignore_errors=True)
             removed += 1
     return removed
+
+
+def _end_members(group: Path, wait_s: float = 2.0) -> None:
+    """Kill what is left in a dead server's cgroup, thawing it first.
+
+    A worker frozen when its server was SIGKILLed stays frozen for good: the death signal
+    bubblewrap's --die-with-parent sends cannot be delivered to a frozen process, so it
+    would hold its memory (and its GPU) forever. Bounded: whatever has not gone after
+    ``wait_s`` is left for the next sweep.
+    """
+    state = group / "freezer.state"
+    try:
+        if state.exists():
+            state.write_text("THAWED")
+        members = [int(p) for p in (group / "cgroup.procs").read_text().split()]
+    except (OSError, ValueError):
+        return
+    for pid in members:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        try:
+            if not (group / "cgroup.procs").read_text().split():
+                return
+        except OSError:
+            return
+        time.sleep(0.02)
 
 
 def cgroup_parents() -> list[Path]:

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 from pathlib import Path
+
+import pytest
 
 from kfoundry.runner.sandbox import sweep_leftovers
 
@@ -28,3 +32,36 @@ def test_folders_of_a_dead_server_are_swept_and_live_ones_are_kept(tmp_path: Pat
 
     assert removed == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in (own, live, unrelated))
+
+
+def _freezer_parent() -> Path | None:
+    from kfoundry.runner.sandbox import _freezer_parent as parent
+
+    return parent()
+
+
+@pytest.mark.skipif(_freezer_parent() is None, reason="no cgroup-v1 freezer this process may write to (needs root and /sys/fs/cgroup/freezer)")
+def test_a_worker_left_frozen_by_a_killed_server_is_thawed_killed_and_its_cgroup_removed() -> None:
+    parent = _freezer_parent()
+    assert parent is not None
+    group = parent / f"w{_dead_pid()}-1-frozen"
+    group.mkdir()
+    worker = subprocess.Popen(["sleep", "600"])
+    try:
+        (group / "cgroup.procs").write_text(str(worker.pid))
+        (group / "freezer.state").write_text("FROZEN")
+        # A frozen process ignores even SIGKILL until thawed: without the sweep it would stay for good.
+        os.kill(worker.pid, signal.SIGKILL)
+        with pytest.raises(subprocess.TimeoutExpired):
+            worker.wait(timeout=0.5)
+
+        sweep_leftovers(parent)
+
+        assert worker.wait(timeout=30) == -signal.SIGKILL
+        assert not group.exists()
+    finally:
+        if group.exists():
+            (group / "freezer.state").write_text("THAWED")
+            worker.kill()
+            worker.wait(timeout=30)
+            group.rmdir()
