@@ -22,6 +22,8 @@ SMALL_KERNEL_MS = {"gpu": 0.020, "cpu": 0.100}
 #: Host time beyond eager's that counts as the candidate's own host work.
 HOST_MIN_MS = {"gpu": 0.020, "cpu": 0.050}
 NEAR_SOL = {"gpu": 0.70, "cpu": 0.50}
+#: Candidate CoV above which a stop says to measure again rather than to keep the kernel
+NOISY_COV = 0.25
 #: A kernel at this fraction of its peak is not what to change (the GPU stream rule stops below it too).
 KERNEL_AT_PEAK = 0.60
 #: Share of the call outside kernels, beyond eager's, that makes host work the finding. A CPU breakdown's
@@ -85,6 +87,14 @@ def stop(d: Digest) -> Option:
     if d.baseline and d.baseline.median_ms:
         versus = f", {d.baseline.median_ms / median:.2f}x eager" if median else ""
     frac = f" at {d.achieved_fraction:.0%} of speed of light" if d.achieved_fraction is not None else ""
+    if d.cov is not None and d.cov > NOISY_COV:
+        # Too noisy to act on: the gap may be the host's, not the kernel's (a descheduled OpenMP thread stalls its region).
+        text = (
+            f"Measure {kernel} again before changing it: its timing varies too much to act on (CoV {d.cov:.0%}; "
+            f"{ms(median)}{frac}{versus}), and no rule found a change worth more than {WORTHWHILE:.0%} of the call. "
+            "Profile with more reps on a quieter host."
+        )
+        return Option(action=Action.stop, bottleneck=bottleneck, gain_ms=0.0, kernel=kernel, text=text)
     then = ("profile with hardware_counters=true for its stall reasons before changing it" if d.kind == "gpu"
             else "measure again with more reps (or on a quieter host) before changing it")
     text = (

@@ -116,6 +116,18 @@ def test_noisy_timings_are_flagged_in_the_evidence() -> None:
     assert any("noisy" in e for e in diagnose(p).evidence)
 
 
+def test_with_nothing_worth_changing_a_noisy_profile_is_told_to_measure_again_not_to_keep_the_kernel() -> None:
+    from kfoundry.profilers import rules
+    from kfoundry.profilers.digest import digest
+
+    def stop_text(cov: float) -> str:
+        return rules.stop(digest(_profile(candidate=_timing(1.0, cov=cov), roofline=_roofline(0.25, 1.0), breakdown=[_own(0.95)]))).text
+
+    assert stop_text(0.05).startswith("Keep ")
+    noisy = stop_text(0.72)
+    assert noisy.startswith("Measure ") and "CoV 72%" in noisy and "quieter host" in noisy
+
+
 def test_dram_counters_near_peak_say_only_fewer_bytes_help() -> None:
     counters = [KernelCounters(name="scale_kernel", duration_us=900.0, dram_throughput_pct=88.0, sm_throughput_pct=15.0)]
     p = _profile(
