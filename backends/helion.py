@@ -21,7 +21,6 @@ import re
 import sys
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -149,19 +148,7 @@ class HelionBackend:
         if missing:
             return ToolchainInfo(name=self.name, available=False, marker=self.marker,
                                  reason=f"{' and '.join(missing)} not installed (pip install 'kernel-foundry[helion]')")
-        try:
-            ver = version("helion")
-        except PackageNotFoundError:
-            ver = ""
-        import torch
-
-        if torch.cuda.is_available():
-            return ToolchainInfo(name=self.name, available=True, version=ver, device="cuda:0", marker=self.marker)
-        return ToolchainInfo(
-            name=self.name, available=True, version=ver, device="cpu", interpreted=True, marker=self.marker,
-            reason="no CUDA device: Helion's generated Triton runs in Triton's interpreter (TRITON_INTERPRET=1) on CPU tensors; "
-                   "results are checked but timings are not representative",
-        )
+        return triton_backend.available(self.name, self.marker, "helion", "Helion's generated Triton runs")
 
     def worker_env(self, device: str) -> dict[str, str]:
         # Fast-math only where a kernel asks for it in its own settings (which the scan reads), never by inheritance.

@@ -181,6 +181,26 @@ def _precision(tree: ast.Module, resolve: Resolve) -> Iterator[SourceHit]:
                 yield SourceHit(node.lineno, f"calls the approximate {_src(node)} (fast-math)", "fast_math")
 
 
+def available(name: str, marker: str, package: str, what: str) -> ToolchainInfo:
+    """An installed backend that compiles through Triton: on the CUDA device, or in Triton's interpreter without one.
+
+    ``package`` gives the version reported; ``what`` says what runs interpreted ("kernels run").
+    """
+    try:
+        ver = version(package)
+    except PackageNotFoundError:
+        ver = ""
+    import torch
+
+    if torch.cuda.is_available():
+        return ToolchainInfo(name=name, available=True, version=ver, device="cuda:0", marker=marker)
+    return ToolchainInfo(
+        name=name, available=True, version=ver, device="cpu", interpreted=True, marker=marker,
+        reason=f"no CUDA device: {what} in Triton's interpreter (TRITON_INTERPRET=1) on CPU tensors; results are checked but "
+               "timings are not representative",
+    )
+
+
 class TritonBackend:
     name: ClassVar[str] = "triton"
     required_patterns: ClassVar[tuple[str, ...]] = (r"@\s*triton\.(jit|autotune)", )
@@ -197,18 +217,7 @@ class TritonBackend:
     def probe(self) -> ToolchainInfo:
         if importlib.util.find_spec("triton") is None:
             return ToolchainInfo(name=self.name, available=False, reason="the triton package is not installed", marker=self.marker)
-        try:
-            ver = version("triton")
-        except PackageNotFoundError:
-            ver = ""
-        import torch
-
-        if torch.cuda.is_available():
-            return ToolchainInfo(name=self.name, available=True, version=ver, device="cuda:0", marker=self.marker)
-        return ToolchainInfo(
-            name=self.name, available=True, version=ver, device="cpu", interpreted=True, marker=self.marker,
-            reason="no CUDA device: kernels run in Triton's interpreter (TRITON_INTERPRET=1) on CPU tensors; results are checked but timings are not representative",
-        )
+        return available(self.name, self.marker, "triton", "kernels run")
 
     def worker_env(self, device: str) -> dict[str, str]:
         return {"TRITON_INTERPRET": "1"} if device == "cpu" else {}

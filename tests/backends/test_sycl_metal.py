@@ -5,6 +5,7 @@ from __future__ import annotations
 import ast
 import re
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -26,9 +27,10 @@ def _resolve(tree: ast.Module):  # noqa: ANN202 - the scans' own resolver, built
 
 
 @pytest.mark.parametrize("name", ["sycl", "metal"])
-def test_without_its_compiler_the_backend_is_unavailable_and_names_what_is_missing(name: str) -> None:
-    if shutil.which(COMPILERS[name]):
-        pytest.skip(f"{COMPILERS[name]} is installed here")
+def test_without_its_compiler_the_backend_is_unavailable_and_names_what_is_missing(name: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # An empty PATH: the compiler is absent whether or not this host has it.
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert shutil.which(COMPILERS[name]) is None
 
     info = get_backend(name).probe()
 
@@ -38,9 +40,10 @@ def test_without_its_compiler_the_backend_is_unavailable_and_names_what_is_missi
 
 
 @pytest.mark.parametrize("name", ["sycl", "metal"])
-def test_without_its_compiler_compile_only_is_unsupported_with_the_reason(name: str) -> None:
-    if shutil.which(COMPILERS[name]):
-        pytest.skip(f"{COMPILERS[name]} is installed here")
+def test_without_its_compiler_compile_only_is_unsupported_with_the_reason(name: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    # An empty PATH: the compiler is absent whether or not this host has it.
+    monkeypatch.setenv("PATH", str(tmp_path))
+    assert shutil.which(COMPILERS[name]) is None
 
     outcome = get_backend(name).compile_only(prompts.oneshot(name)[1], timeout_s=60)
 
