@@ -176,8 +176,7 @@ async def _check(
         findings += extra
         decision = decide(trials_of(report.trials), guardrails, wanted=trials) if report.trials else Decision(state, 0)
     findings += decision.findings
-    coverage, share = _measured_coverage(run, report, guardrails, attributed(), judged=timing is None,
-                                         asked=on_device and state is State.correct)
+    coverage, share = _measured_coverage(run, report, guardrails, attributed(), due=on_device and state is State.correct)
     findings += coverage
     if state is State.correct and any(f.blocking for f in coverage):
         state, decision.passed = State.rejected, 0
@@ -202,24 +201,22 @@ async def _check(
     return Checked(result, report, decision)
 
 
-def _measured_coverage(run: Run, report: Report, guardrails: Guardrails, sampled: list[Finding], *, judged: bool,
-                       asked: bool) -> tuple[list[Finding], float | None]:
+def _measured_coverage(run: Run, report: Report, guardrails: Guardrails, sampled: list[Finding], *, due: bool) -> tuple[list[Finding], float | None]:
     """Where forward's time went, as findings and the device share: the CPU's sampled attribution (``sampled``), and
-    on a GPU the extra profiled call's kernels. ``judged`` is False for a profile, whose breakdown comes after its timed
-    calls and is the profile's to judge. ``asked``: a breakdown was due, so none at all fails closed (a candidate
-    can make the profiled call raise). Both measurements are kept with the run."""
+    when a GPU verify's breakdown was ``due`` (correct trials, no timing: a profile judges its own, taken after its
+    timed calls), the extra profiled call's kernels; none at all then fails closed (a candidate can make the profiled
+    call raise). Both measurements are kept with the run."""
     if report.attribution is not None or report.attribution_missing:
         run.write("attribution.json", {"calls": report.attribution_calls, "step_s": round(report.attribution_s, 4), "missing": report.attribution_missing,
                                        "sampled": report.attribution.model_dump(mode="json") if report.attribution is not None else None})
-    if not judged:
+    if not due:
         return sampled, None
-    if report.breakdown:
-        run.write("breakdown.json", [k.model_dump(mode="json") for k in report.breakdown])
-    share, found = device_coverage(report.breakdown, guardrails)
-    if asked and not report.breakdown:
+    if not report.breakdown:
         why = "; ".join(report.warnings) or "the profiled call recorded no kernel"
         missing = guardrails.finding("kernel_coverage", f"where the device time goes could not be measured ({why[:300]})")
-        found = [missing] if missing is not None else []
+        return sampled + ([missing] if missing is not None else []), None
+    run.write("breakdown.json", [k.model_dump(mode="json") for k in report.breakdown])
+    share, found = device_coverage(report.breakdown, guardrails)
     return sampled + found, share
 
 
