@@ -1,11 +1,12 @@
 """GPU figures: MCP round trips, timing stability, agreement with triton's do_bench, example speedups.
 
-    python benchmarks/gpu.py [--json out.json] [--skip-examples]
+    python benchmarks/gpu.py [--json out.json] [--skip-examples | --examples-only] [--backends triton,cuda,helion]
 
 (a) warm compile+verify+profile round trip through a stdio MCP server, Triton and CUDA (NVRTC);
 (b) five repeated profiles of one candidate: CoV of the medians;
 (c) our timing median vs ``triton.testing.do_bench`` on the same callable;
-(d) every bundled problem's Triton and CUDA solution vs eager and torch.compile, with % of speed of light.
+(d) every bundled problem's solution for each of --backends at its GPU size (``reference_gpu``) vs eager and
+    torch.compile, with % of speed of light and the cold ``compile`` call's time.
 """
 
 from __future__ import annotations
@@ -55,36 +56,48 @@ async def round_trip(client: Client, backend: str, problem: str) -> dict[str, fl
     return {k: round(v, 3) for k, v in times.items()}
 
 
-async def mcp_figures(skip_examples: bool, figures: dict[str, Any], save: Any) -> dict[str, Any]:
+async def mcp_figures(skip_examples: bool, examples_only: bool, backends: list[str], figures: dict[str, Any], save: Any) -> dict[str, Any]:
     start = time.perf_counter()
     async with Client(_server()) as client:
         await _call(client, "backends", {})
         figures["server_cold_start_s"] = round(time.perf_counter() - start, 3)
-        for backend in ("triton", "cuda"):
-            await round_trip(client, backend, "elementwise")  # warm-up: builds cached, spares up
-            runs = [await round_trip(client, backend, "elementwise") for _ in range(3)]
-            figures[f"a_round_trip_{backend}"] = {k: round(statistics.median(r[k] for r in runs), 3) for k in runs[0]}
-            save()
+        if not examples_only:
+            for backend in ("triton", "cuda"):
+                await round_trip(client, backend, "elementwise")  # warm-up: builds cached, spares up
+                runs = [await round_trip(client, backend, "elementwise") for _ in range(3)]
+                figures[f"a_round_trip_{backend}"] = {k: round(statistics.median(r[k] for r in runs), 3) for k in runs[0]}
+                save()
 
-        reference, candidate = examples.source("matmul_epilogue"), examples.source("matmul_epilogue", "triton")
-        medians = []
-        for _ in range(5):
-            data, _ = await _call(client, "profile", {"backend": "triton", "reference": reference, "candidate": candidate, "baselines": ["eager"], "reps": 100})
-            medians.append(data["candidate"]["median_ms"])
-        mean = statistics.mean(medians)
-        figures["b_repeat_profiles"] = {"medians_ms": medians, "cov_of_median": round(statistics.stdev(medians) / mean, 5)}
-        save()
+            reference, candidate = examples.source("matmul_epilogue"), examples.source("matmul_epilogue", "triton")
+            medians = []
+            for _ in range(5):
+                data, _ = await _call(client, "profile", {"backend": "triton", "reference": reference, "candidate": candidate, "baselines": ["eager"], "reps": 100})
+                medians.append(data["candidate"]["median_ms"])
+            mean = statistics.mean(medians)
+            figures["b_repeat_profiles"] = {"medians_ms": medians, "cov_of_median": round(statistics.stdev(medians) / mean, 5)}
+            save()
 
         if not skip_examples:
             rows = []
-            for problem in [p.name for p in examples.problems()]:
-                for backend in ("triton", "cuda"):
-                    data, seconds = await _call(client, "profile", {
-                        "backend": backend, "reference": examples.source(problem), "candidate": examples.source(problem, backend),
-                        "baselines": ["eager", "compile"], "reps": 50,
-                    })
+            for info in examples.problems():
+                problem = info.name
+                reference = examples.source(problem, examples.REFERENCE_GPU if info.gpu_size else examples.REFERENCE)
+                for backend in [b for b in backends if b in info.solutions]:
+                    candidate = examples.source(problem, backend)
+                    try:
+                        built, compile_s = await _call(client, "compile", {"backend": backend, "candidate": candidate})
+                        data, seconds = await _call(client, "profile", {
+                            "backend": backend, "reference": reference, "candidate": candidate,
+                            "baselines": ["eager", "compile"], "reps": 50,
+                        })
+                    except RuntimeError as exc:  # one backend's failure is a row of the table, not the end of it
+                        rows.append({"problem": problem, "backend": backend, "state": "error", "error": str(exc)[:600]})
+                        figures["d_examples"] = rows
+                        save()
+                        continue
                     rows.append({
-                        "problem": problem, "backend": backend, "state": data["state"],
+                        "problem": problem, "size": "reference_gpu" if info.gpu_size else "reference", "backend": backend,
+                        "state": data["state"], "compile_state": built.get("state"), "compile_s": round(compile_s, 2),
                         "candidate_ms": (data.get("candidate") or {}).get("median_ms"),
                         "eager_ms": (data.get("eager") or {}).get("median_ms"),
                         "compile_ms": (data.get("compiled") or {}).get("median_ms"),
@@ -133,6 +146,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--skip-examples", action="store_true")
+    parser.add_argument("--examples-only", action="store_true", help="only (d): skip the round trips, repeats and do_bench")
+    parser.add_argument("--backends", default="triton,cuda", help="comma-separated backends for (d)")
     args = parser.parse_args()
     os.environ.setdefault("KFOUNDRY_HOME", tempfile.mkdtemp(prefix="kfoundry-bench-"))
     figures: dict[str, Any] = {}
@@ -142,9 +157,10 @@ def main() -> None:
         if args.json:
             args.json.write_text(json.dumps(figures, indent=2))
 
-    figures["c_do_bench"] = do_bench_agreement()
-    save()
-    anyio.run(mcp_figures, args.skip_examples, figures, save)
+    if not args.examples_only:
+        figures["c_do_bench"] = do_bench_agreement()
+        save()
+    anyio.run(mcp_figures, args.skip_examples, args.examples_only, args.backends.split(","), figures, save)
     sys.stdout.write(json.dumps(figures, indent=2) + "\n")
 
 
