@@ -198,6 +198,12 @@ class HelionBackend:
     def prepare_worker(self) -> None:
         """Record every called Helion kernel, and let the Triton backend's hook record the kernels it generates."""
         triton_backend.TritonBackend().prepare_worker()
+        if importlib.util.find_spec("tqdm") is not None:
+            import tqdm
+
+            # Helion's first compile on a GPU opens a tqdm bar, whose monitor thread would outlive forward and read as
+            # the candidate's thread leak; with the interval at 0 tqdm never starts it.
+            tqdm.tqdm.monitor_interval = 0
         from helion.runtime.kernel import Kernel
 
         if getattr(Kernel.__call__, "_kfoundry", False):

@@ -215,7 +215,7 @@ def _measured_coverage(run: Run, report: Report, guardrails: Guardrails, sampled
         why = "; ".join(report.warnings) or "the profiled call recorded no kernel"
         missing = guardrails.finding("kernel_coverage", f"where the device time goes could not be measured ({why[:300]})")
         return sampled + ([missing] if missing is not None else []), None
-    run.write("breakdown.json", [k.model_dump(mode="json") for k in report.breakdown])
+    run.write("breakdown.json", {"kernels": [k.model_dump(mode="json") for k in report.breakdown]})
     share, found = device_coverage(report.breakdown, guardrails)
     return sampled + found, share
 
