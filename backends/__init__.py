@@ -16,10 +16,12 @@ if TYPE_CHECKING:
 REGISTRY: dict[str, str] = {
     "cpp": "kfoundry.backends.cpp:CppBackend",
     "cuda": "kfoundry.backends.cuda:CudaBackend",
+    "cute": "kfoundry.backends.cute:CuteBackend",
     "helion": "kfoundry.backends.helion:HelionBackend",
     "hip": "kfoundry.backends.hip:HipBackend",
     "metal": "kfoundry.backends.metal:MetalBackend",
     "sycl": "kfoundry.backends.sycl:SyclBackend",
+    "tilelang": "kfoundry.backends.tilelang:TileLangBackend",
     "triton": "kfoundry.backends.triton:TritonBackend",
 }
 

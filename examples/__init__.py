@@ -1,10 +1,10 @@
-"""Bundled KernelBench-format problems, each with cpp, Triton, CUDA and Helion solutions.
+"""Bundled KernelBench-format problems, each with cpp, Triton, CUDA and Helion solutions (CuTe DSL and TileLang for some).
 
 Each problem is a folder ``<name>/`` holding ``reference.py`` (KernelBench's ``Model`` /
 ``get_inputs`` / ``get_init_inputs``, at a size a CPU handles in milliseconds), ``reference_gpu.py``
 (the same problem at a GPU size: hundreds of MB, where a GPU is bandwidth- or compute-bound rather
 than launch-bound) and one candidate module per backend, named after the backend (``cpp.py``,
-``triton.py``, ``cuda.py``, ``helion.py``), each defining ``ModelNew`` and correct at both sizes. The files are data: this
+``triton.py``, ``cuda.py``, ``helion.py``, ``cute.py``, ``tilelang.py``), each defining ``ModelNew`` and correct at both sizes. The files are data: this
 module reads them as text and never imports them.
 """
 
@@ -19,7 +19,7 @@ REFERENCE = "reference"
 #: the same problem at a size that keeps a GPU busy
 REFERENCE_GPU = "reference_gpu"
 #: Candidate files a problem folder may hold, by backend name.
-BACKENDS: tuple[str, ...] = ("cpp", "triton", "cuda", "helion")
+BACKENDS: tuple[str, ...] = ("cpp", "triton", "cuda", "helion", "cute", "tilelang")
 
 # name -> (title, description). Kept here rather than in reference.py so the references stay
 # byte-for-byte in KernelBench's format.

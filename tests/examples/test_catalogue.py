@@ -15,12 +15,13 @@ def _top_level_names(text: str) -> set[str]:
     return {node.name for node in ast.parse(text).body if isinstance(node, (ast.ClassDef, ast.FunctionDef))}
 
 
-def test_problems_lists_every_bundled_problem_with_cpp_triton_cuda_and_helion_solutions() -> None:
+def test_problems_lists_every_bundled_problem_with_cpp_triton_cuda_and_helion_solutions_and_gpu_dsls_for_two() -> None:
     found = {p.name: p for p in examples.problems()}
 
     assert EXPECTED <= set(found)
     for info in found.values():
-        assert info.solutions == ["cpp", "triton", "cuda", "helion"], info.name
+        gpu_dsls = ["cute", "tilelang"] if info.name in ("elementwise", "matmul_epilogue") else []
+        assert info.solutions == ["cpp", "triton", "cuda", "helion", *gpu_dsls], info.name
 
 
 def test_every_problem_has_its_own_title_and_description() -> None:

@@ -15,7 +15,10 @@ from kfoundry.backends import get_backend
 
 ATOL = RTOL = 1e-4
 _HELION = pytest.mark.skipif(importlib.util.find_spec("helion") is None, reason="helion is not installed (pip install 'kernel-foundry[helion]')")
-_MARKS = {"cuda": [pytest.mark.gpu], "helion": [_HELION]}
+_CUTE = pytest.mark.skipif(importlib.util.find_spec("cutlass") is None, reason="the CuTe DSL is not installed (pip install 'kernel-foundry[cute]')")
+_TILELANG = pytest.mark.skipif(importlib.util.find_spec("tilelang") is None, reason="tilelang is not installed (pip install 'kernel-foundry[tilelang]')")
+# CuTe DSL and TileLang kernels have no CPU interpreter: they run on a GPU only
+_MARKS = {"cuda": [pytest.mark.gpu], "helion": [_HELION], "cute": [pytest.mark.gpu, _CUTE], "tilelang": [pytest.mark.gpu, _TILELANG]}
 _CASES = [
     pytest.param(p.name, backend, marks=_MARKS.get(backend, []), id=f"{p.name}-{backend}")
     for p in examples.problems()
@@ -35,7 +38,7 @@ def _load(path: Path) -> ModuleType:
 
 def _device(backend: str) -> str:
     # Triton (and Helion, which generates Triton) runs on CPU tensors only under its interpreter, i.e. on hosts without a GPU.
-    return "cuda" if backend == "cuda" or (backend in ("triton", "helion") and torch.cuda.is_available()) else "cpu"
+    return "cuda" if backend in ("cuda", "cute", "tilelang") or (backend in ("triton", "helion") and torch.cuda.is_available()) else "cpu"
 
 
 def _build_pair(name: str, backend: str) -> tuple[ModuleType, torch.nn.Module, torch.nn.Module]:

@@ -46,7 +46,7 @@ def test_a_prompt_may_target_a_backend_this_host_cannot_run(name: str) -> None:
 
 
 def test_an_unknown_prompt_target_is_a_bad_request_listing_the_backends() -> None:
-    with pytest.raises(BadRequest, match="Known backends: cpp, cuda, helion, hip, metal, sycl, triton"):
+    with pytest.raises(BadRequest, match="Known backends: cpp, cuda, cute, helion, hip, metal, sycl, tilelang, triton"):
         prompt_target("vulkan")
 
 

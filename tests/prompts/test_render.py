@@ -242,7 +242,7 @@ def test_oneshot_returns_reference_and_solution_strings_for_each_backend() -> No
 
 
 def test_oneshot_for_an_unknown_backend_raises_key_error_listing_the_known_ones() -> None:
-    with pytest.raises(KeyError, match="cpp, cuda, helion, hip, metal, sycl, triton"):
+    with pytest.raises(KeyError, match="cpp, cuda, cute, helion, hip, metal, sycl, tilelang, triton"):
         prompts.oneshot("vulkan")
 
 
