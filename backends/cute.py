@@ -48,7 +48,7 @@ _DSL_MODULES = ("cutlass", "kfoundry.backends.cute", "contextlib", "functools", 
 #: ``cute.arch`` functions that compile to PTX approximations (``ex2.approx.ftz``, ``rcp.approx.ftz``)
 _APPROX_ARCH = frozenset({"exp", "exp2", "rcp_approx", "exp_packed_f32x2", "exp2_packed_f16x2", "exp2_packed_bf16x2"})
 _DTYPES = {"Float16": "fp16", "BFloat16": "bf16", "TFloat32": "tf32"}
-_LOW_FLOAT = re.compile(r"Float(8|6|4)")
+_LOW_FLOAT = re.compile(r"Float(8|6|4)E")
 #: MMA atoms whose operands are below fp32 whatever dtype the candidate passes them
 _MMA_KINDS = (("TF32", "tf32"), ("FP8", "fp8"), ("F8", "fp8"), ("MXF", "fp8"), ("NVF4", "fp8"))
 
@@ -64,10 +64,24 @@ _instrumenting = False
 _depth = 0
 
 
+#: the DSL's own naming of a generated kernel; ``set_name_prefix(..., remove_cutlass_symbol=True)`` could otherwise
+#: name a kernel after a library one (``ampere_sgemm_128x64_nn_0``), so only this form is recorded
+_DSL_SYMBOL = re.compile(r"kernel_cutlass_\w+_\d+")
+
+
 def _symbol_forms(symbol: str) -> set[str]:
-    """The symbol, and the form without its kernel counter that the DSL's loader resolves when a binary is named after it."""
+    """The symbol, and the form without its kernel counter that the DSL's loader resolves when a binary is named after it.
+
+    Empty for a symbol not in the DSL's own naming.
+    """
+    if not _DSL_SYMBOL.fullmatch(symbol):
+        return set()
     head, _, tail = symbol.rpartition("_")
     return {symbol, head} if head and tail.isdigit() else {symbol}
+
+
+def _in(module: str, packages: tuple[str, ...]) -> bool:
+    return any(module == p or module.startswith(p + ".") for p in packages)
 
 
 def _from_candidate() -> bool:
@@ -78,10 +92,14 @@ def _from_candidate() -> bool:
     forward is further up the stack.
     """
     frame = sys._getframe(1)
+    # A compiled function the candidate constructs itself (with any kernel_info it likes) has no DSL frame between
+    # this hook and the candidate: only the DSL's own compilations count.
+    through_dsl = False
     while frame is not None:
         module = str(frame.f_globals.get("__name__", ""))
-        if not module.startswith(_DSL_MODULES):
-            return module == "candidate"
+        if not _in(module, _DSL_MODULES):
+            return through_dsl and module == "candidate"
+        through_dsl = through_dsl or _in(module, ("cutlass",))
         frame = frame.f_back  # type: ignore[assignment]
     return False
 
@@ -328,7 +346,9 @@ class CuteBackend:
             _patch(JitCompiledFunction, attribute, _wrap_run(JitCompiledFunction.__dict__[attribute]))
 
     def is_own_kernel(self, name: str) -> bool:
-        return name.startswith(RANGE_PREFIX) or name in _symbols
+        # Exact recorded symbols only. The run range is not ownership: a compiled function's call runs the candidate's
+        # own argument hooks (``__c_pointers__``) inside it, and anyone can open a range of that name.
+        return name in _symbols
 
     @contextmanager
     def instrument(self) -> Iterator[None]:

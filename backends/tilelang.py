@@ -40,7 +40,7 @@ _COMPILE_CALLBACK = "tilelang_callback_cuda_compile"
 _GLOBAL_KERNEL = re.compile(r'(?:extern\s+"C"\s+)?__global__\s+void\s+(?:__launch_bounds__\([^)]*\)\s+)?(\w+)\s*\(')
 #: reduced-precision dtypes as TileLang spells them in strings ("float16") and as ``T.<name>`` attributes
 _STRING_DTYPES = {"float16": "fp16", "half": "fp16", "bfloat16": "bf16", "tfloat32": "tf32"}
-_NARROW_PREFIXES = ("float8", "float6", "float4")
+_NARROW_PREFIXES = ("float8_", "float6_", "float4_")  # float8_e4m3, ...; not float64
 #: TileLang matmul tile ops: on fp32 operands they run on tensor cores in TF32 (there is no fp32-exact T.gemm)
 _GEMMS = frozenset({"gemm", "gemm_v1", "gemm_v2", "wgmma_gemm", "tcgen05_gemm", "gemm_sp", "wgmma_gemm_sp", "tcgen05_gemm_sp"})
 #: TileLang's approximate math intrinsics (``T.__exp`` lowers to ``__expf``)
@@ -65,9 +65,14 @@ def kernel_symbols(source: str) -> list[str]:
     return list(dict.fromkeys(_GLOBAL_KERNEL.findall(source)))
 
 
-def record_kernel_source(source: str) -> list[str]:
-    """Remember the kernels of one compiled TileLang program as this process's own; returns their symbols."""
-    names = kernel_symbols(source)
+def _record_kernel_source(source: str, function: str) -> list[str]:
+    """Remember the kernels of one compiled TileLang program (its prim_func named ``function``) as this process's own.
+
+    Only the names TileLang gives that function's kernels (``<function>_kernel``, ``_1``, ``_2``, ...) count: the
+    source also holds comments and whatever ``T.import_source`` pasted in, which could declare any name.
+    """
+    own = re.compile(re.escape(function) + r"_kernel(_\d+)?")
+    names = [n for n in kernel_symbols(source) if own.fullmatch(n)]
     _symbols.update(names)
     return names
 
@@ -403,7 +408,7 @@ class TileLangBackend:
             name = _kernel_name(self)
             if id(self) not in _called:
                 _called[id(self)] = (name, self)
-                record_kernel_source(_kernel_source(self))
+                _record_kernel_source(_kernel_source(self), name)
             if _instrumenting:
                 import torch
 
@@ -433,7 +438,9 @@ class TileLangBackend:
     def is_own_kernel(self, name: str) -> bool:
         # Exact symbols only: TileLang's "main_kernel" says nothing about whose it is, and a prefix match would let a
         # prim_func named "ampere" claim cuBLAS's "ampere_sgemm_..." kernels.
-        return name.startswith(RANGE_PREFIX) or name in _symbols
+        # The range around a kernel's call is not ownership either: the call runs the kernel object's torch_function,
+        # which the candidate can replace, and anyone can open a range of that name.
+        return name in _symbols
 
     @contextmanager
     def instrument(self) -> Iterator[None]:

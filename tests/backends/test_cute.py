@@ -150,6 +150,7 @@ def test_only_the_cute_backend_knows_the_dsls_reduced_precision_dtypes() -> None
     assert backend.precision_dtype("cutlass.Float8E4M3FN") == "fp8"
     assert backend.precision_dtype("cutlass.Float4E2M1FN") == "fp8"
     assert backend.precision_dtype("cutlass.Float32") is None
+    assert backend.precision_dtype("cutlass.Float64") is None  # wider, not an 8/6/4-bit float
     assert backend.precision_dtype("torch.float16") is None  # torch's own spellings belong to the shared scan
 
 
@@ -159,7 +160,7 @@ def test_only_the_cute_backend_knows_the_dsls_reduced_precision_dtypes() -> None
 _SYMBOL = "kernel_cutlass_ampere_tensorptrf32gmemalign16o4096div4_tensorptrf32gmemalign16o4096div4_0"
 
 
-def test_a_recorded_dsl_symbol_and_its_run_range_are_own_but_library_kernels_sharing_a_prefix_are_not(
+def test_a_recorded_dsl_symbol_is_own_but_its_run_range_and_library_kernels_sharing_a_prefix_are_not(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(cute_backend, "_symbols", cute_backend._symbol_forms(_SYMBOL))
@@ -167,11 +168,17 @@ def test_a_recorded_dsl_symbol_and_its_run_range_are_own_but_library_kernels_sha
 
     assert backend.is_own_kernel(_SYMBOL)
     assert backend.is_own_kernel(_SYMBOL.rsplit("_", 1)[0])  # the loader's name for a binary named after the kernel
-    assert backend.is_own_kernel("cute_dsl::scale")
+    assert not backend.is_own_kernel("cute_dsl::scale")  # a range: the candidate's argument hooks run inside it
     assert not backend.is_own_kernel("ampere_sgemm_128x64_nn")  # cuBLAS, whatever the candidate named its kernel
     assert not backend.is_own_kernel("kernel_cutlass_ampere")
     assert not backend.is_own_kernel("void cutlass::Kernel2<cutlass_80_tensorop_s1688gemm_64x64_16x6_nn_align4>(Params)")
     assert not backend.is_own_kernel("void at::native::vectorized_elementwise_kernel<4>")
+
+
+def test_a_kernel_renamed_out_of_the_dsls_naming_is_never_recorded() -> None:
+    # set_name_prefix("ampere_sgemm_128x64_nn", remove_cutlass_symbol=True) would name a kernel after cuBLAS's
+    assert cute_backend._symbol_forms("ampere_sgemm_128x64_nn_0") == set()
+    assert cute_backend._symbol_forms(_SYMBOL) == {_SYMBOL, _SYMBOL.rsplit("_", 1)[0]}
 
 
 def test_nothing_is_own_before_the_candidate_compiles_a_kernel() -> None:
@@ -187,11 +194,17 @@ def test_only_compilations_the_candidates_own_code_starts_are_recorded(monkeypat
         function_name = "swish"
         kernel_info = {"kernel_cutlass_swish_kernel_0": {}}
 
-    library, own = Compiled(), Compiled()
-    exec("record(library)", {"__name__": "torch._inductor.cutedsl", "record": cute_backend._record, "library": library})  # noqa: S102
-    exec("record(own)", {"__name__": "candidate", "record": cute_backend._record, "own": own})  # noqa: S102
+    library, own, forged = Compiled(), Compiled(), Compiled()
+    forged.kernel_info = {"kernel_cutlass_forged_0": {}}
+    dsl: dict = {"__name__": "cutlass.base_dsl.jit_executor", "record": cute_backend._record}
+    exec("def construct(compiled):\n    record(compiled)\n", dsl)  # noqa: S102 - the DSL building a compiled function
+    exec("construct(library)", {"__name__": "torch._inductor.cutedsl", "construct": dsl["construct"], "library": library})  # noqa: S102
+    exec("construct(own)", {"__name__": "candidate", "construct": dsl["construct"], "own": own})  # noqa: S102
+    # constructed by the candidate itself, with kernel names of its choosing: no DSL frame in between
+    exec("record(forged)", {"__name__": "candidate", "record": cute_backend._record, "forged": forged})  # noqa: S102
 
     assert [name for _, name in cute_backend._compiled] == ["swish"] and cute_backend._compiled[0][0] is own
+    assert not CuteBackend().is_own_kernel("kernel_cutlass_forged_0")
     assert CuteBackend().is_own_kernel("kernel_cutlass_swish_kernel_0")
     [stats] = CuteBackend().built_kernels()
     assert stats.name == "kernel_cutlass_swish_kernel_0" and any("not yet run" in n for n in stats.notes)

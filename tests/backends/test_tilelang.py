@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import importlib.util
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from mcp import Client
@@ -83,6 +84,7 @@ def test_tilelang_dtype_attributes_are_reduced_precision(spelling: str, kind: st
 
     assert BACKEND.precision_dtype(resolved) == kind
     assert BACKEND.precision_dtype("tilelang.language.float32") is None
+    assert BACKEND.precision_dtype("tilelang.language.float64") is None  # wider, not an 8/6/4-bit float
 
 
 @pytest.mark.parametrize("settings", [', pass_configs={"tl.enable_fast_math": True}',
@@ -126,16 +128,19 @@ def test_the_marker_wants_a_tilelang_jit_function_that_forward_calls() -> None:
     assert _hits("marker", _example("matmul_epilogue", "tilelang")) == []
 
 
-def test_only_the_exact_symbols_of_kernels_the_candidate_called_count_as_its_own() -> None:
+def test_only_the_exact_symbols_of_kernels_the_candidate_called_count_as_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tilelang_backend, "_symbols", set())
     backend = BACKEND
     source = ('extern "C" __global__ void ampere_kernel(float* A);\n'
               'extern "C" __global__ void __launch_bounds__(256, 1) ampere_kernel(float* A) {}\n'
-              'extern "C" __global__ void ampere_kernel_1(float* A) {}\n')
+              'extern "C" __global__ void ampere_kernel_1(float* A) {}\n'
+              '/* pasted by T.import_source: */ __global__ void ampere_sgemm_128x64_nn(float* A) {}\n')
 
-    assert tilelang_backend.record_kernel_source(source) == ["ampere_kernel", "ampere_kernel_1"]
+    assert tilelang_backend._record_kernel_source(source, "ampere") == ["ampere_kernel", "ampere_kernel_1"]
 
     assert backend.is_own_kernel("ampere_kernel") and backend.is_own_kernel("ampere_kernel_1")
-    assert backend.is_own_kernel("tilelang::main")
+    # a range anyone can open, around a call that runs the kernel object's replaceable torch_function
+    assert not backend.is_own_kernel("tilelang::main")
     # cuBLAS's kernels share the prefix; a prefix match would claim them.
     assert not backend.is_own_kernel("ampere_kernel_sgemm_128x64_nn")
     assert not backend.is_own_kernel("ampere_sgemm_128x64_nn")
@@ -204,9 +209,13 @@ def test_the_bundled_solutions_lower_to_cuda_main_kernels_without_a_gpu() -> Non
         assert spec is not None and spec.loader is not None
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
+        prim_func = getattr(module, factory).get_tir(*args)
         with target:
-            artifact = lower(getattr(module, factory).get_tir(*args), target=target, enable_device_compile=False)
+            artifact = lower(prim_func, target=target, enable_device_compile=False)
         assert tilelang_backend.kernel_symbols(artifact.kernel_source) == ["main_kernel"], problem
+        # what a worker records for the kernel object it is called through: its prim_func's name, then that name's kernels
+        name = tilelang_backend._kernel_name(SimpleNamespace(prim_func=prim_func))
+        assert name == "main" and tilelang_backend._record_kernel_source(artifact.kernel_source, name) == ["main_kernel"], problem
 
 
 # -- through the server, on a GPU ----------------------------------------------------------------------
