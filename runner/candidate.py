@@ -273,12 +273,23 @@ class Candidate:
         inputs = [self._open(v) for v in message.inputs]
         # Kernels of the data-movement ops the op trace allows (fills, copies, memsets) are neutral, as are the caller's allowed ops.
         allowed = {f"aten::{op}" for op in (*message.allow_ops, *rc.ALLOWED_OPS)}
+        last: list[Any] = []
+
+        def call() -> Any:
+            last[:] = [model(*inputs)]
+            return last[0]
+
         try:
             with torch.no_grad(), self.backend.instrument():
-                shares = op_breakdown(lambda: model(*inputs), is_own=self.backend.is_own_kernel, device=self.device, allowed=allowed.__contains__)
+                shares = op_breakdown(call, is_own=self.backend.is_own_kernel, device=self.device, allowed=allowed.__contains__)
         except Exception as exc:  # noqa: BLE001 - a failed breakdown leaves the timings valid
             return Profiled(shares=[], warnings=[f"per-kernel breakdown failed: {type(exc).__name__}: {str(exc)[:300]}"])
-        return Profiled(shares=shares)
+        if not message.judged:
+            return Profiled(shares=shares)
+        # The call that says where the time goes must compute the real result too, or a candidate could run a token
+        # kernel only while profiled.
+        shared = [exchange.share(v, self.exchange, f"out-{i}") for i, v in enumerate(as_list(last[0]))]
+        return Profiled(shares=shares, outputs=shared)
 
 
 def _aliases(outputs: list[Any], inputs: list[Any], earlier_outputs: list[Any]) -> list[str]:

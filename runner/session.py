@@ -210,6 +210,8 @@ class Report:
     baselines: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     breakdown: list[KernelShare] = field(default_factory=list)
+    #: the reference's judgement of the breakdown call's output
+    breakdown_check: CallCheck | None = None
     baseline_breakdown: list[KernelShare] = field(default_factory=list)
     analysis: ProblemAnalysis | None = None
     stdout_bytes: int = 0
@@ -586,10 +588,24 @@ class Session:
         self.stage = "per-kernel breakdown (an extra, unjudged call)"
         if self.progress is not None:
             await self.progress("per-kernel breakdown")
+        assert self.cand is not None
         extra = await self._make(self.calls, secrets.randbits(31), "standard")
-        await self._say(Side.candidate, ProfileCall(inputs=self._to_candidate(extra.inputs), allow_ops=allow_ops))
+        await self._say(Side.candidate, ProfileCall(inputs=self._to_candidate(extra.inputs), allow_ops=allow_ops, judged=True))
         profiled = await self._expect(Side.candidate, Profiled)
         self.report.breakdown, self.report.warnings = profiled.shares[:64], self.report.warnings + profiled.warnings
+        if not profiled.shares:
+            return  # nothing measured, nothing to judge: the verdict fails closed on the missing breakdown
+        # Judged like a timed call (the candidate frozen meanwhile): profiling is visible to the candidate, so the
+        # shares count only if this call also computed the real result.
+        self.stage = "judging the per-kernel breakdown call"
+        await self.cand.freeze()
+        try:
+            await self._say(Side.reference, Collect(call=extra.call, outputs=self._to_reference(profiled.outputs), judge=Judge()))
+            collected = await self._expect(Side.reference, Collected)
+        finally:
+            self.cand.thaw()
+        self.calls += 1
+        self.report.breakdown_check = collected.check
 
     async def _turn(self, turn: int, size: int) -> list[Call]:
         """One turn of ``size`` calls: inputs made ahead (from seeds only this process knows), both sides timed, all judged."""

@@ -187,6 +187,8 @@ class ProfileCall(Wire):
     kind: Literal["profile_call"] = "profile_call"
     inputs: list[Value] = Field(default_factory=list)
     allow_ops: list[str] = Field(default_factory=list)
+    #: share the last profiled call's outputs, for the reference to judge like any other call
+    judged: bool = False
 
 
 class Analyze(Wire):
@@ -300,6 +302,8 @@ class Profiled(Wire):
     kind: Literal["profiled"] = "profiled"
     shares: list[KernelShare]
     warnings: list[str] = Field(default_factory=list)
+    #: the last profiled call's outputs (a judged ``ProfileCall`` only)
+    outputs: list[Value] = Field(default_factory=list)
 
 
 class Analysis(Wire):

@@ -18,7 +18,7 @@ from kfoundry.tools.verify import NEXT as VERIFY_NEXT
 from kfoundry.tools.verify import run_check
 from kfoundry.verify import policies as numerics
 from kfoundry.verify.guardrails import effective
-from kfoundry.verify.verdict import kernel_coverage, process_findings, timed_findings
+from kfoundry.verify.verdict import kernel_coverage, process_findings, profiled_call_findings, timed_findings
 
 DEFAULT_TIMEOUT_S = 600.0
 #: a contender whose samples vary more than this gets a warning
@@ -83,7 +83,7 @@ async def profile(rt: Runtime, request: ProfileRequest) -> ProfileResult:
         result.findings += process_findings("timed calls", max(c.leftover_processes for _, c in phase), rules)
         result.timed_rechecks = len(report.timed)
         result.own_kernel_share, found = kernel_coverage(result, rules)
-        result.findings += found
+        result.findings += found + profiled_call_findings(report.breakdown_check, rules)
         result.counters, result.counters_status = counters, status[0]
         if request.cuda_graph and not result.device.startswith("cuda"):
             result.warnings.append("cuda_graph ignored: CUDA-graph replay needs a GPU.")

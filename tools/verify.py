@@ -18,7 +18,7 @@ from kfoundry.verify import policies as numerics
 from kfoundry.verify.families import STANDARD, default_plan
 from kfoundry.verify.guardrails import Guardrails, check, effective
 from kfoundry.verify.policies import tolerance_for
-from kfoundry.verify.verdict import Decision, Trial, cpu_coverage, cpu_time, decide, device_coverage
+from kfoundry.verify.verdict import Decision, Trial, cpu_coverage, cpu_time, decide, device_coverage, profiled_call_findings
 
 DEFAULT_TIMEOUT_S = 180.0
 
@@ -215,9 +215,10 @@ def _measured_coverage(run: Run, report: Report, guardrails: Guardrails, sampled
         why = "; ".join(report.warnings) or "the profiled call recorded no kernel"
         missing = guardrails.finding("kernel_coverage", f"where the device time goes could not be measured ({why[:300]})")
         return sampled + ([missing] if missing is not None else []), None
-    run.write("breakdown.json", {"kernels": [k.model_dump(mode="json") for k in report.breakdown]})
+    run.write("breakdown.json", {"kernels": [k.model_dump(mode="json") for k in report.breakdown],
+                                 "check": report.breakdown_check.model_dump(mode="json") if report.breakdown_check else None})
     share, found = device_coverage(report.breakdown, guardrails)
-    return sampled + found, share
+    return sampled + found + profiled_call_findings(report.breakdown_check, guardrails), share
 
 
 async def verify(rt: Runtime, request: VerifyRequest) -> VerifyResult:

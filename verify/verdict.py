@@ -199,6 +199,13 @@ def timed_findings(calls: list[tuple[str, CallCheck, RuntimeFacts]], rules: Guar
     return _unique(found)
 
 
+def profiled_call_findings(check: CallCheck | None, rules: Guardrails) -> list[Finding]:
+    """The breakdown's extra call is judged like a timed one: its shares stand only if it computed the real result."""
+    if check is None:
+        return []
+    return timed_findings([("the per-kernel breakdown call", check, RuntimeFacts())], rules)
+
+
 #: classes of code that count neither way: OpenMP team threads spinning at barriers (whoever's region it is),
 #: and the C runtime (libm's exp for a kernel, or a thread woken from a syscall, sampled before it runs anything else)
 CPU_NEUTRAL = (Where.openmp, Where.libc)
@@ -284,8 +291,14 @@ def kernel_coverage(result: ProfileResult, rules: Guardrails) -> tuple[float | N
     if not result.device.startswith("cuda"):
         shares = result.verify.cpu_time if result.verify is not None else None
         return (cpu_share(shares, rules) if shares else None), []
-    if not result.breakdown or result.interpreted:
+    if result.interpreted:
         return None, []
+    if not result.breakdown:
+        # Called only once the timed calls completed; a candidate can make the profiled call raise, so nothing measured
+        # fails closed, as verify's does.
+        why = "; ".join(w for w in result.warnings if "breakdown" in w)[:300] or "the profiled call recorded no kernel"
+        missing = rules.finding("kernel_coverage", f"where the device time goes could not be measured ({why})")
+        return None, [missing] if missing is not None else []
     return device_coverage(result.breakdown, rules)
 
 

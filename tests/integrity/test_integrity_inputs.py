@@ -174,6 +174,14 @@ def test_device_coverage_of_a_call_with_no_kernel_records_is_unmeasured_not_zero
     assert device_coverage([], Guardrails()) == (None, [])
 
 
+def test_a_gpu_profile_whose_breakdown_call_measured_nothing_fails_closed_naming_why() -> None:
+    result = _profiled().model_copy(update={"warnings": ["per-kernel breakdown failed: RuntimeError: no"]})
+
+    share, [finding] = kernel_coverage(result, Guardrails())
+
+    assert share is None and finding.code == "kernel_coverage" and finding.blocking and "RuntimeError: no" in finding.message
+
+
 def test_gpu_coverage_does_not_apply_on_cpu() -> None:
     result = _profiled(("aten::mm", 1.0, False, False)).model_copy(update={"device": "cpu"})
 
