@@ -584,8 +584,8 @@ class Session:
             self.report.baseline_breakdown, self.report.warnings = baseline.shares[:64], self.report.warnings + baseline.warnings
 
     async def _candidate_breakdown(self, allow_ops: list[str]) -> None:
-        """One extra call of the candidate on fresh inputs under torch.profiler: its per-kernel shares, unjudged."""
-        self.stage = "per-kernel breakdown (an extra, unjudged call)"
+        """One extra call of the candidate on fresh inputs under torch.profiler: its per-kernel shares, and its output judged."""
+        self.stage = "per-kernel breakdown (an extra call)"
         if self.progress is not None:
             await self.progress("per-kernel breakdown")
         assert self.cand is not None
