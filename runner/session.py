@@ -605,6 +605,8 @@ class Session:
         finally:
             self.cand.thaw()
         self.calls += 1
+        self.output_bytes = max(self.output_bytes, collected.output_bytes)
+        self._within_budget(extra, Returned(call=extra.call, outputs=profiled.outputs, elapsed_ms=0.0))
         self.report.breakdown_check = collected.check
 
     async def _turn(self, turn: int, size: int) -> list[Call]:
