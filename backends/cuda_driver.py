@@ -13,6 +13,7 @@ from functools import cache
 from typing import Any
 
 from kfoundry.backends.nvrtc import CudaError, CudaUnavailable, _binding_choice
+from kfoundry.schema import KernelStats
 
 # CUfunction_attribute values (cuda.h)
 _ATTR_MAX_THREADS = 0
@@ -144,3 +145,19 @@ def _driver() -> _DriverCtypes | _DriverBindings:
             if choice == "cuda-python":
                 raise
     return _DriverCtypes()
+
+
+def read_resources(fn: Any, stats: KernelStats) -> None:
+    """Registers, static shared memory and local memory of a loaded function, as the driver reports them, into ``stats``.
+
+    Local memory stands in for spills where the build left no ptxas figure. Raises ``CudaError`` /
+    ``CudaUnavailable`` as the driver calls do.
+    """
+    driver = _driver()
+    stats.registers = driver.attribute(fn, _ATTR_REGS)
+    stats.shared_memory_bytes = driver.attribute(fn, _ATTR_SHARED)
+    local = driver.attribute(fn, _ATTR_LOCAL)
+    if stats.spills_bytes is None:
+        stats.spills_bytes = local
+    threads = driver.attribute(fn, _ATTR_MAX_THREADS)
+    stats.notes.append(f"driver: {local} bytes local memory per thread, at most {threads} threads per block")

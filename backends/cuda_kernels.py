@@ -36,12 +36,9 @@ from kfoundry.backends.cuda_build import (
     locate_source,
 )
 from kfoundry.backends.cuda_driver import (
-    _ATTR_LOCAL,
     _ATTR_MAX_DYNAMIC_SHARED,
-    _ATTR_MAX_THREADS,
-    _ATTR_REGS,
-    _ATTR_SHARED,
     _driver,
+    read_resources,
 )
 from kfoundry.backends.nvcc import FlagError, KernelDecl, Param
 from kfoundry.backends.nvrtc import PROGRAM, CudaError, CudaUnavailable
@@ -293,15 +290,7 @@ class CudaModule:
             )
             if device is not None:
                 try:
-                    fn = kernel.function(device)
-                    driver = _driver()
-                    stats.registers = driver.attribute(fn, _ATTR_REGS)
-                    stats.shared_memory_bytes = driver.attribute(fn, _ATTR_SHARED)
-                    local = driver.attribute(fn, _ATTR_LOCAL)
-                    if stats.spills_bytes is None:
-                        stats.spills_bytes = local
-                    threads = driver.attribute(fn, _ATTR_MAX_THREADS)
-                    stats.notes.append(f"driver: {local} bytes local memory per thread, at most {threads} threads per block")
+                    read_resources(kernel.function(device), stats)
                 except (CudaError, CudaUnavailable) as exc:
                     stats.notes.append(f"driver attributes unavailable: {exc}")
             found.append(stats)

@@ -238,7 +238,7 @@ def _kernel_source(kernel: Any) -> str:
 
 def _driver_stats(name: str, image: bytes) -> KernelStats:
     """Registers, shared and local memory of ``name`` in a compiled image, read by the CUDA driver."""
-    from kfoundry.backends.cuda_driver import _ATTR_LOCAL, _ATTR_MAX_THREADS, _ATTR_REGS, _ATTR_SHARED, _driver
+    from kfoundry.backends.cuda_driver import _driver, read_resources
     from kfoundry.backends.nvrtc import CudaError, CudaUnavailable
 
     stats = KernelStats(name=name)
@@ -248,14 +248,8 @@ def _driver_stats(name: str, image: bytes) -> KernelStats:
         torch.cuda.init()
         driver = _driver()
         driver.make_current(driver.context(torch.cuda.current_device()))
-        fn = driver.function(driver.load(image), name)
-        stats.registers = driver.attribute(fn, _ATTR_REGS)
-        stats.shared_memory_bytes = driver.attribute(fn, _ATTR_SHARED)
-        local = driver.attribute(fn, _ATTR_LOCAL)
-        stats.spills_bytes = local
-        threads = driver.attribute(fn, _ATTR_MAX_THREADS)
-        stats.notes.append(f"driver: {local} bytes local memory per thread, at most {threads} threads per block; "
-                           "shared memory is the static part (dynamic shared memory is set at launch)")
+        read_resources(driver.function(driver.load(image), name), stats)
+        stats.notes.append("shared memory is the static part (dynamic shared memory is set at launch)")
     except (CudaError, CudaUnavailable, RuntimeError) as exc:
         stats.notes.append(f"driver attributes unavailable: {exc}")
     return stats

@@ -313,7 +313,7 @@ def test_kernel_stats_take_registers_and_shared_memory_from_the_driver_when_a_de
         def attribute(self, fn: object, attr: int) -> int:
             return values[attr]
 
-    monkeypatch.setattr(cuda_kernels, "_driver", FakeDriver)
+    monkeypatch.setattr(cuda_driver, "_driver", FakeDriver)  # where read_resources looks it up
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
     monkeypatch.setattr(CudaKernel, "function", lambda self, device: object())
