@@ -1,6 +1,6 @@
 """What the integrity checks cost: verify time with every check on (the default) and with every rule off.
 
-    python benchmarks/integrity_cost.py [--backend cpp] [--repeat 3] [--trials 5]
+    python benchmarks/integrity_cost.py [--backend cpp] [--repeat 3] [--trials 5] [--problems a,b] [--gpu-size]
 
 Runs each bundled problem's solution through the real ``verify`` tool (in-memory MCP client),
 alternating the two configurations, and reports the median server-side ``duration_s``. Before
@@ -44,9 +44,9 @@ async def _spares_ready(client: Client, within: float = 120.0) -> None:
             await anyio.sleep(0.5)
 
 
-async def _verify(client: Client, backend: str, problem: str, trials: int, guardrails: dict[str, Any] | None) -> float:
+async def _verify(client: Client, backend: str, problem: str, trials: int, guardrails: dict[str, Any] | None, part: str) -> float:
     await _spares_ready(client)
-    arguments = {"backend": backend, "reference": examples.source(problem), "candidate": examples.source(problem, backend), "trials": trials}
+    arguments = {"backend": backend, "reference": examples.source(problem, part), "candidate": examples.source(problem, backend), "trials": trials}
     if guardrails is not None:
         arguments["guardrails"] = guardrails
     result = await client.call_tool("verify", arguments, read_timeout_seconds=600)
@@ -56,19 +56,33 @@ async def _verify(client: Client, backend: str, problem: str, trials: int, guard
     return float(data["duration_s"])
 
 
-async def main(backend: str, repeat: int, trials: int) -> list[tuple[str, float, float, float]]:
+HEADER = ["| problem | checks on (s) | checks off (s) | cost | attribution off (s) | attribution's cost |", "|---|---|---|---|---|---|"]
+
+
+def _row(name: str, on: float, off: float, bare: float) -> str:
+    return f"| {name} | {on:.2f} | {off:.2f} | {on - off:+.2f} s ({(on / off - 1):+.0%}) | {bare:.2f} | {on - bare:+.2f} s |"
+
+
+async def main(backend: str, repeat: int, trials: int, only: set[str], gpu_size: bool) -> list[tuple[str, float, float, float]]:
     rows = []
+    # Rows are written as they complete, so a run cut short still reports what it measured.
+    sys.stdout.write("\n".join(HEADER) + "\n")
     async with Client(build_server()) as client:
         for info in examples.problems():
+            if backend not in info.solutions or (only and info.name not in only):
+                continue
+            part = examples.REFERENCE_GPU if gpu_size and info.gpu_size else examples.REFERENCE
             on: list[float] = []
             off: list[float] = []
             unattributed: list[float] = []
-            await _verify(client, backend, info.name, trials, None)  # builds and caches before timing anything
+            await _verify(client, backend, info.name, trials, None, part)  # builds and caches before timing anything
             for _ in range(repeat):
-                on.append(await _verify(client, backend, info.name, trials, None))
-                off.append(await _verify(client, backend, info.name, trials, ALL_OFF))
-                unattributed.append(await _verify(client, backend, info.name, trials, NO_ATTRIBUTION))
+                on.append(await _verify(client, backend, info.name, trials, None, part))
+                off.append(await _verify(client, backend, info.name, trials, ALL_OFF, part))
+                unattributed.append(await _verify(client, backend, info.name, trials, NO_ATTRIBUTION, part))
             rows.append((info.name, statistics.median(on), statistics.median(off), statistics.median(unattributed)))
+            sys.stdout.write(_row(*rows[-1]) + "\n")
+            sys.stdout.flush()
     return rows
 
 
@@ -77,9 +91,7 @@ if __name__ == "__main__":
     parser.add_argument("--backend", default="cpp")
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--trials", type=int, default=5)
+    parser.add_argument("--problems", default="", help="comma-separated problem names (default: every problem with a solution)")
+    parser.add_argument("--gpu-size", action="store_true", help="verify at reference_gpu sizes where a problem has them")
     args = parser.parse_args()
-    rows = anyio.run(main, args.backend, args.repeat, args.trials)
-    out = ["| problem | checks on (s) | checks off (s) | cost | attribution off (s) | attribution's cost |", "|---|---|---|---|---|---|"]
-    out += [f"| {name} | {on:.2f} | {off:.2f} | {on - off:+.2f} s ({(on / off - 1):+.0%}) | {bare:.2f} | {on - bare:+.2f} s |"
-            for name, on, off, bare in rows]
-    sys.stdout.write("\n".join(out) + "\n")
+    anyio.run(main, args.backend, args.repeat, args.trials, {p for p in args.problems.split(",") if p}, args.gpu_size)
