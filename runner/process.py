@@ -325,6 +325,14 @@ class Worker:
     def log_size(self, which: str = "stdout") -> int:
         return self.logs[which].total
 
+    async def exited(self, within_s: float) -> bool:
+        """Wait up to ``within_s`` for the process to end by itself; True when it did."""
+        if self.process is None:
+            return True
+        with anyio.move_on_after(within_s):
+            await self.process.wait()
+        return self.process.returncode is not None
+
     async def kill(self) -> None:
         """Kill the worker and everything it started, and wait until they are gone; idempotent."""
         self.freezer.thaw()  # a stopped process dies on SIGKILL too, but its sweep must see it go

@@ -74,6 +74,8 @@ M = TypeVar("M", bound=Wire)
 V = TypeVar("V")
 #: input sets kept on the device at once: rotation keeps a call from finding the last call's inputs in cache
 MAX_SLOTS = 3
+#: how long a wrapped worker's wrapper (ncu) gets, once the job is done, to write its report and exit
+WRAPPER_EXIT_S = 120.0
 
 
 class Ending(str, Enum):
@@ -324,6 +326,10 @@ class Session:
         finally:
             with anyio.CancelScope(shield=True):
                 for worker in workers:
+                    if worker.wrapper and self.report.ending is Ending.done:
+                        # A wrapper (ncu) writes its report only once the worker it wraps has exited, which the
+                        # worker does after its Done; killed before that, the report is lost.
+                        await worker.exited(WRAPPER_EXIT_S)
                     # Dead first: a live worker could swap a folder for a link while its files are read.
                     await worker.kill()
                     await anyio.to_thread.run_sync(caches.keep, worker.caches, store)

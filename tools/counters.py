@@ -8,8 +8,6 @@ import secrets
 import shutil
 from pathlib import Path
 
-import anyio
-
 from kfoundry.artifacts import Run
 from kfoundry.backends.base import Backend
 from kfoundry.profilers.textparse import kernel_counters, parse_ncu_csv
@@ -61,11 +59,8 @@ async def collect(rt: Runtime, device: str, backend: Backend, reference: str, ca
         session = Session(backend=backend.name, device=device, precision="strict", problem=reference, candidate=candidate,
                           reference_worker=ref_worker, candidate_worker=worker, profiled_from=2)
         plan = Plan(trials=[(secrets.randbits(31), "standard") for _ in range(3)])
+        # The session waits for ncu to write its report (it does when the profiled process exits) before it ends.
         report = await session.run(plan, timeout_s)
-        if report.ending is Ending.done and worker.process is not None:
-            # ncu writes its report when the profiled process exits
-            with anyio.move_on_after(min(120.0, timeout_s)):
-                await worker.process.wait()
         log = Path(worker.dir) / NCU_LOG
         text = log.read_text(errors="replace") if log.is_file() else ""
         stderr = worker.log_tail("stderr", 2000) + worker.log_tail("stdout", 2000)
