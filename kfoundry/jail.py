@@ -45,6 +45,15 @@ _SHIM = (
     "if u>=0:os.setgroups([]);os.setresgid(u,u,u);os.setresuid(u,u,u)\n"
     "os.execvp(sys.argv[5],sys.argv[5:])"
 )
+# Runs its arguments in a network namespace of their own whose only interface, loopback, is up:
+# unshare(CLONE_NEWNET), then SIOCSIFFLAGS(lo, IFF_UP|IFF_LOOPBACK|IFF_RUNNING).
+_NETNS_SHIM = (
+    "import ctypes,fcntl,os,socket,struct,sys\n"
+    "libc=ctypes.CDLL(None,use_errno=True)\n"
+    "if libc.unshare(0x40000000)!=0:e=ctypes.get_errno();sys.exit(f'unshare(CLONE_NEWNET): {os.strerror(e)}')\n"
+    "s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);fcntl.ioctl(s,0x8914,struct.pack('16sH22x',b'lo',0x1|0x8|0x40));s.close()\n"
+    "os.execvp(sys.argv[1],sys.argv[1:])"
+)
 
 
 def sandbox_root() -> Path:
@@ -227,6 +236,9 @@ class Jail:
     gpu: bool = False
     #: the command drops to the sandbox user itself (the worker entry, which may sit under a trusted wrapper)
     drops_itself: bool = False
+    #: a network namespace of its own; False only where the caller already made one for it with ``private_network``
+    #: (a trusted profiler outside the sandbox talks to its target over that namespace's loopback)
+    own_network: bool = True
     tmp_mb: int = 1024
     #: caps the shim sets before running the command (builds): address space in MiB and CPU seconds, 0 = none
     memory_mb: int = 0
@@ -237,8 +249,8 @@ class Jail:
         """``inner`` run inside the sandbox (the caller passes descriptors it must keep with ``pass_fds``)."""
         path, _, sized = _probe()
         root = os.geteuid() == 0
-        args = [path, "--die-with-parent", "--unshare-pid", "--unshare-net", "--unshare-ipc", "--unshare-uts", "--unshare-cgroup-try",
-                "--hostname", "kfoundry-sandbox"]
+        args = [path, "--die-with-parent", "--unshare-pid", *(["--unshare-net"] if self.own_network else []), "--unshare-ipc", "--unshare-uts",
+                "--unshare-cgroup-try", "--hostname", "kfoundry-sandbox"]
         if root:
             # the drop to the sandbox user needs SETUID/SETGID; entering its 0700 scratch before that, DAC_OVERRIDE
             caps = ["CAP_SETUID", "CAP_SETGID", "CAP_DAC_OVERRIDE"]
@@ -280,6 +292,23 @@ class Jail:
         if self.drops_itself:
             return [*args, *inner]
         return [*args, *capped(inner, self.memory_mb, self.cpu_s, self.file_mb, settings().sandbox_uid if root else -1)]
+
+
+def private_network(argv: list[str]) -> list[str]:
+    """``argv`` run in a new network namespace holding only loopback (needs CAP_SYS_ADMIN: the server runs as root)."""
+    return [sys.executable, "-S", "-I", "-c", _NETNS_SHIM, *argv]
+
+
+@functools.cache
+def private_network_reason() -> str:
+    """Why ``private_network`` cannot be used here, or "" when it can."""
+    try:
+        done = subprocess.run(private_network([sys.executable, "-S", "-I", "-c", "pass"]), capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"cannot start a private network namespace: {exc}"
+    if done.returncode != 0:
+        return f"cannot make a private network namespace ({done.stderr.strip()[-200:] or done.returncode}): the server needs CAP_SYS_ADMIN (root)"
+    return ""
 
 
 def capped(argv: list[str], memory_mb: int = 0, cpu_s: int = 0, file_mb: int = 0, uid: int = -1) -> list[str]:

@@ -199,6 +199,29 @@ class KernelCounters(Record):
     raw: dict[str, float] = Field(default_factory=dict, description="Every numeric metric ncu reported, by its name.")
 
 
+class AttributionStatus(str, Enum):
+    measured = "measured"
+    #: no run could be made here (no GPU, no ncu, no private network namespace)
+    unavailable = "unavailable"
+    #: the run was made and gave nothing to judge (the job failed, a call was wrong, too many launches): fails closed
+    failed = "failed"
+
+
+class DeviceAttribution(Record):
+    """Where one candidate call's device time went, recorded by Nsight Compute running outside the candidate's sandbox.
+
+    The candidate can neither rename the kernels it launches nor reach the profiler's record,
+    so this share does not rest on anything the candidate's process reports about itself.
+    """
+
+    status: AttributionStatus
+    own_share: float | None = Field(default=None, description="Share of the call's kernel time in kernels that are not library or framework code.")
+    kernel_ms: float | None = Field(default=None, description="Kernel time of the call, summed over its launches (kernels run one at a time).")
+    launches: int = 0
+    kernels: list[KernelShare] = Field(default_factory=list)
+    reason: str = Field(default="", description="Why it was not measured, when it was not.")
+
+
 class Roofline(Record):
     flops: float
     bytes: float
@@ -237,6 +260,9 @@ class ProfileResult(Record):
     baseline_breakdown: list[KernelShare] = Field(default_factory=list, description="Eager reference's ops.")
     counters: list[KernelCounters] = Field(default_factory=list, description="Nsight Compute counters per kernel, when asked for.")
     counters_status: str = Field(default="not requested", description="'collected', 'not requested' or 'unavailable: <why>'.")
+    device_attribution: DeviceAttribution | None = Field(
+        default=None, description="GPU: one call's kernels as Nsight Compute recorded them from outside the sandbox, judged against the same floor."
+    )
     verify: VerifyResult | None = None
     error: ErrorDetail | None = None
     findings: list[Finding] = Field(default_factory=list)

@@ -165,12 +165,18 @@ class Worker:
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
             args += ["--fd", str(theirs.fileno())]
             pass_fds = (theirs.fileno(),)
-        wrapper = [part.replace("{dir}", str(self.dir)) for part in self.wrapper]
-        cmd = [*wrapper, sys.executable, "-m", "kfoundry.runner.entry", *args]
+        wrapper = list(self.wrapper)
+        cmd = [sys.executable, "-m", "kfoundry.runner.entry", *args]
         if self.sandboxed:
-            # A wrapper (ncu) runs as the sandbox user too: its injected target must reach what it made.
-            cmd = jail.Jail(scratch=self.dir, writable=[self.exchange], gpu=self.device.startswith("cuda"),
-                            drops_itself=not wrapper).command([*cmd, "--drop"])
+            # A wrapper (ncu) stays outside the sandbox, as the trusted user, so what it records is out of the
+            # candidate's reach; it talks to the code it injected over loopback, so both share a network namespace
+            # made for them alone, holding nothing else.
+            sandbox = jail.Jail(scratch=self.dir, writable=[self.exchange], gpu=self.device.startswith("cuda"),
+                                drops_itself=True, own_network=not wrapper)
+            cmd = sandbox.command([*cmd, "--drop"])
+            cmd = jail.private_network([*wrapper, *cmd]) if wrapper else cmd
+        else:
+            cmd = [*wrapper, *cmd]
         self.process = await anyio.open_process(
             cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=self.dir,
             env=worker_env(self.dir, extra_env, caches), start_new_session=True, pass_fds=pass_fds,

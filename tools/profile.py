@@ -7,10 +7,12 @@ import time
 import anyio
 
 from kfoundry.artifacts import new_run
+from kfoundry.profilers.libraries import name_key
 from kfoundry.profilers.peaks import gpu_peaks, roofline
 from kfoundry.profilers.summary import summarize
 from kfoundry.runner.session import Call, Ending, Report, TimingPlan
-from kfoundry.schema import ErrorDetail, Finding, KernelCounters, ProfileResult, Speedup, State, Timing
+from kfoundry.schema import DeviceAttribution, ErrorDetail, Finding, KernelCounters, ProfileResult, Speedup, State, Timing
+from kfoundry.tools.counters import attribute
 from kfoundry.tools.counters import collect as collect_counters
 from kfoundry.tools.requests import ProfileRequest
 from kfoundry.tools.runtime import Runtime, resolve_backend, timeout_or_default
@@ -18,7 +20,7 @@ from kfoundry.tools.verify import NEXT as VERIFY_NEXT
 from kfoundry.tools.verify import run_check
 from kfoundry.verify import policies as numerics
 from kfoundry.verify.guardrails import effective
-from kfoundry.verify.verdict import kernel_coverage, process_findings, profiled_call_findings, timed_findings
+from kfoundry.verify.verdict import kernel_coverage, nsight_findings, process_findings, profiled_call_findings, timed_findings
 
 DEFAULT_TIMEOUT_S = 600.0
 #: a contender whose samples vary more than this gets a warning
@@ -47,12 +49,18 @@ async def profile(rt: Runtime, request: ProfileRequest) -> ProfileResult:
                         allow_ops=list(rules.allow_torch_ops), cuda_graph=request.cuda_graph)
     counters: list[KernelCounters] = []
     status = ["not requested"]
+    attributed: list[DeviceAttribution] = []
     timeout = timeout_or_default(request.timeout_s, DEFAULT_TIMEOUT_S)
 
     async def after_timing(device: str, report: Report) -> None:
         if request.hardware_counters:
             found, status[0] = await collect_counters(rt, device, chosen, request.reference, request.candidate, timeout, run)
             counters.extend(found)
+        if device.startswith("cuda") and rules.nsight_attribution is not False and rules.severity("kernel_coverage", chosen.name) != "off":
+            # Kernels the reference launched are library work whoever launches them; allowed ones as the in-process breakdown marked them.
+            library = frozenset(name_key(k.name) for k in report.baseline_breakdown)
+            allowed = frozenset(name_key(k.name) for k in report.breakdown if k.allowed)
+            attributed.append(await attribute(rt, device, chosen, request.reference, request.candidate, policy.name, timeout, run, library, allowed))
 
     checked = await run_check(
         rt, run, chosen, request.reference, request.candidate, trials=request.trials, atol=request.atol, rtol=request.rtol,
@@ -85,6 +93,12 @@ async def profile(rt: Runtime, request: ProfileRequest) -> ProfileResult:
         result.own_kernel_share, found = kernel_coverage(result, rules)
         result.findings += found + profiled_call_findings(report.breakdown_check, rules)
         result.counters, result.counters_status = counters, status[0]
+        result.device_attribution = attributed[0] if attributed else None
+        found, said = nsight_findings(result.device_attribution, rules, result.candidate.median_ms if result.candidate else None)
+        result.findings += found
+        result.warnings += said
+        if result.device_attribution is not None:
+            run.write("attribution.json", result.device_attribution)
         if request.cuda_graph and not result.device.startswith("cuda"):
             result.warnings.append("cuda_graph ignored: CUDA-graph replay needs a GPU.")
     if any(f.blocking for f in result.findings) and result.state is State.correct:

@@ -148,6 +148,13 @@ class Guardrails(BaseModel):
         "(library kernels of allow_torch_ops count as allowed); CPU verify, sampled CPU time (torch counts as allowed if allow_torch_ops is set).",
     )
 
+    nsight_attribution: bool | None = Field(
+        default=None,
+        description="GPU profile: also record one judged call's kernels with Nsight Compute from outside the sandbox and hold "
+        "that share to min_own_kernel_share (kernel_coverage). Unset: when ncu is there; true: required (a run that cannot "
+        "be made is a kernel_coverage finding); false: never.",
+    )
+
     @field_validator("rules")
     @classmethod
     def _known(cls, rules: dict[str, str]) -> dict[str, str]:

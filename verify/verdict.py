@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass, field
 
 from kfoundry.sampler import Attribution, Where
-from kfoundry.schema import Finding, KernelShare, MismatchDetail, PrecisionCheck, ProfileResult, State, StressOutcome
+from kfoundry.schema import AttributionStatus, DeviceAttribution, Finding, KernelShare, MismatchDetail, PrecisionCheck, ProfileResult, State, StressOutcome
 from kfoundry.verify.facts import CallCheck, RuntimeFacts
 from kfoundry.verify.families import NONFINITE_BY_DESIGN, STANDARD
 from kfoundry.verify.guardrails import Guardrails
@@ -209,6 +209,9 @@ def profiled_call_findings(check: CallCheck | None, rules: Guardrails) -> list[F
 #: classes of code that count neither way: OpenMP team threads spinning at barriers (whoever's region it is),
 #: and the C runtime (libm's exp for a kernel, or a thread woken from a syscall, sampled before it runs anything else)
 CPU_NEUTRAL = (Where.openmp, Where.libc)
+#: kernel time recorded outside the sandbox may exceed the candidate's reported time per call by this factor and margin
+TIMER_SLACK = 1.5
+TIMER_FLOOR_MS = 0.02
 #: counted samples below which CPU attribution judges neither way
 MIN_CPU_SAMPLES = 10
 #: CPU time per sampled call excused as the harness's (the op profiler's start and summary, the messages):
@@ -300,6 +303,41 @@ def kernel_coverage(result: ProfileResult, rules: Guardrails) -> tuple[float | N
         missing = rules.finding("kernel_coverage", f"where the device time goes could not be measured ({why})")
         return None, [missing] if missing is not None else []
     return device_coverage(result.breakdown, rules)
+
+
+def nsight_findings(attribution: DeviceAttribution | None, rules: Guardrails, candidate_ms: float | None) -> tuple[list[Finding], list[str]]:
+    """Findings and warnings from the call Nsight Compute recorded outside the sandbox (``DeviceAttribution``).
+
+    Its own share is held to the same floor as the in-process one; a run that was made but gave
+    nothing to judge fails closed, as does one that could not be made when it was required. Its
+    kernel time is also a lower bound the candidate's own timer must respect.
+    """
+    if attribution is None:
+        return [], []
+    required = rules.nsight_attribution is True
+    if attribution.status is not AttributionStatus.measured:
+        if attribution.status is AttributionStatus.unavailable and not required:
+            return [], [f"device time not recorded from outside the sandbox: {attribution.reason}"]
+        missing = rules.finding("kernel_coverage", f"Nsight Compute could not record where the device time goes ({attribution.reason})")
+        return ([missing] if missing is not None else []), []
+    found: list[Finding] = []
+    share = attribution.own_share or 0.0
+    if share < rules.min_own_kernel_share:
+        library = ", ".join(k.name[:60] for k in attribution.kernels if not (k.own or k.allowed))[:300]
+        finding = rules.finding(
+            "kernel_coverage",
+            f"recorded by Nsight Compute outside the sandbox: only {share:.0%} of one call's kernel time is in the candidate's own "
+            f"kernels (at least {rules.min_own_kernel_share:.0%} required); the rest is library or framework code ({library}). "
+            "Allow specific ops with guardrails.allow_torch_ops",
+        )
+        found += [finding] if finding is not None else []
+    if candidate_ms is not None and attribution.kernel_ms is not None and attribution.kernel_ms > TIMER_SLACK * candidate_ms + TIMER_FLOOR_MS:
+        found.append(Finding(
+            code="timer_integrity",
+            message=f"Nsight Compute recorded {attribution.kernel_ms:.4g} ms of kernels in one call, outside the sandbox, but the "
+                    f"candidate's timer reported a median of {candidate_ms:.4g} ms per call",
+        ))
+    return found, []
 
 
 def device_coverage(breakdown: list[KernelShare], rules: Guardrails) -> tuple[float | None, list[Finding]]:

@@ -377,6 +377,26 @@ CUBLAS_GEMM_WITH_TOKEN_TRITON_RELU = _gemm(
     """
 )
 
+#: cuBLAS does the GEMM beside a token Triton kernel, and the candidate rewrites the in-process attribution so every
+#: kernel counts as its own: only a record made outside its process can tell.
+FORGES_IN_PROCESS_ATTRIBUTION = _gemm(
+    """
+    y = torch.addmm(self.linear.bias, x, self.linear.weight.t())
+    n = y.numel()
+    _relu_in_place[(triton.cdiv(n, 1024),)](y, n, BLOCK=1024)
+    return y
+    """,
+    extra="""
+import kfoundry.backends.triton as _kt
+
+_kt.TritonBackend.is_own_kernel = lambda self, name: True
+""",
+)
+#: every rule that would see the forgery in the source, and the op trace, off: only measured coverage is left
+FORGERY_UNSEEN = {"rules": {rule: "off" for rule in (
+    "torch_compute", "monkeypatch", "monkeypatch_runtime", "introspection", "reference_use", "low_level_os", "file_io",
+)}}
+
 #: A Triton kernel that fills a scratch buffer nobody reads; the answer comes from torch.
 DEAD_TRITON_KERNEL_TORCH_MATH = _gemm(
     """

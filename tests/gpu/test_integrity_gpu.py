@@ -23,6 +23,8 @@ from gpu_cheats import (
     DEAD_TRITON_KERNEL_TORCH_MATH,
     ELEMENTWISE,
     EMPTY_OUTPUT_FILLED_BY_ROWS,
+    FORGERY_UNSEEN,
+    FORGES_IN_PROCESS_ATTRIBUTION,
     GEMM,
     GEMM_LIBRARY_OPS,
     IN_PLACE_ON_OWN_BUFFER,
@@ -137,6 +139,19 @@ async def test_a_dead_triton_kernel_beside_torch_math_is_rejected_by_kernel_cove
     assert data["own_kernel_share"] is not None and data["own_kernel_share"] < 0.5, data["breakdown"]
 
 
+async def test_a_cublas_gemm_that_forges_the_in_process_attribution_is_rejected_by_the_nsight_record_made_outside_the_sandbox(client: Client) -> None:
+    data = await _profile(client, GEMM, FORGES_IN_PROCESS_ATTRIBUTION, guardrails=FORGERY_UNSEEN)
+
+    assert data["verify"]["state"] == "correct", _explain(data["verify"])
+    assert data["own_kernel_share"] is not None and data["own_kernel_share"] >= 0.9, data["breakdown"]  # the forgery held in-process
+    attribution = data["device_attribution"]
+    assert attribution["status"] == "measured", attribution
+    assert attribution["own_share"] < 0.5, attribution
+    assert data["state"] == "rejected", _explain(data)
+    coverage = [f["message"] for f in data["findings"] if f["code"] == "kernel_coverage" and f["blocking"]]
+    assert any("Nsight Compute" in m for m in coverage), _explain(data)
+
+
 async def test_verify_alone_measures_the_device_share_and_rejects_a_cublas_gemm_behind_a_token_kernel(client: Client) -> None:
     data = await _verify(client, GEMM, CUBLAS_GEMM_WITH_TOKEN_TRITON_RELU, guardrails=TORCH_COMPUTE_OFF)
 
@@ -229,6 +244,10 @@ def _assert_honest(data: dict[str, Any]) -> None:
     assert data["timed_rechecks"] >= 1  # the timed outputs were really looked at
     assert data["own_kernel_share"] is not None and data["own_kernel_share"] >= 0.5, data["breakdown"]
     assert any(k["own"] for k in data["breakdown"]), data["breakdown"]
+    # the same floor, recorded by Nsight Compute outside the sandbox, and its kernel time within the candidate's timer
+    attribution = data["device_attribution"]
+    assert attribution["status"] == "measured" and attribution["own_share"] >= 0.5, attribution
+    assert attribution["kernel_ms"] <= 1.5 * data["candidate"]["median_ms"] + 0.02, attribution
 
 
 @pytest.mark.parametrize("name", list(HONEST))
