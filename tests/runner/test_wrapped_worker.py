@@ -71,3 +71,34 @@ def test_a_private_network_reaches_its_own_loopback_and_not_the_hosts() -> None:
         host.close()
     assert done.returncode == 0, done.stderr
     assert done.stdout.splitlines() == ["own ok", "host refused 111"]
+
+
+# Stands in for ncu's last step: its report is written only after the worker it wraps has exited.
+LATE_REPORTER = (
+    "import subprocess,sys,time\n"
+    "open(sys.argv[1], 'w').write('started\\n')\n"
+    "code = subprocess.call(sys.argv[2:])\n"
+    "time.sleep(1)\n"
+    "open(sys.argv[1], 'a').write(f'worker exited {code}\\n')\n"
+    "sys.exit(code)"
+)
+
+
+@needs_sandbox
+async def test_a_wrappers_report_written_after_its_worker_exits_is_complete_when_the_session_returns(tmp_path: Path) -> None:
+    from kfoundry import examples
+    from kfoundry.runner.pool import WorkerPool
+    from kfoundry.runner.session import Ending, Plan, Session
+
+    record = tmp_path / "report.txt"
+    async with WorkerPool(spares=0) as pool:
+        wrapped = await pool.acquire("cpu", wrapper=[sys.executable, "-S", "-I", "-c", LATE_REPORTER, str(record)])
+        reference = await pool.acquire("cpu")
+        session = Session(backend="cpp", device="cpu", precision="strict", problem=examples.source("elementwise"),
+                          candidate=examples.source("elementwise", "cpp"), reference_worker=reference, candidate_worker=wrapped)
+        with anyio.fail_after(240):
+            report = await session.run(Plan(trials=[(1, "standard")]), 200)
+        await pool.release(wrapped)
+        await pool.release(reference)
+    assert report.ending is Ending.done, report.error
+    assert record.read_text() == "started\nworker exited 0\n"
