@@ -166,7 +166,8 @@ async def test_hardware_counters_are_parsed_from_a_real_ncu_report(client: Clien
     assert top["duration_us"] > 0 and top["registers_per_thread"] > 0
     assert top["dram_throughput_pct"] is not None and top["sm_throughput_pct"] is not None
     analysis = await _ok(client, "analyze_profile", {"profile": data["run_id"]})
-    assert "counters" in analysis["digest"]
+    # the digest quotes the measured counters beside the kernel they belong to
+    assert f"dram_pct {top['dram_throughput_pct']:.0f}" in analysis["digest"], analysis["digest"]
 
 
 async def test_work_left_on_a_side_stream_is_counted_in_the_timing(client: Client) -> None:
