@@ -56,7 +56,7 @@ async def profile(rt: Runtime, request: ProfileRequest) -> ProfileResult:
         if request.hardware_counters:
             found, status[0] = await collect_counters(rt, device, chosen, request.reference, request.candidate, timeout, run)
             counters.extend(found)
-        if device.startswith("cuda") and rules.nsight_attribution is not False and rules.severity("kernel_coverage", chosen.name) != "off":
+        if device.startswith("cuda") and rules.nsight_attribution and rules.severity("kernel_coverage", chosen.name) != "off":
             # Kernels the reference launched are library work whoever launches them; allowed ones as the in-process breakdown marked them.
             library = frozenset(name_key(k.name) for k in report.baseline_breakdown)
             allowed = frozenset(name_key(k.name) for k in report.breakdown if k.allowed)
@@ -94,9 +94,7 @@ async def profile(rt: Runtime, request: ProfileRequest) -> ProfileResult:
         result.findings += found + profiled_call_findings(report.breakdown_check, rules)
         result.counters, result.counters_status = counters, status[0]
         result.device_attribution = attributed[0] if attributed else None
-        found, said = nsight_findings(result.device_attribution, rules, result.candidate.median_ms if result.candidate else None)
-        result.findings += found
-        result.warnings += said
+        result.findings += nsight_findings(result.device_attribution, rules, result.candidate.median_ms if result.candidate else None)
         if result.device_attribution is not None:
             run.write("attribution.json", result.device_attribution)
         if request.cuda_graph and not result.device.startswith("cuda"):

@@ -148,11 +148,12 @@ class Guardrails(BaseModel):
         "(library kernels of allow_torch_ops count as allowed); CPU verify, sampled CPU time (torch counts as allowed if allow_torch_ops is set).",
     )
 
-    nsight_attribution: bool | None = Field(
-        default=None,
-        description="GPU profile: also record one judged call's kernels with Nsight Compute from outside the sandbox and hold "
-        "that share to min_own_kernel_share (kernel_coverage). Unset: when ncu is there; true: required (a run that cannot "
-        "be made is a kernel_coverage finding); false: never.",
+    nsight_attribution: bool = Field(
+        default=False,
+        description="GPU profile: also run the candidate under Nsight Compute, which records one judged call's kernels from "
+        "outside the sandbox, and hold that share to min_own_kernel_share (kernel_coverage); the candidate can neither "
+        "rename its kernels nor reach that record. Adds one worker run (about 20 s). A run that cannot be made here "
+        "(no ncu) is a kernel_coverage finding.",
     )
 
     @field_validator("rules")

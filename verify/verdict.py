@@ -305,21 +305,18 @@ def kernel_coverage(result: ProfileResult, rules: Guardrails) -> tuple[float | N
     return device_coverage(result.breakdown, rules)
 
 
-def nsight_findings(attribution: DeviceAttribution | None, rules: Guardrails, candidate_ms: float | None) -> tuple[list[Finding], list[str]]:
-    """Findings and warnings from the call Nsight Compute recorded outside the sandbox (``DeviceAttribution``).
+def nsight_findings(attribution: DeviceAttribution | None, rules: Guardrails, candidate_ms: float | None) -> list[Finding]:
+    """Findings from the call Nsight Compute recorded outside the sandbox (``DeviceAttribution``), when it was asked for.
 
-    Its own share is held to the same floor as the in-process one; a run that was made but gave
-    nothing to judge fails closed, as does one that could not be made when it was required. Its
-    kernel time is also a lower bound the candidate's own timer must respect.
+    Its own share is held to the same floor as the in-process one, and a record that could not
+    be made, or was made but gave nothing to judge, fails closed. Its kernel time is also a
+    lower bound the candidate's own timer must respect.
     """
     if attribution is None:
-        return [], []
-    required = rules.nsight_attribution is True
+        return []
     if attribution.status is not AttributionStatus.measured:
-        if attribution.status is AttributionStatus.unavailable and not required:
-            return [], [f"device time not recorded from outside the sandbox: {attribution.reason}"]
         missing = rules.finding("kernel_coverage", f"Nsight Compute could not record where the device time goes ({attribution.reason})")
-        return ([missing] if missing is not None else []), []
+        return [missing] if missing is not None else []
     found: list[Finding] = []
     share = attribution.own_share or 0.0
     if share < rules.min_own_kernel_share:
@@ -337,7 +334,7 @@ def nsight_findings(attribution: DeviceAttribution | None, rules: Guardrails, ca
             message=f"Nsight Compute recorded {attribution.kernel_ms:.4g} ms of kernels in one call, outside the sandbox, but the "
                     f"candidate's timer reported a median of {candidate_ms:.4g} ms per call",
         ))
-    return found, []
+    return found
 
 
 def device_coverage(breakdown: list[KernelShare], rules: Guardrails) -> tuple[float | None, list[Finding]]:

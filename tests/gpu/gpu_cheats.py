@@ -393,9 +393,11 @@ _kt.TritonBackend.is_own_kernel = lambda self, name: True
 """,
 )
 #: every rule that would see the forgery in the source, and the op trace, off: only measured coverage is left
-FORGERY_UNSEEN = {"rules": {rule: "off" for rule in (
+FORGERY_UNSEEN = {"nsight_attribution": True, "rules": {rule: "off" for rule in (
     "torch_compute", "monkeypatch", "monkeypatch_runtime", "introspection", "reference_use", "low_level_os", "file_io",
 )}}
+#: the Nsight Compute record asked for (guardrails.nsight_attribution)
+NSIGHT = {"nsight_attribution": True}
 
 #: A Triton kernel that fills a scratch buffer nobody reads; the answer comes from torch.
 DEAD_TRITON_KERNEL_TORCH_MATH = _gemm(

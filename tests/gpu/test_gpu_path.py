@@ -140,7 +140,8 @@ async def test_bundled_gpu_solutions_are_correct_and_profiled_against_eager(clie
     reference = examples.source(problem)
     candidate = examples.source(problem, backend)
     data = await _ok(
-        client, "profile", {"backend": backend, "reference": reference, "candidate": candidate, "baselines": ["eager"], "reps": 30},
+        client, "profile", {"backend": backend, "reference": reference, "candidate": candidate, "baselines": ["eager"], "reps": 30,
+                            "guardrails": {"nsight_attribution": True}},
         within=600,
     )
     assert data["state"] == "correct", data

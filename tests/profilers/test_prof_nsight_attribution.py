@@ -17,6 +17,7 @@ from kfoundry.verify.verdict import nsight_findings
 DATA = Path(__file__).parent / "data"
 HEADER = ["ID", "Process ID", "Process Name", "Host Name", "Kernel Name", "Context", "Stream", "Block Size", "Grid Size", "Device", "CC",
           "Section Name", "Metric Name", "Metric Unit", "Metric Value"]
+ASKED = Guardrails(nsight_attribution=True)
 CUBLAS = "sm90_xmma_gemm_f32f32_f32f32_f32_tn_n_tilesize128x128x8_stage3_warpsize2x2x1_ffma_aligna4_alignc4_execute_kernel__5x_cublas"
 
 
@@ -87,39 +88,41 @@ def test_a_report_without_kernels_is_a_failed_run() -> None:
 
 def test_a_library_share_below_the_floor_is_a_blocking_kernel_coverage_finding_naming_the_library() -> None:
     judged = device_attribution(_report([("_token_kernel", 5.0), (CUBLAS, 95.0)]), frozenset(), frozenset())
-    found, said = nsight_findings(judged, Guardrails(), candidate_ms=0.2)
+    found = nsight_findings(judged, ASKED, candidate_ms=0.2)
     assert [f.code for f in found] == ["kernel_coverage"] and found[0].blocking
     assert "outside the sandbox" in found[0].message and "sm90_xmma_gemm" in found[0].message
-    assert said == []
 
 
 def test_an_own_share_above_the_floor_passes() -> None:
     judged = device_attribution(_report([("_gemm_kernel", 95.0), ("void at::native::vectorized_elementwise_kernel<4>(int)", 5.0)]), frozenset(), frozenset())
-    assert nsight_findings(judged, Guardrails(), candidate_ms=0.2) == ([], [])
+    assert nsight_findings(judged, ASKED, candidate_ms=0.2) == []
 
 
 def test_kernels_longer_than_the_candidates_reported_call_are_a_timer_integrity_finding() -> None:
     judged = device_attribution(_report([("_gemm_kernel", 2000.0)]), frozenset(), frozenset())
-    found, _ = nsight_findings(judged, Guardrails(), candidate_ms=0.5)
+    found = nsight_findings(judged, ASKED, candidate_ms=0.5)
     assert [f.code for f in found] == ["timer_integrity"]
-    assert nsight_findings(judged, Guardrails(), candidate_ms=2.1) == ([], [])
+    assert nsight_findings(judged, ASKED, candidate_ms=2.1) == []
 
 
-def test_no_ncu_here_is_a_warning_unless_the_caller_requires_the_record() -> None:
+def test_asked_for_where_no_ncu_is_installed_is_a_blocking_kernel_coverage_finding() -> None:
     missing = DeviceAttribution(status=AttributionStatus.unavailable, reason="ncu (Nsight Compute) is not installed or not on PATH")
-    found, said = nsight_findings(missing, Guardrails(), candidate_ms=1.0)
-    assert found == [] and "not installed" in said[0]
-    found, said = nsight_findings(missing, Guardrails(nsight_attribution=True), candidate_ms=1.0)
-    assert [f.code for f in found] == ["kernel_coverage"] and found[0].blocking and said == []
+    found = nsight_findings(missing, ASKED, candidate_ms=1.0)
+    assert [f.code for f in found] == ["kernel_coverage"] and found[0].blocking and "not installed" in found[0].message
+
+
+def test_not_asked_for_there_is_nothing_to_judge() -> None:
+    assert Guardrails().nsight_attribution is False
+    assert nsight_findings(None, Guardrails(), candidate_ms=1.0) == []
 
 
 def test_a_run_made_but_not_judgeable_fails_closed() -> None:
     failed = DeviceAttribution(status=AttributionStatus.failed, reason="the candidate's calls under Nsight Compute were not all correct")
-    found, _ = nsight_findings(failed, Guardrails(), candidate_ms=1.0)
+    found = nsight_findings(failed, ASKED, candidate_ms=1.0)
     assert [f.code for f in found] == ["kernel_coverage"] and "not all correct" in found[0].message
 
 
 def test_the_kernel_coverage_rule_turned_off_turns_the_nsight_finding_off_too() -> None:
     judged = device_attribution(_report([("_token_kernel", 5.0), (CUBLAS, 95.0)]), frozenset(), frozenset())
-    found, _ = nsight_findings(judged, Guardrails(rules={"kernel_coverage": "off"}), candidate_ms=0.2)
+    found = nsight_findings(judged, Guardrails(nsight_attribution=True, rules={"kernel_coverage": "off"}), candidate_ms=0.2)
     assert found == []
