@@ -478,6 +478,9 @@ class Sampler:
             self._cpu_s = time.thread_time() - cpu_at_start
 
     def _round(self, tracer: _Ptrace) -> None:
+        # A seized thread killed between its stop and its release (another thread called exit) stays this thread's
+        # tracee although it is no longer pending: until reaped here, its parent cannot reap the process.
+        self._reap()
         running: list[tuple[int, int]] = []
         for pid in list(self._procs):
             try:
@@ -523,7 +526,7 @@ class Sampler:
         return len(self._pending)
 
     def _reap(self) -> None:
-        """Collect seized threads that exited before stopping (a traced thread's exit waits for its tracer).
+        """Collect seized threads that exited before they were released (a traced thread's exit waits for its tracer).
 
         A tracer's wait also reports its tracees' ptrace stops, whatever the flags: those stay pending, to be sampled.
         """
