@@ -23,7 +23,8 @@ from kfoundry.profilers.advice import Action, Advice, choose
 from kfoundry.profilers.breakdown import shares
 from kfoundry.profilers.digest import Digest, Regime, Role, bandwidth, digest, ms, rate
 from kfoundry.profilers.history import Attempt, describe, tried_in_vain
-from kfoundry.profilers.textparse import kernel_counters, looks_own, parse_ncu_csv, parse_profiler_table
+from kfoundry.profilers.libraries import looks_own
+from kfoundry.profilers.textparse import kernel_counters, parse_ncu_csv, parse_profiler_table
 from kfoundry.schema import Bottleneck, KernelCounters, KernelShare, ProfileResult, State
 
 

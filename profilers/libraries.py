@@ -1,10 +1,12 @@
-"""Which GPU kernel symbols are library or framework code, judged from the symbol alone.
+"""Which profiler rows and GPU kernel symbols are library or framework code, from the name alone.
 
-Used on the trusted side for kernels a profiler outside the sandbox recorded: whatever the
-candidate's process claims, a kernel shipped by cuBLAS, cuDNN, PyTorch (ATen, Inductor) or
-another vendor library is not the candidate's own. The patterns are anchored on names those
-libraries give their kernels; a user kernel is caught only if it copies one (a Triton
-function called ``nvjet_x``), which its verdict message names.
+Two strengths. ``is_library_kernel`` judges, on the trusted side, kernels a profiler outside
+the sandbox recorded: whatever the candidate's process claims, a kernel shipped by cuBLAS,
+cuDNN, PyTorch (ATen, Inductor) or another vendor library is not the candidate's own. Its
+patterns are anchored on names those libraries give their kernels; a user kernel is caught
+only if it copies one (a Triton function called ``nvjet_x``), which its verdict message names.
+``looks_own`` only guesses, for a pasted profiler table with no backend to ask, and may call
+a user kernel named ``gemm...`` library work: it decides nothing.
 """
 
 from __future__ import annotations
@@ -23,6 +25,11 @@ _LIBRARY = re.compile(
 )
 # cuBLAS's SASS kernels end in their library's name ("..._execute_kernel__5x_cublas")
 _LIBRARY_SUFFIX = re.compile(r"_kernel__\d+x_cublas\w*$")
+# The guess for pasted tables: also host-side rows (aten:: ops, CUDA runtime calls, copies) and anything named gemm.
+_LOOKS_LIBRARY = re.compile(
+    r"^(aten::|at::|void at::|c10|cuda[A-Z]|cudnn|cublas|cutlass::Kernel|sm\d+_|ampere_|volta_|turing_|hopper_|"
+    r"Memcpy|Memset|triton_(poi|red|per|tem)_|Torch-Compiled|CompiledFunction|gemm|void gemm|void cutlass)"
+)
 #: two names of one kernel from different profilers agree at least this far (templated names run long)
 _COMPARED = 96
 
@@ -36,3 +43,8 @@ def is_library_kernel(name: str, known: frozenset[str] = frozenset()) -> bool:
 def name_key(name: str) -> str:
     """The part of a kernel name two profilers (torch.profiler's CUPTI records, Nsight Compute) print alike."""
     return name.strip()[:_COMPARED]
+
+
+def looks_own(name: str) -> bool:
+    """Best guess, without a backend to ask, whether a profiler row is user-written code."""
+    return _LOOKS_LIBRARY.match(name.strip()) is None and name != "other"

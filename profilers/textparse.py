@@ -48,13 +48,6 @@ _TIME_UNITS_US = {
     "second": 1e6,
 }
 
-# Names that are framework or vendor-library work rather than code the user wrote.
-_LIBRARY = re.compile(
-    r"^(aten::|at::|void at::|c10|cuda[A-Z]|cudnn|cublas|cutlass::Kernel|sm\d+_|ampere_|volta_|turing_|hopper_|"
-    r"Memcpy|Memset|triton_(poi|red|per|tem)_|Torch-Compiled|CompiledFunction|gemm|void gemm|void cutlass)"
-)
-
-
 class TableRow(BaseModel):
     name: str
     self_cpu_us: float = 0.0
@@ -73,11 +66,6 @@ class NcuReport(BaseModel):
     """Per-kernel canonical counters (see ``COUNTER_ALIASES``) plus ``launches``."""
 
     kernels: dict[str, dict[str, float]] = Field(default_factory=dict)
-
-
-def looks_own(name: str) -> bool:
-    """Best guess, without a backend to ask, whether a profiler row is user-written code."""
-    return _LIBRARY.match(name.strip()) is None and name != "other"
 
 
 def counter(metrics: dict[str, float], key: str) -> float | None:

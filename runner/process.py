@@ -165,7 +165,7 @@ class Worker:
             ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
             args += ["--fd", str(theirs.fileno())]
             pass_fds = (theirs.fileno(),)
-        wrapper = list(self.wrapper)
+        wrapper = self.wrapper
         cmd = [sys.executable, "-m", "kfoundry.runner.entry", *args]
         if self.sandboxed:
             # A wrapper (ncu) stays outside the sandbox, as the trusted user, so what it records is out of the

@@ -66,15 +66,16 @@ def times_command(ncu: str, log: Path) -> list[str]:
     ]
 
 
-def unavailable_reason(device: str) -> str:
-    """Why an Nsight Compute run cannot be made for a job on ``device``, or "" when it can."""
+def usable_ncu(device: str) -> tuple[str, str]:
+    """(ncu's path, "") when an Nsight Compute run can be made for a job on ``device``, else ("", why not)."""
     if not device.startswith("cuda"):
-        return "Nsight Compute needs an NVIDIA GPU; this job ran on the CPU"
-    if find_ncu() is None:
-        return "ncu (Nsight Compute) is not installed or not on PATH"
+        return "", "Nsight Compute needs an NVIDIA GPU; this job ran on the CPU"
+    ncu = find_ncu()
+    if ncu is None:
+        return "", "ncu (Nsight Compute) is not installed or not on PATH"
     if jail.enabled() and jail.private_network_reason():
-        return jail.private_network_reason()
-    return ""
+        return "", jail.private_network_reason()
+    return ncu, ""
 
 
 @dataclass
@@ -122,11 +123,9 @@ def _scratch() -> Path:
 
 async def collect(rt: Runtime, device: str, backend: Backend, reference: str, candidate: str, timeout_s: float, run: Run) -> tuple[list[KernelCounters], str]:
     """Counters per kernel of one candidate forward call, and a status ('collected' or 'unavailable: ...')."""
-    why = unavailable_reason(device)
+    ncu, why = usable_ncu(device)
     if why:
         return [], f"unavailable: {why}"
-    ncu = find_ncu()
-    assert ncu is not None
     await rt.progress(0.85, "collecting hardware counters with Nsight Compute")
     folder = _scratch()
     try:
@@ -148,11 +147,9 @@ async def attribute(rt: Runtime, device: str, backend: Backend, reference: str, 
     ``library``: name keys of kernels the reference itself launched (never the candidate's own);
     ``allowed``: name keys of library kernels the caller allows (``allow_torch_ops``).
     """
-    why = unavailable_reason(device)
+    ncu, why = usable_ncu(device)
     if why:
         return DeviceAttribution(status=AttributionStatus.unavailable, reason=why)
-    ncu = find_ncu()
-    assert ncu is not None
     await rt.progress(0.9, "recording the candidate's kernels with Nsight Compute")
     folder = _scratch()
     log = folder / "ncu-times.csv"

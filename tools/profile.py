@@ -20,7 +20,7 @@ from kfoundry.tools.verify import NEXT as VERIFY_NEXT
 from kfoundry.tools.verify import run_check
 from kfoundry.verify import policies as numerics
 from kfoundry.verify.guardrails import effective
-from kfoundry.verify.verdict import kernel_coverage, nsight_findings, process_findings, profiled_call_findings, timed_findings
+from kfoundry.verify.verdict import TIMER_FLOOR_MS, TIMER_SLACK, kernel_coverage, nsight_findings, process_findings, profiled_call_findings, timed_findings
 
 DEFAULT_TIMEOUT_S = 600.0
 #: a contender whose samples vary more than this gets a warning
@@ -125,7 +125,7 @@ def _check_clocks(result: ProfileResult, report: Report) -> None:
     cand = result.candidate
     if cand is not None and result.device.startswith("cuda") and result.breakdown:
         kernel_ms = sum(k.time_ms for k in result.breakdown)
-        if kernel_ms > 1.5 * cand.median_ms + 0.02:
+        if kernel_ms > TIMER_SLACK * cand.median_ms + TIMER_FLOOR_MS:
             result.findings.append(Finding(
                 code="cupti_disagrees",
                 message=f"CUPTI saw {kernel_ms:.4g} ms of kernels per call, but the timer reported a median of {cand.median_ms:.4g} ms",

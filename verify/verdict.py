@@ -209,7 +209,8 @@ def profiled_call_findings(check: CallCheck | None, rules: Guardrails) -> list[F
 #: classes of code that count neither way: OpenMP team threads spinning at barriers (whoever's region it is),
 #: and the C runtime (libm's exp for a kernel, or a thread woken from a syscall, sampled before it runs anything else)
 CPU_NEUTRAL = (Where.openmp, Where.libc)
-#: kernel time recorded outside the sandbox may exceed the candidate's reported time per call by this factor and margin
+#: kernel time recorded by a profiler (CUPTI in the worker, Nsight Compute outside it) may exceed the candidate's reported time
+#: per call by this factor and margin before the timer is disbelieved
 TIMER_SLACK = 1.5
 TIMER_FLOOR_MS = 0.02
 #: counted samples below which CPU attribution judges neither way
